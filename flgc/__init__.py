@@ -1,0 +1,9 @@
+"""Fully Learnable Group Convolution for PyTorch.
+
+`from flgc import FLGConv2d` needs nothing else of this repository; the run machinery
+(flgc.config, flgc.data, flgc.engine, flgc.checkpoint, flgc.flops) is imported on demand.
+"""
+from .layer import FLGConv2d, hard_assignment
+from .regularizer import group_regularizer
+
+__all__ = ["FLGConv2d", "hard_assignment", "group_regularizer"]

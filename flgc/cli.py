@@ -1,0 +1,25 @@
+"""What the entry points share: one-line errors with exit code 2, and argument parsing."""
+import argparse
+import sys
+
+from .errors import UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one stderr line, exit code 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main):
+    """Call main(); a UsageError becomes one stderr line and exit code 2, Ctrl-C exit code 130."""
+    try:
+        main()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,113 @@
+"""Fully Learnable Group Convolution (FLGC, CVPR 2019).
+
+A convolution whose input channels and filters are each assigned to one of G groups by learnable
+logits; a filter only sees the input channels of its own group. The assignment is the row-wise
+argmax of softmax(logits); gradients reach the logits with a straight-through estimator.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+GRADIENTS = ("straight_through", "reference_masked")
+
+
+def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
+    """One-hot group assignment (rows x G) of `logits` (rows x G) with a gradient to the logits.
+
+    straight_through: forward is the hard one-hot, backward is that of softmax(logits / T), every
+    entry included.  reference_masked: as the public reference implementation, the gradient on the
+    softmax output is kept only at the argmax entry, which in practice freezes the assignment.
+    """
+    soft = torch.softmax(logits / temperature, dim=1)
+    hard = F.one_hot(soft.argmax(dim=1), logits.shape[1]).to(soft.dtype)
+    if gradient == "straight_through":
+        return hard - soft.detach() + soft
+    if gradient == "reference_masked":
+        return hard + (soft - soft.detach()) * hard
+    raise ValueError(f"unknown FLGC gradient {gradient!r}; allowed: {', '.join(GRADIENTS)}")
+
+
+class FLGConv2d(nn.Module):
+    """Conv2d whose dense weight (out x in x kh x kw) is masked by a learned group structure.
+
+    input_group_logits (in x G) assigns input channels to groups, output_group_logits (out x G)
+    assigns filters; the connection mask is M = T S^T (out x in) with S, T the hard one-hot
+    assignments. Groups may be non-uniform or empty; any 1 <= G <= min(in, out) is allowed.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=8, bias=False, logit_init_std=1.0, temperature=1.0,
+                 gradient="straight_through"):
+        super().__init__()
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"FLGConv2d groups must be an integer >= 1, got {groups!r}")
+        if groups > min(in_channels, out_channels):
+            raise ValueError(f"FLGConv2d groups={groups} exceeds the channels "
+                             f"(in={in_channels}, out={out_channels}); allowed: 1..{min(in_channels, out_channels)}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown FLGC gradient {gradient!r}; allowed: {', '.join(GRADIENTS)}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.temperature, self.gradient = temperature, gradient
+        self.frozen = False
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.input_group_logits = nn.Parameter(torch.randn(in_channels, groups) * logit_init_std)
+        self.output_group_logits = nn.Parameter(torch.randn(out_channels, groups) * logit_init_std)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+                f"bias={self.bias is not None}, gradient={self.gradient}")
+
+    # --- the hard structure -------------------------------------------------------------------
+    def input_groups(self):
+        """Group index of every input channel (LongTensor, in)."""
+        return self.input_group_logits.detach().argmax(dim=1)
+
+    def output_groups(self):
+        """Group index of every filter (LongTensor, out)."""
+        return self.output_group_logits.detach().argmax(dim=1)
+
+    def group_sizes(self):
+        """(input channels per group, filters per group), two LongTensors of length G."""
+        return (torch.bincount(self.input_groups(), minlength=self.groups),
+                torch.bincount(self.output_groups(), minlength=self.groups))
+
+    def hard_mask(self):
+        """Connection mask (out x in) of the hard structure, 1 where filter and channel share a group."""
+        return (self.output_groups()[:, None] == self.input_groups()[None, :]).to(self.weight.dtype)
+
+    def connections(self):
+        """Number of (filter, input channel) pairs that share a group."""
+        in_sizes, out_sizes = self.group_sizes()
+        return int((in_sizes * out_sizes).sum())
+
+    def macs(self, out_height, out_width):
+        """Multiply-accumulates of the hard structure for one image: sum_g in_g out_g kh kw H W."""
+        kh, kw = self.kernel_size
+        return self.connections() * kh * kw * out_height * out_width
+
+    def freeze(self):
+        """Fix the assignment: logits stop training and the straight-through path is skipped."""
+        self.frozen = True
+        self.input_group_logits.requires_grad_(False)
+        self.output_group_logits.requires_grad_(False)
+
+    # --- forward ------------------------------------------------------------------------------
+    def mask(self):
+        """The connection mask M = T S^T (out x in), differentiable with respect to the logits."""
+        if self.frozen:
+            return self.hard_mask()
+        inputs = hard_assignment(self.input_group_logits, self.temperature, self.gradient)
+        filters = hard_assignment(self.output_group_logits, self.temperature, self.gradient)
+        return filters @ inputs.t()
+
+    def forward(self, x):
+        weight = self.weight * self.mask()[:, :, None, None].to(self.weight.dtype)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)

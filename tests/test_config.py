@@ -1,0 +1,41 @@
+import pytest
+
+from flgc import config
+from flgc.errors import UsageError
+
+
+def test_file_and_overrides():
+    cfg = config.load("configs/mbv2_flgc8.yaml",
+                      config.parse_overrides(["train.epochs=2", "flgc.groups=4", "data.verify_checksums=false",
+                                              "flgc.regularizer.weight=0", "train.milestones=[1, 2]"]))
+    assert cfg.train.epochs == 2 and cfg.flgc.groups == 4 and cfg.data.verify_checksums is False
+    assert cfg.flgc.regularizer.weight == 0.0 and isinstance(cfg.flgc.regularizer.weight, float)
+    assert cfg.train.milestones == [1, 2]
+    assert cfg.out_dir == "runs/mbv2_flgc8"
+    assert cfg.flgc.pointwise == "flgc" and cfg.train.lr == 0.1 and cfg.train.weight_decay == 4e-5
+
+
+def test_round_trip_through_dict():
+    cfg = config.load("configs/mbv2_sgc8.yaml")
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "unknown config key 'train.epoch'; valid keys: out_dir, seed"),
+    ("nonsense=1", "unknown config key"),
+    ("train.epochs=two", "must be an integer"),
+    ("train.epochs=0", "must be >= 1"),
+    ("data.download=maybe", "true or false"),
+    ("flgc.pointwise=sparse", "allowed: dense, group, flgc"),
+    ("flgc.groups=0", "must be >= 1"),
+    ("flgc.regularizer.kind=l1", "allowed: balance, budget, none"),
+    ("train.epochs", "expected KEY=VALUE"),
+])
+def test_bad_values_are_usage_errors(override, message):
+    with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+        config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([override]))
+
+
+def test_missing_file():
+    with pytest.raises(UsageError, match="does not exist"):
+        config.load("configs/nope.yaml")

@@ -1,0 +1,162 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flgc import FLGConv2d, group_regularizer, hard_assignment
+
+
+def set_assignment(layer, input_groups, output_groups):
+    """Give the layer logits whose argmax is the given group per input channel / filter."""
+    with torch.no_grad():
+        layer.input_group_logits.copy_(F.one_hot(torch.tensor(input_groups), layer.groups) * 5.0)
+        layer.output_group_logits.copy_(F.one_hot(torch.tensor(output_groups), layer.groups) * 5.0)
+
+
+def test_mask_is_filters_times_inputs_transposed():
+    torch.manual_seed(0)
+    layer = FLGConv2d(12, 10, 1, groups=3)
+    inputs = F.one_hot(layer.input_group_logits.argmax(1), 3).float()
+    filters = F.one_hot(layer.output_group_logits.argmax(1), 3).float()
+    assert torch.equal(layer.mask(), filters @ inputs.t())
+    assert torch.equal(layer.hard_mask(), filters @ inputs.t())
+
+
+def test_forward_is_conv_with_masked_weight_and_per_group_convs():
+    torch.manual_seed(1)
+    layer = FLGConv2d(6, 5, 3, padding=1, groups=3)
+    set_assignment(layer, [0, 2, 2, 0, 1, 1], [1, 0, 2, 2, 1])
+    x = torch.randn(2, 6, 7, 7)
+    mask = torch.tensor([[0, 0, 0, 0, 1, 1], [1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 0],
+                         [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.float)
+    expected = F.conv2d(x, layer.weight * mask[:, :, None, None], padding=1)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    # the same output from separate convs over each group's channels
+    for g in range(3):
+        cin = [i for i, v in enumerate([0, 2, 2, 0, 1, 1]) if v == g]
+        cout = [o for o, v in enumerate([1, 0, 2, 2, 1]) if v == g]
+        part = F.conv2d(x[:, cin], layer.weight[cout][:, cin], padding=1)
+        assert torch.allclose(layer(x)[:, cout], part, atol=1e-5)
+
+
+def test_one_group_is_a_dense_conv():
+    layer = FLGConv2d(4, 6, 1, groups=1)
+    x = torch.randn(3, 4, 5, 5)
+    assert torch.allclose(layer(x), F.conv2d(x, layer.weight), atol=1e-6)
+
+
+def test_non_uniform_and_empty_groups():
+    layer = FLGConv2d(8, 6, 1, groups=4)  # G=4 does not divide 6: allowed
+    set_assignment(layer, [0, 0, 0, 0, 0, 1, 1, 3], [0, 0, 1, 1, 1, 3])
+    in_sizes, out_sizes = layer.group_sizes()
+    assert in_sizes.tolist() == [5, 2, 0, 1]
+    assert out_sizes.tolist() == [2, 3, 0, 1]
+    assert layer.connections() == 5 * 2 + 2 * 3 + 0 + 1 * 1
+    assert layer.macs(4, 4) == 17 * 16
+    assert layer.input_groups().tolist() == [0, 0, 0, 0, 0, 1, 1, 3]
+    assert layer.output_groups().tolist() == [0, 0, 1, 1, 1, 3]
+    assert layer(torch.randn(1, 8, 4, 4)).shape == (1, 6, 4, 4)
+
+
+@pytest.mark.parametrize("groups", [0, -1, 9])
+def test_bad_group_counts_are_rejected(groups):
+    with pytest.raises(ValueError, match="groups"):
+        FLGConv2d(8, 16, 1, groups=groups)
+
+
+def test_eval_is_deterministic():
+    torch.manual_seed(2)
+    layer = FLGConv2d(16, 16, 1, groups=5).eval()
+    x = torch.randn(4, 16, 3, 3)
+    assert torch.equal(layer(x), layer(x))
+
+
+def test_straight_through_gradient_is_the_full_softmax_gradient():
+    torch.manual_seed(3)
+    logits = torch.randn(5, 4, requires_grad=True)
+    upstream = torch.randn(5, 4)
+    (hard_assignment(logits) * upstream).sum().backward()
+    soft_logits = logits.detach().clone().requires_grad_(True)
+    (torch.softmax(soft_logits, 1) * upstream).sum().backward()
+    assert torch.allclose(logits.grad, soft_logits.grad, atol=1e-6)
+    assert (logits.grad != 0).all()
+
+
+def test_reference_masked_gradient_keeps_only_the_argmax_entry():
+    torch.manual_seed(4)
+    logits = torch.randn(5, 4, requires_grad=True)
+    upstream = torch.randn(5, 4)
+    (hard_assignment(logits, gradient="reference_masked") * upstream).sum().backward()
+    soft_logits = logits.detach().clone().requires_grad_(True)
+    hard = F.one_hot(soft_logits.argmax(1), 4).float()
+    (torch.softmax(soft_logits, 1) * upstream * hard).sum().backward()
+    assert torch.allclose(logits.grad, soft_logits.grad, atol=1e-6)
+
+
+def test_gradient_reaches_the_logits_through_the_layer():
+    torch.manual_seed(5)
+    layer = FLGConv2d(8, 8, 1, groups=2)
+    layer(torch.randn(2, 8, 4, 4)).pow(2).sum().backward()
+    assert layer.input_group_logits.grad.abs().sum() > 0
+    assert layer.output_group_logits.grad.abs().sum() > 0
+
+
+def _train_toward(target_mask, gradient, steps=200):
+    torch.manual_seed(6)
+    layer = FLGConv2d(8, 8, 1, groups=2, gradient=gradient)
+    start = (layer.input_groups().clone(), layer.output_groups().clone())
+    optimizer = torch.optim.SGD([layer.input_group_logits, layer.output_group_logits], lr=0.5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        ((layer.mask() - target_mask) ** 2).sum().backward()
+        optimizer.step()
+    return layer, start
+
+
+def test_assignments_move_toward_a_grouping_the_loss_favours():
+    # favoured grouping: channels and filters 0-3 in one group, 4-7 in the other
+    halves = torch.tensor([0] * 4 + [1] * 4)
+    target = (halves[:, None] == halves[None, :]).float()
+    layer, start = _train_toward(target, "straight_through")
+    moved = (layer.input_groups() != start[0]).sum() + (layer.output_groups() != start[1]).sum()
+    assert moved > 0
+    assert torch.equal(layer.hard_mask(), target)
+
+
+def test_freeze_fixes_the_assignment_and_stops_logit_gradients():
+    torch.manual_seed(7)
+    layer = FLGConv2d(8, 8, 1, groups=2)
+    before = layer.hard_mask().clone()
+    layer.freeze()
+    layer(torch.randn(2, 8, 3, 3)).sum().backward()
+    assert layer.input_group_logits.grad is None and layer.output_group_logits.grad is None
+    assert layer.weight.grad is not None
+    assert torch.equal(layer.mask(), before)
+
+
+def test_balance_regularizer_pulls_group_sizes_toward_uniform():
+    torch.manual_seed(8)
+    layer = FLGConv2d(32, 32, 1, groups=4)
+    with torch.no_grad():
+        layer.input_group_logits[:, 0] += 3.0  # most channels start in group 0
+    start = group_regularizer(layer, "balance").item()
+    optimizer = torch.optim.SGD([layer.input_group_logits, layer.output_group_logits], lr=1.0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        group_regularizer(layer, "balance").backward()
+        optimizer.step()
+    assert group_regularizer(layer, "balance").item() < 0.1 * start
+    assert layer.group_sizes()[0].min() > 0
+
+
+def test_budget_regularizer_is_zero_within_budget_and_positive_above():
+    layer = FLGConv2d(8, 8, 1, groups=2)
+    with torch.no_grad():
+        layer.input_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 4 + [[-9.0, 9.0]] * 4))
+        layer.output_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 4 + [[-9.0, 9.0]] * 4))
+    assert group_regularizer(layer, "budget").item() == pytest.approx(0.0, abs=1e-4)
+    with torch.no_grad():
+        layer.input_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 8))
+        layer.output_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 8))
+    # everything in one group: fraction 1, budget 1/2 -> G * (1 - 1/2) = 1
+    assert group_regularizer(layer, "budget").item() == pytest.approx(1.0, abs=1e-3)
+    assert group_regularizer(layer, "none").item() == 0.0

@@ -1,0 +1,24 @@
+"""Train a network on CIFAR-10: python train.py --config configs/NAME.yaml [KEY=VALUE ...] [--resume auto|PATH]"""
+import sys
+
+from flgc import config
+from flgc.cli import ArgumentParser, run
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/mbv2_flgc8.yaml")
+    parser.add_argument("--resume", help="'auto' (out_dir/last.pt when present) or a checkpoint path")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=2")
+    args = parser.parse_args()
+    cfg = config.load(args.config, config.parse_overrides(args.overrides))
+    from flgc.engine import Diverged, fit
+    try:
+        fit(cfg, args.resume)
+    except Diverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    run(main)
