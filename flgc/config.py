@@ -41,6 +41,9 @@ class FLGCConfig:
     logit_lr_scale: float = 1.0  # lr of the logits = train.lr * scale
     logit_weight_decay: float = 0.0
     freeze_epoch: Optional[int] = None  # from this epoch on the assignments are fixed
+    temperature_start: float = 1.0  # softmax temperature of the logit gradient, first epoch
+    temperature_end: float = 1.0  # ... last epoch; geometric schedule in between
+    plot_interval: int = 0  # log group-structure pictures to TensorBoard every N epochs; 0 = never
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
 
 
@@ -165,6 +168,12 @@ def validate(cfg):
         value = get(cfg, key)
         if value is not None and value < 1:
             raise UsageError(f"config key {key} must be >= 1, got {value}")
+    f = cfg.flgc
+    if f.temperature_start <= 0 or f.temperature_end <= 0 or f.logit_init_std <= 0 or f.logit_lr_scale < 0:
+        raise UsageError("config keys flgc.temperature_start/_end and flgc.logit_init_std must be > 0, "
+                         "flgc.logit_lr_scale >= 0")
+    if f.plot_interval < 0:
+        raise UsageError(f"config key flgc.plot_interval must be >= 0, got {f.plot_interval}")
     if cfg.data.crop_padding < 0:
         raise UsageError(f"config key data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:

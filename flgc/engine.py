@@ -117,10 +117,19 @@ def reassignments(before, after):
                    int((before[name][1] != after[name][1]).sum())] for name in after}
 
 
-def apply_freeze(model, cfg, epoch):
-    """From epoch flgc.freeze_epoch on, every FLGC layer keeps its assignment fixed."""
-    if cfg.flgc.freeze_epoch is not None and epoch >= cfg.flgc.freeze_epoch:
-        for _, layer in flgc_layers(model):
+def temperature(cfg, epoch):
+    """Geometric schedule from flgc.temperature_start (epoch 1) to flgc.temperature_end (last epoch)."""
+    f = cfg.flgc
+    progress = (epoch - 1) / max(cfg.train.epochs - 1, 1)
+    return f.temperature_start * (f.temperature_end / f.temperature_start) ** progress
+
+
+def prepare_flgc(model, cfg, epoch):
+    """Set this epoch's softmax temperature; from flgc.freeze_epoch on, fix every assignment."""
+    frozen = cfg.flgc.freeze_epoch is not None and epoch >= cfg.flgc.freeze_epoch
+    for _, layer in flgc_layers(model):
+        layer.temperature = temperature(cfg, epoch)
+        if frozen:
             layer.freeze()
 
 
@@ -192,7 +201,7 @@ def fit(cfg, resume=None):
 
 def _run_epoch(model, cfg, epoch, train_batches, test_batches, optimizer, scheduler, best_accuracy, writer):
     started = time.time()
-    apply_freeze(model, cfg, epoch)
+    prepare_flgc(model, cfg, epoch)
     before = assignments(model)
     lr = optimizer.param_groups[0]["lr"]
     train_batches.set_epoch(epoch)
@@ -226,6 +235,10 @@ def _run_epoch(model, cfg, epoch, train_batches, test_batches, optimizer, schedu
     for key, value in _scalars(row).items():
         if key != "epoch" and value is not None:
             writer.add_scalar(key, value, epoch)
+    interval = cfg.flgc.plot_interval
+    if interval and flgc_layers(model) and (epoch % interval == 0 or epoch == cfg.train.epochs):
+        from .plots import group_figure
+        writer.add_figure("groups", group_figure(model), epoch)
     writer.flush()
     print(summary_line(row, cfg.train.epochs), flush=True)
     return row
