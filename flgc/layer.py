@@ -22,7 +22,8 @@ def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
     softmax output is kept only at the argmax entry, which in practice freezes the assignment.
     """
     soft = torch.softmax(logits / temperature, dim=1)
-    hard = F.one_hot(soft.argmax(dim=1), logits.shape[1]).to(soft.dtype)
+    # argmax of the logits: the same as of the softmax, without float ties, whatever the temperature
+    hard = F.one_hot(logits.detach().argmax(dim=1), logits.shape[1]).to(soft.dtype)
     if gradient == "straight_through":
         return hard - soft.detach() + soft
     if gradient == "reference_masked":

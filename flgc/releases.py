@@ -1,0 +1,107 @@
+"""Released checkpoints: the manifest, and resumable, verified downloads.
+
+checkpoints/manifest.json = {"checkpoints": [{name, config, file, sha256, bytes, accuracy, mflops,
+data, hardware, schedule, url (optional)}, ...]}. A download goes to FILE.part and is renamed to FILE
+only after its size and sha256 match; an interrupted one resumes with an HTTP Range request (or
+restarts when the server ignores it).
+"""
+import hashlib
+import http.client
+import json
+import os
+import urllib.error
+import urllib.request
+
+from .errors import UsageError
+
+REQUIRED = ("name", "file", "sha256", "bytes")
+CHUNK = 1 << 16
+
+
+def load_manifest(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"manifest {path} does not exist")
+    try:
+        with open(path) as f:
+            entries = json.load(f)["checkpoints"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UsageError(f"manifest {path} is not valid ({err}); expected {{\"checkpoints\": [...]}}") from None
+    for entry in entries:
+        missing = [k for k in REQUIRED if k not in entry]
+        if missing:
+            raise UsageError(f"manifest {path}: entry {entry.get('name', '?')} lacks {', '.join(missing)}")
+    return entries
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified(path, entry):
+    return os.path.isfile(path) and os.path.getsize(path) == entry["bytes"] and sha256_file(path) == entry["sha256"]
+
+
+def _fetch_once(url, part, progress):
+    """Append what the server sends to `part`, resuming from its current size when possible."""
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        status = getattr(response, "status", None) or response.getcode()
+        if have and status != 206:  # the server ignored the range: start over
+            have = 0
+        if progress is not None:
+            progress.reset()
+            progress.update(have)
+        with open(part, "ab" if have else "wb") as f:
+            while True:
+                block = response.read(CHUNK)
+                if not block:
+                    break
+                f.write(block)
+                if progress is not None:
+                    progress.update(len(block))
+
+
+def download(entry, directory, attempts=5, show_progress=True):
+    """Path of the verified file of `entry` in `directory`, downloading it when needed."""
+    path = os.path.join(directory, entry["file"])
+    if verified(path, entry):
+        return path, False
+    if not entry.get("url"):
+        raise UsageError(f"{entry['name']}: {path} is missing or does not match its sha256, and the "
+                         f"manifest gives no url to fetch it from")
+    os.makedirs(directory, exist_ok=True)
+    part = path + ".part"
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
+        progress = tqdm(total=entry["bytes"], unit="B", unit_scale=True, desc=entry["name"], leave=False)
+    last_error = None
+    try:
+        for _ in range(attempts):
+            try:
+                _fetch_once(entry["url"], part, progress)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+                last_error = err  # keep the partial file: the next attempt resumes it
+                continue
+            size = os.path.getsize(part)
+            if size < entry["bytes"]:
+                last_error = f"got {size} of {entry['bytes']} bytes"
+                continue
+            break
+    finally:
+        if progress is not None:
+            progress.close()
+    if not os.path.exists(part) or os.path.getsize(part) != entry["bytes"]:
+        raise UsageError(f"{entry['name']}: download from {entry['url']} did not complete after {attempts} "
+                         f"attempts ({last_error}); run again to resume")
+    if sha256_file(part) != entry["sha256"]:
+        os.unlink(part)
+        raise UsageError(f"{entry['name']}: the downloaded file does not match its sha256 "
+                         f"{entry['sha256'][:12]}...; it was deleted")
+    os.replace(part, path)
+    return path, True

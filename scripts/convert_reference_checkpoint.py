@@ -1,0 +1,46 @@
+"""Convert a checkpoint of the public FLGC reference implementation into ours.
+
+python scripts/convert_reference_checkpoint.py SRC DST
+The variant (baseline, standard group conv, FLGC) and G are detected from the state_dict; the result
+evaluates with `python eval.py --checkpoint DST`.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from flgc import checkpoint, config, reference  # noqa: E402
+from flgc.cli import ArgumentParser, run  # noqa: E402
+from flgc.errors import UsageError  # noqa: E402
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    args = parser.parse_args()
+    if os.path.exists(args.dst) and not args.force:
+        raise UsageError(f"{args.dst} exists; pass --force to overwrite it")
+    if not os.path.isfile(args.src):
+        raise UsageError(f"{args.src} does not exist")
+    try:
+        payload = torch.load(args.src, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UsageError(f"{args.src} cannot be loaded safely ({str(err).splitlines()[0][:200]})") from None
+    if not reference.is_reference(payload):
+        raise UsageError(f"{args.src} is not a reference checkpoint (expected keys {', '.join(reference.REFERENCE_KEYS)})")
+    overrides, state_dict, epoch, best = reference.convert(payload)
+    cfg = config.from_dict(overrides)
+    model = checkpoint.model_from({"config": config.to_dict(cfg), "model": state_dict}, args.src, cfg)
+    best = float(best) if best is not None else None
+    checkpoint.save(args.dst, {"config": config.to_dict(cfg), "model": model.state_dict(),
+                               "epoch": epoch, "best_accuracy": best, "source": os.path.basename(args.src)})
+    f = cfg.flgc
+    print(f"converted {args.src} ({f.pointwise}, G={f.groups}, epoch {epoch}, best accuracy {best}) -> {args.dst}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,38 @@
+"""Download released checkpoints listed in checkpoints/manifest.json and verify their sha256.
+
+python scripts/download_checkpoints.py [NAME ... | --all] [--dir checkpoints] [--manifest FILE]
+Verified files are skipped; an interrupted download resumes; nothing unverified gets the final name.
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from flgc import releases  # noqa: E402
+from flgc.cli import ArgumentParser, run  # noqa: E402
+from flgc.errors import UsageError  # noqa: E402
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME")
+    parser.add_argument("--all", action="store_true", help="every checkpoint of the manifest")
+    parser.add_argument("--dir", default=os.path.join(ROOT, "checkpoints"), help="where files go")
+    parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    entries = {e["name"]: e for e in releases.load_manifest(args.manifest)}
+    if args.all == bool(args.names):
+        raise UsageError(f"name checkpoints or pass --all (not both); available: {', '.join(entries) or 'none'}")
+    names = list(entries) if args.all else args.names
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise UsageError(f"unknown checkpoint(s) {', '.join(unknown)}; available: {', '.join(entries) or 'none'}")
+    for name in names:
+        path, fetched = releases.download(entries[name], args.dir, show_progress=not args.no_progress)
+        print(f"{name}: {path} ({'downloaded and verified' if fetched else 'already verified'})")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,104 @@
+"""Downloads from a local HTTP server on 127.0.0.1: complete, truncated then resumed, bad hash."""
+import hashlib
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import run_cli
+
+PAYLOAD = os.urandom(300_000)
+
+
+class Handler(BaseHTTPRequestHandler):
+    truncate_next = 0  # number of responses to cut short
+    requests = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Handler.requests.append(self.headers.get("Range"))
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        else:
+            self.send_response(200)
+        body = PAYLOAD[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if Handler.truncate_next:
+            Handler.truncate_next -= 1
+            self.wfile.write(body[: len(body) // 3])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def manifest(tmp_path, url, sha=None):
+    entry = {"name": "tiny", "file": "tiny.pt", "sha256": sha or hashlib.sha256(PAYLOAD).hexdigest(),
+             "bytes": len(PAYLOAD), "url": url}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"checkpoints": [entry]}))
+    return path
+
+
+def download(tmp_path, manifest_path, *names):
+    return run_cli("scripts/download_checkpoints.py", *(names or ("tiny",)), "--dir", str(tmp_path / "ckpt"),
+                   "--manifest", str(manifest_path), "--no-progress")
+
+
+def test_download_verifies_and_skips_verified(tmp_path, server):
+    m = manifest(tmp_path, f"{server}/tiny.pt")
+    first = download(tmp_path, m)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD
+    Handler.requests.clear()
+    second = download(tmp_path, m)
+    assert "already verified" in second.stdout and Handler.requests == []
+
+
+def test_truncated_transfer_resumes_with_a_range_request(tmp_path, server):
+    Handler.requests.clear()
+    Handler.truncate_next = 2
+    result = download(tmp_path, manifest(tmp_path, f"{server}/tiny.pt"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD
+    assert Handler.requests[0] is None and Handler.requests[1].startswith("bytes=")
+    assert not (tmp_path / "ckpt" / "tiny.pt.part").exists()
+
+
+def test_hash_mismatch_leaves_no_file_under_the_final_name(tmp_path, server):
+    result = download(tmp_path, manifest(tmp_path, f"{server}/tiny.pt", sha="0" * 64))
+    assert result.returncode == 2 and "does not match its sha256" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ckpt" / "tiny.pt").exists() and not (tmp_path / "ckpt" / "tiny.pt.part").exists()
+
+
+def test_file_urls_and_unknown_names(tmp_path):
+    source = tmp_path / "source.pt"
+    source.write_bytes(PAYLOAD)
+    m = manifest(tmp_path, source.as_uri())
+    assert download(tmp_path, m).returncode == 0
+    result = download(tmp_path, m, "nope")
+    assert result.returncode == 2 and "available: tiny" in result.stderr
+
+
+def test_the_repository_manifest_is_valid():
+    from flgc.releases import load_manifest
+    for entry in load_manifest("checkpoints/manifest.json"):
+        assert len(entry["sha256"]) == 64 and entry["bytes"] > 0
