@@ -1,7 +1,8 @@
 """The checkpoint format: one dict, written atomically, read with torch.load(weights_only=True).
 
 Keys: format_version, config (the resolved config as plain data), model (state_dict), and for
-training checkpoints optimizer, scheduler, epoch, best_accuracy, rng (torch CPU generator state).
+training checkpoints optimizer, scheduler, epoch, best_accuracy, rng (torch CPU generator state);
+deployed checkpoints add deploy_spec (plain data describing the inference modules, see flgc.deploy).
 A checkpoint thus rebuilds its own model: eval.py needs nothing else.
 """
 import os
@@ -71,8 +72,20 @@ def load_weights(model, state_dict, path):
 
 
 def model_from(payload, path, cfg=None):
-    """The network stored in a checkpoint, weights loaded, on CPU."""
+    """The network stored in a checkpoint (training or deployed form), weights loaded, on CPU."""
     cfg = cfg or config_of(payload)
     model = build_model(cfg)
+    if payload.get("deploy_spec") is not None:
+        from .deploy import rebuild
+        try:
+            model = rebuild(model, payload["deploy_spec"])
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise UsageError(f"checkpoint {path} holds a deployed model this code cannot rebuild ({err})") from None
+        model.deploy_spec = payload["deploy_spec"]
     load_weights(model, payload["model"], path)
     return model
+
+
+def deployed_payload(model, cfg_dict, **extra):
+    """Checkpoint dict of a converted (deployed) model."""
+    return {"config": cfg_dict, "model": model.state_dict(), "deploy_spec": model.deploy_spec, **extra}

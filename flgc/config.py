@@ -37,7 +37,7 @@ class FLGCConfig:
     groups: int = 8  # G, for group and flgc
     where: str = "project"  # which 1x1 convs: project | expand | both
     gradient: str = "straight_through"  # straight_through | reference_masked (ablation)
-    logit_init_std: float = 1.0  # assignment logits start as N(0, std^2)
+    logit_init_std: float = 0.01  # assignment logits start as N(0, std^2); the reference uses 1
     logit_lr_scale: float = 1.0  # lr of the logits = train.lr * scale
     logit_weight_decay: float = 0.0
     freeze_epoch: Optional[int] = None  # from this epoch on the assignments are fixed

@@ -333,6 +333,10 @@ def _is_inverted_residual(module):
             and len(module.conv) in (5, 8))
 
 
+def _is_inverted_residual_deployed(module):
+    return hasattr(module, "conv") and hasattr(module, "shortcut") and isinstance(module.conv, nn.Sequential)
+
+
 def _time(module, x, repeats=5):
     with torch.no_grad():
         module(x)
@@ -453,26 +457,56 @@ def _record_hidden_sizes(model, input_size):
     return sizes
 
 
-def _fold_sequence(sequence):
-    """nn.Sequential with every (conv, BN) pair folded into one conv; FLGC -> GroupedConv."""
-    children, out, i = list(sequence), [], 0
-    while i < len(children):
-        module = children[i]
-        bn = children[i + 1] if i + 1 < len(children) and isinstance(children[i + 1], nn.BatchNorm2d) else None
+def _fold_pairs(sequence, keep_flgc=False):
+    """{child index: replacement} folding every (conv, BN) pair of an nn.Sequential: the conv takes
+    the BN (FLGC -> GroupedConv, or with keep_flgc a frozen masked FLGConv2d), the BN -> Identity."""
+    children, replacements = list(sequence), {}
+    for i, module in enumerate(children[:-1]):
+        bn = children[i + 1]
+        if not isinstance(bn, nn.BatchNorm2d) or not isinstance(module, (nn.Conv2d, FLGConv2d)):
+            continue
         if isinstance(module, FLGConv2d):
-            out.append(_generic_flgc(module, bn))
-        elif isinstance(module, nn.Conv2d) and bn is not None:
-            weight, bias = folded(module, bn)
+            replacements[i] = _masked_flgc(module, bn) if keep_flgc else _generic_flgc(module, bn)
+        else:
+            scale, _ = bn_scale_shift(bn)
             conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                              module.padding, module.dilation, module.groups, bias=True)
-            with torch.no_grad():
-                conv.weight.copy_(module.weight.detach() * bn_scale_shift(bn)[0][:, None, None, None])
-                conv.bias.copy_(bias)
-            out.append(conv)
-        else:
-            out.append(module)
-        i += 2 if bn is not None else 1
-    return nn.Sequential(*out)
+            conv.weight.copy_(module.weight.detach() * scale[:, None, None, None])
+            conv.bias.copy_(folded(module, bn)[1])
+            replacements[i] = conv
+        replacements[i + 1] = nn.Identity()
+    return replacements
+
+
+def _fold_all(model, keep_flgc, skip=()):
+    """Fold BN in every nn.Sequential of model (in place); returns {path: new module}."""
+    done = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Sequential) and name not in skip:
+            for index, replacement in _fold_pairs(module, keep_flgc).items():
+                path = f"{name}.{index}" if name else str(index)
+                _set_module(model, path, replacement)
+                done[path] = replacement
+    return done
+
+
+def _masked_flgc(layer, bn):
+    layer = copy.deepcopy(layer)
+    if bn is not None:
+        scale, shift = bn_scale_shift(bn)
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(scale)
+        layer.weight.data.mul_(scale[:, None, None, None])
+        layer.bias = nn.Parameter(bias * scale + shift)
+    layer.freeze()
+    return layer
+
+
+def fold_batchnorm(model):
+    """A copy of `model` with BatchNorm folded into the conv before it, FLGC layers kept (masked)."""
+    model = copy.deepcopy(model).cpu().float().eval()
+    with torch.no_grad():
+        _fold_all(model, keep_flgc=True)
+    return model
 
 
 def _generic_flgc(layer, bn=None):
@@ -517,11 +551,7 @@ def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size
                                                              strategy, channels_last)
         for path, module in replacements.items():
             _set_module(model, path, module)
-        for name, module in list(model.named_modules()):
-            if isinstance(module, nn.Sequential) and name not in replacements and any(
-                    isinstance(c, nn.BatchNorm2d) for c in module.children()):
-                replacements[name] = _fold_sequence(module)
-                _set_module(model, name, replacements[name])
+        replacements.update(_fold_all(model, keep_flgc=False, skip=set(replacements)))
         for name, module in list(model.named_modules()):
             if isinstance(module, FLGConv2d):
                 replacements[name] = _generic_flgc(module)

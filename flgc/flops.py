@@ -21,13 +21,34 @@ def flgc_params(layer):
     return layer.connections() * kh * kw + (layer.out_channels if layer.bias is not None else 0)
 
 
-def module_macs(model, input_size=(3, 32, 32)):
-    """[(name, module, MACs for one image)] for every counted leaf module, in forward order."""
+def _flgc_dense_hook(module, inputs, output):
+    kh, kw = module.kernel_size
+    module.__flops__ += output.numel() * module.in_channels * kh * kw
+
+
+def _block_pointwise_hook(module, inputs, output):
+    spatial = output.shape[0] * output.shape[2] * output.shape[3]
+    module.__flops__ += spatial * sum((i1 - i0) * (o1 - o0) for i0, i1, o0, o1 in module.blocks)
+    module.__flops__ += output.numel() if module.blocks else 0  # bias adds, as ptflops counts them
+
+
+def module_macs(model, input_size=(3, 32, 32), flgc_as_computed=False):
+    """[(name, module, MACs for one image)] for every counted leaf module, in forward order.
+
+    FLGC layers count their hard structure; with flgc_as_computed, the dense conv a masked FLGC
+    layer really runs. Deployed BlockPointwise layers count their blocks.
+    """
+    from .deploy import BlockPointwise
     counted = []
     handles = []
 
     def attach(name, module):
-        hook = _flgc_hook if isinstance(module, FLGConv2d) else MODULES_MAPPING.get(type(module))
+        if isinstance(module, FLGConv2d):
+            hook = _flgc_dense_hook if flgc_as_computed else _flgc_hook
+        elif isinstance(module, BlockPointwise):
+            hook = _block_pointwise_hook
+        else:
+            hook = MODULES_MAPPING.get(type(module))
         if hook is None:
             return
         module.__flops__ = 0
@@ -63,9 +84,9 @@ def count_params(model):
     return total
 
 
-def count(model, input_size=(3, 32, 32)):
+def count(model, input_size=(3, 32, 32), flgc_as_computed=False):
     """(MMac, parameters) of `model` for one image."""
-    macs = sum(m for _, _, m in module_macs(model, input_size))
+    macs = sum(m for _, _, m in module_macs(model, input_size, flgc_as_computed))
     return macs / 1e6, count_params(model)
 
 

@@ -1,0 +1,133 @@
+"""Inference speed of dense, SGC8 and FLGC8 MobileNetV2 (training form, deployed, and the bound).
+
+python scripts/bench_inference.py [--threads 2] [--batch-sizes 1,128] [--checkpoint CKPT] [--json]
+
+All variants are built in one process with fixed seeds (FLGC structures from random N(0,1) logits,
+i.e. non-uniform, or the flgc8 structure from --checkpoint), BN folded, and timed in interleaved
+rounds; the table shows medians. torch runs each variant in its faster memory layout (measured);
+ONNX Runtime runs NCHW with all graph optimisations.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from flgc import bench, checkpoint, deploy, flops  # noqa: E402
+from flgc.cli import ArgumentParser, run  # noqa: E402
+from flgc.errors import UsageError  # noqa: E402
+from models import MobileNetV2  # noqa: E402
+
+
+def randomise_bn(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+def training_models(checkpoint_path):
+    torch.manual_seed(0)
+    models = {"dense": MobileNetV2(), "sgc8": MobileNetV2(pointwise="group"),
+              "flgc8": MobileNetV2(pointwise="flgc"), "flgc8both": MobileNetV2(pointwise="flgc", where="both")}
+    models = {name: randomise_bn(m, i) for i, (name, m) in enumerate(models.items())}
+    if checkpoint_path:
+        payload = checkpoint.load(checkpoint_path)
+        model = checkpoint.model_from(payload, checkpoint_path).eval()
+        if bench.count_flgc(model) == 0:
+            raise UsageError(f"{checkpoint_path} has no FLGC layers; pass an FLGC checkpoint")
+        where = payload["config"]["flgc"]["where"]
+        models["flgc8" if where == "project" else "flgc8both"] = model
+    return models
+
+
+def variants(models, batch):
+    dense = deploy.convert(models["dense"], batch_size=batch)
+    return {
+        "dense": dense,
+        "sgc8": deploy.convert(models["sgc8"], batch_size=batch),
+        "flgc8-masked": bench.masked_model(models["flgc8"]),
+        "flgc8-deployed": deploy.convert(models["flgc8"], batch_size=batch),
+        "flgc8both-masked": bench.masked_model(models["flgc8both"]),
+        "flgc8both-deployed": deploy.convert(models["flgc8both"], batch_size=batch),
+        "flgc8-bound": bench.bound_model(deploy.convert(models["dense"], strategy="conv"), 8, "project"),
+        "flgc8both-bound": bench.bound_model(deploy.convert(models["dense"], strategy="conv"), 8, "both"),
+    }
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", default="1,128")
+    parser.add_argument("--checkpoint", help="take the flgc8 (or flgc8both) structure from this checkpoint")
+    parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default: 40 at batch 1, 10 at 128)")
+    parser.add_argument("--runtimes", default="torch,onnxruntime")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    try:
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,128") from None
+    runtimes = args.runtimes.split(",")
+    if args.threads < 1 or any(b < 1 for b in batches) or not set(runtimes) <= {"torch", "onnxruntime"}:
+        raise UsageError("--threads and batch sizes must be >= 1; runtimes: torch, onnxruntime")
+    torch.set_num_threads(args.threads)
+    models = training_models(args.checkpoint)
+    results = []
+    for batch in batches:
+        built = variants(models, batch)
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        runners, layouts = {}, {}
+        with torch.no_grad():
+            reference = {name: m(x) for name, m in built.items()}
+            if "torch" in runtimes:
+                for name, model in built.items():
+                    layouts[name] = fastest_layout(model, x)
+                    xl = x.to(memory_format=torch.channels_last) if layouts[name] == "channels_last" else x
+                    model = model.to(memory_format=torch.channels_last) if layouts[name] == "channels_last" else model
+                    runners[(name, "torch")] = (lambda m=model, xl=xl: m(xl))
+            if "onnxruntime" in runtimes:
+                feed = {"images": x.numpy()}
+                for name, model in built.items():
+                    session = bench.ort_session(bench.onnx_bytes(model, batch), args.threads)
+                    out = session.run(None, feed)[0]
+                    error = float((torch.from_numpy(out) - reference[name]).abs().max())
+                    if error > 1e-3:
+                        raise RuntimeError(f"{name}: ONNX Runtime output differs by {error}")
+                    runners[(name, "onnxruntime")] = (lambda s=session: s.run(None, feed))
+            repeats = args.repeats or (40 if batch <= 8 else 10)
+            times = bench.interleaved_medians(runners, repeats)
+        for (name, runtime), seconds in times.items():
+            mflops, _ = flops.count(built[name], flgc_as_computed=True)
+            results.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3,
+                            "mflops": mflops, "layout": layouts.get(name, "nchw") if runtime == "torch" else "nchw"})
+    print_table(results)
+    if args.json:
+        print(json.dumps({"threads": args.threads, "results": results}))
+
+
+def fastest_layout(model, x):
+    times = bench.interleaved_medians({
+        "contiguous": lambda: model(x),
+        "channels_last": lambda m=model.to(memory_format=torch.channels_last),
+        xl=x.to(memory_format=torch.channels_last): m(xl)}, repeats=3, warmup=1)
+    model.to(memory_format=torch.contiguous_format)
+    return min(times, key=times.get)
+
+
+def print_table(results):
+    print(f"{'variant':<20} {'runtime':<12} {'batch':>5} {'ms':>9} {'x dense':>8} {'MMac':>7}  layout")
+    for r in results:
+        dense = next(d for d in results if d["variant"] == "dense" and d["runtime"] == r["runtime"]
+                     and d["batch"] == r["batch"])
+        print(f"{r['variant']:<20} {r['runtime']:<12} {r['batch']:>5} {r['ms']:>9.2f} "
+              f"{dense['ms'] / r['ms']:>8.2f} {r['mflops']:>7.2f}  {r['layout']}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,52 @@
+"""Convert a checkpoint into its inference form: BN folded, learned groups computed as real groups.
+
+python scripts/deploy.py --checkpoint CKPT --out FILE [--batch-size 1] [--strategy auto|blocks|conv]
+The result loads and evaluates with eval.py; its outputs are checked against the training model's.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from flgc import checkpoint, deploy, flops  # noqa: E402
+from flgc.cli import ArgumentParser, run  # noqa: E402
+from flgc.errors import UsageError  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size the per-layer kernels are timed for")
+    parser.add_argument("--strategy", default="auto", choices=deploy.STRATEGIES)
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    args = parser.parse_args()
+    if os.path.exists(args.out) and not args.force:
+        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    payload = checkpoint.load(args.checkpoint)
+    if payload.get("deploy_spec") is not None:
+        raise UsageError(f"{args.checkpoint} is already deployed")
+    model = checkpoint.model_from(payload, args.checkpoint).eval()
+    deployed = deploy.convert(model, batch_size=args.batch_size, strategy=args.strategy)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        error = float((deployed(x) - model(x)).abs().max())
+    if error > TOLERANCE:
+        raise RuntimeError(f"deployed model differs from the training model by {error} (> {TOLERANCE})")
+    checkpoint.save(args.out, checkpoint.deployed_payload(
+        deployed, payload["config"], epoch=payload.get("epoch"), best_accuracy=payload.get("best_accuracy"),
+        source=os.path.basename(args.checkpoint)))
+    before, _ = flops.count(model)
+    after, params = flops.count(deployed)
+    print(f"deployed {args.checkpoint} -> {args.out}: max |logit diff| {error:.2e}, "
+          f"{before:.2f} MMac (learned structure) -> {after:.2f} MMac computed, {params:,} parameters")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,66 @@
+"""Deploy and export through the command line; ONNX Runtime and TorchScript parity <= 1e-4."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from flgc import checkpoint, config
+from flgc.registry import build_model
+from test_deploy import randomise
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A training checkpoint of MobileNetV2-FLGC8 (expand+projection) with non-uniform groups."""
+    path = tmp_path_factory.mktemp("export") / "flgc8both.pt"
+    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides(["flgc.where=both", "flgc.logit_init_std=1"]))
+    torch.manual_seed(0)
+    model = randomise(build_model(cfg), 0)
+    checkpoint.save(str(path), {"config": config.to_dict(cfg), "model": model.state_dict(), "epoch": 1,
+                                "best_accuracy": 10.0})
+    return path, model
+
+
+def test_deploy_then_eval_matches_the_training_checkpoint(trained, tiny_data, tmp_path):
+    path, _ = trained
+    out = tmp_path / "deployed.pt"
+    result = run_cli("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    reports = []
+    for ckpt in (path, out):
+        evaluated = run_cli("eval.py", "--checkpoint", str(ckpt), f"data.root={tiny_data}",
+                            "data.verify_checksums=false", "--json")
+        assert evaluated.returncode == 0, evaluated.stderr
+        reports.append(json.loads(evaluated.stdout.strip().splitlines()[-1]))
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]
+    assert reports[0]["loss"] == pytest.approx(reports[1]["loss"], abs=1e-4)
+    again = run_cli("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_onnx_runtime_parity(trained, tmp_path):
+    import onnxruntime as ort
+    path, model = trained
+    out = tmp_path / "model.onnx"
+    result = run_cli("scripts/export.py", "--checkpoint", str(path), "--format", "onnx", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            expected = model.eval()(x).numpy()
+        got = session.run(None, {"images": x.numpy()})[0]
+        assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_torchscript_parity(trained, tmp_path):
+    path, model = trained
+    out = tmp_path / "model.ts"
+    result = run_cli("scripts/export.py", "--checkpoint", str(path), "--format", "torchscript", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    loaded = torch.jit.load(str(out))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (loaded(x) - model.eval()(x)).abs().max() <= 1e-4
