@@ -72,19 +72,23 @@ def load_split(data_cfg, train):
     return images, labels
 
 
-def augment(images, generator, padding=4, flip=True):
-    """Random crop (zero padding) and horizontal flip of a uint8 batch N x H x W x C, one gather."""
+def augment_params(count, generator, padding=4, flip=True):
+    """Random crop offsets (top, left: count x 1) and flip flags (count) for one batch."""
+    top = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator)
+    flipped = torch.rand(count, generator=generator) < 0.5 if flip else torch.zeros(count, dtype=torch.bool)
+    return top, left, flipped
+
+
+def augment(images, params, padding=4):
+    """Crop (zero padding) and flip a uint8 batch N x H x W x C as drawn by augment_params, one gather."""
     n, height, width, _ = images.shape
+    top, left, flipped = (p.to(images.device) for p in params)
     padded = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
-    device = images.device
-    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(device)
-    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator).to(device)
-    rows = top + torch.arange(height, device=device)
-    cols = left + torch.arange(width, device=device)
-    if flip:
-        flipped = (torch.rand(n, generator=generator) < 0.5).to(device)
-        cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=device)
+    rows = top + torch.arange(height, device=images.device)
+    cols = left + torch.arange(width, device=images.device)
+    cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)
     return padded[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
@@ -92,8 +96,10 @@ class Batches:
     """Iterable of normalised (images, labels) batches from an in-memory split.
 
     Images come out N x 3 x 32 x 32 float32 in channels_last memory layout (or contiguous NCHW).
-    Training order and augmentation are drawn from a generator seeded by (seed, epoch), so an
-    epoch is the same whether or not the run was interrupted before it.
+    Order and augmentation of an epoch are drawn from a generator seeded by (seed, epoch), for the
+    whole global batch, so they do not depend on interruptions (set_epoch(e, start_step) skips the
+    first steps exactly) nor on how many processes share the batch (shard = (rank, world): each
+    takes every world-th image of the global batch).
     """
 
     def __init__(self, images, labels, data_cfg, batch_size, train, seed=0, device="cpu",
@@ -105,13 +111,13 @@ class Batches:
         self.std = torch.tensor(data_cfg.std, device=device) * 255
         self.channels_last = channels_last
         self.rank, self.world = shard
-        self.epoch = 0
+        self.epoch, self.start_step = 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, start_step=0):
+        self.epoch, self.start_step = epoch, start_step
 
     def __len__(self):
-        return -(-len(self.labels) // (self.batch_size * self.world))
+        return -(-len(self.labels) // self.batch_size)
 
     def _normalise(self, images):
         batch = ((images.float() - self.mean) / self.std).permute(0, 3, 1, 2)
@@ -121,10 +127,14 @@ class Batches:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         count = len(self.labels)
         order = torch.randperm(count, generator=generator) if self.train else torch.arange(count)
-        step = self.batch_size * self.world
-        for start in range(0, count, step):
-            index = order[start:start + step][self.rank::self.world].to(self.images.device)
+        for step, start in enumerate(range(0, count, self.batch_size)):
+            index = order[start:start + self.batch_size]
+            params = augment_params(len(index), generator, self.padding, self.flip) if self.train else None
+            if step < self.start_step:
+                continue  # the draws above keep the generator where an uninterrupted epoch has it
+            mine = slice(self.rank, None, self.world)
+            index = index[mine].to(self.images.device)
             images = self.images[index]
             if self.train:
-                images = augment(images, generator, self.padding, self.flip)
+                images = augment(images, tuple(p[mine] for p in params), self.padding)
             yield self._normalise(images), self.labels[index]

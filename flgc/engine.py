@@ -1,11 +1,14 @@
 """The training and evaluation loop shared by train.py and eval.py: read it top to bottom."""
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import checkpoint, flops
@@ -77,33 +80,74 @@ def evaluate(model, batches):
     return {"accuracy": 100.0 * correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen}
 
 
-def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None):
-    """One pass over `batches`; returns mean loss, regularizer and accuracy of the epoch."""
+class EpochState:
+    """Running sums of an epoch; saved in step checkpoints so a resumed epoch reports exactly."""
+
+    def __init__(self, sums=None):
+        self.sums = dict(sums or {"loss": 0.0, "regularizer": 0.0, "correct": 0, "seen": 0})
+
+    def add(self, loss, penalty, correct, seen):
+        for key, value in (("loss", loss * seen), ("regularizer", penalty * seen), ("correct", correct), ("seen", seen)):
+            self.sums[key] += value
+
+    def totals(self):
+        """Sums over every process of a distributed run."""
+        sums = dict(self.sums)
+        if dist.is_available() and dist.is_initialized():
+            values = torch.tensor([float(sums[k]) for k in ("loss", "regularizer", "correct", "seen")],
+                                  dtype=torch.float64)
+            dist.all_reduce(values)
+            sums = dict(zip(("loss", "regularizer", "correct", "seen"), values.tolist()))
+        return sums
+
+    def stats(self):
+        sums = self.totals()
+        seen = max(sums["seen"], 1)
+        return {"train_loss": sums["loss"] / seen, "regularizer": sums["regularizer"] / seen,
+                "train_accuracy": 100.0 * sums["correct"] / seen}
+
+
+def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None, state=None, stop=None,
+                    on_step=None, network=None):
+    """Train over `batches` (from batches.start_step on). `network` is the module to call (a DDP or
+    compiled wrapper of model, or model itself). After each step, on_step(step, state) may save; when
+    stop() turns true the epoch ends early. Returns (EpochState, the number of steps done)."""
+    network = network or model
     model.train()
     reg = cfg.flgc.regularizer
-    loss_sum = reg_sum = 0.0
-    correct = seen = 0
-    for step, (images, labels) in enumerate(batches):
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+    state = state or EpochState()
+    autocast = _autocast(cfg, next(model.parameters()).device)
+    step = batches.start_step
+    for step, (images, labels) in enumerate(batches, start=batches.start_step):
+        with autocast:
+            logits = network(images)
+            loss = F.cross_entropy(logits, labels)
         penalty = group_regularizer(model, reg.kind) if reg.weight else torch.zeros(())
-        total = loss + reg.weight * penalty.to(loss.device)
+        total = loss.float() + reg.weight * penalty.to(loss.device)
         if not math.isfinite(total.item()):
             raise Diverged(f"loss became {total.item()} at epoch {epoch} step {step}; "
                            f"the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        n = labels.numel()
-        loss_sum += loss.item() * n
-        reg_sum += penalty.item() * n
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += n
+        state.add(loss.item(), penalty.item(), (logits.argmax(1) == labels).sum().item(), labels.numel())
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum / seen:.3f}")
-    return {"train_loss": loss_sum / seen, "regularizer": reg_sum / seen,
-            "train_accuracy": 100.0 * correct / seen}
+            progress.set_postfix(loss=f"{state.sums['loss'] / state.sums['seen']:.3f}")
+        if on_step is not None:
+            on_step(step + 1, state)
+        if stop is not None and stop():
+            return state, step + 1
+    return state, len(batches)
+
+
+def _autocast(cfg, device):
+    amp = cfg.train.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "none"
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def assignments(model):
@@ -152,95 +196,210 @@ def _progress(cfg, total, epoch):
                 dynamic_ncols=True)
 
 
-def fit(cfg, resume=None):
-    """Train `cfg` to the end, writing the run directory; returns the last metrics row."""
+def _distributed(cfg):
+    """(rank, world, device) under torchrun (WORLD_SIZE > 1); (0, 1, None) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(cfg)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    start_epoch, best_accuracy = 1, 0.0
-    resume_from = _resume_path(cfg, resume)
-    last_path = os.path.join(cfg.out_dir, "last.pt")
-    if resume_from is None and os.path.isfile(last_path):
-        raise UsageError(f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume auto "
-                         f"or pick another out_dir=DIR")
-    state = None
-    if resume_from is not None:
-        state = checkpoint.load(resume_from)
-        checkpoint.load_weights(model, state["model"], resume_from)
-    model = prepare_model(model, cfg, device)
-    if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, ValueError) as err:
-            raise UsageError(f"checkpoint {resume_from} cannot resume this config ({err})") from None
-        start_epoch, best_accuracy = state["epoch"] + 1, state["best_accuracy"]
-        torch.set_rng_state(state["rng"])
-    train_batches = make_batches(cfg, device, train=True)
-    test_batches = make_batches(cfg, device, train=False)
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.train.batch_size % world:
+        raise UsageError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
+    return rank, world, device
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
-        f.write(config_lib.dump(cfg))
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(cfg.out_dir)
-    if resume_from is not None:
-        print(f"resumed from {resume_from} at epoch {start_epoch - 1}")
+
+class StopRequest:
+    """SIGINT / SIGTERM: remember the signal; training finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self):
+        return self.signal is not None
+
+    def install(self):
+        def handler(signum, frame):
+            self.signal = signum
+        self.previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def uninstall(self):
+        for sig, previous in getattr(self, "previous", {}).items():
+            signal.signal(sig, previous)
+
+
+class Run:
+    """Everything one training run holds; fit() drives it epoch by epoch."""
+
+    def __init__(self, cfg, resume):
+        self.cfg = cfg
+        self.rank, self.world, device = _distributed(cfg)
+        self.device = device or select_device(cfg)
+        self.main = self.rank == 0
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg)
+        if self.world > 1:  # batch statistics over the global batch, as in one process
+            if self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                from .distributed import sync_batchnorm
+                self.model = sync_batchnorm(self.model)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.start_epoch, self.start_step, self.best_accuracy = 1, 0, 0.0
+        self.epoch_state, self.epoch_start_assignments = None, None
+        self.resume_from = _resume_path(cfg, resume)
+        self.last_path = os.path.join(cfg.out_dir, "last.pt")
+        if self.resume_from is None and os.path.isfile(self.last_path):
+            raise UsageError(f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume auto "
+                             f"or pick another out_dir=DIR")
+        state = checkpoint.load(self.resume_from) if self.resume_from else None
+        if state is not None:
+            checkpoint.load_weights(self.model, state["model"], self.resume_from)
+        self.model = prepare_model(self.model, cfg, self.device)
+        if state is not None:
+            self._restore(state)
+        shard = (self.rank, self.world)
+        self.train_batches = make_batches(cfg, self.device, train=True, shard=shard)
+        self.test_batches = make_batches(cfg, self.device, train=False)
+        self.network = self.model
+        if self.world > 1:
+            self.network = torch.nn.parallel.DistributedDataParallel(self.model)
+        if cfg.train.compile:
+            self.network = torch.compile(self.network)
+        self.stop = StopRequest()
+
+    def _restore(self, state):
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"]
+        except (KeyError, ValueError, TypeError) as err:
+            raise UsageError(f"checkpoint {self.resume_from} cannot resume this config ({err})") from None
+        torch.set_rng_state(state["rng"])
+        self.start_step = state.get("step", 0)
+        if self.start_step:
+            self.epoch_state = EpochState(state["epoch_sums"])
+            self.epoch_start_assignments = state["epoch_start_assignments"]
+
+    def payload(self, epoch, step=0, epoch_state=None, before=None, metrics=None):
+        """Checkpoint of the run after `epoch` complete epochs (and `step` steps of the next)."""
+        payload = {"config": config_lib.to_dict(self.cfg), "model": self.model.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "epoch": epoch, "best_accuracy": self.best_accuracy, "rng": torch.get_rng_state()}
+        if step:
+            payload.update(step=step, epoch_sums=epoch_state.sums, epoch_start_assignments=before)
+        if metrics is not None:
+            payload["metrics"] = metrics
+        return payload
+
+    def save_step(self, epoch, step, epoch_state, before):
+        if self.main:
+            checkpoint.save(self.last_path, self.payload(epoch - 1, step, epoch_state, before))
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def fit(cfg, resume=None):
+    """Train `cfg` to the end (or to a SIGINT / SIGTERM), writing the run directory; returns the
+    last metrics row."""
+    run = Run(cfg, resume)
+    writer = None
+    if run.main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(config_lib.dump(cfg))
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(cfg.out_dir)
+        if run.resume_from is not None:
+            where = f"epoch {run.start_epoch - 1}" + (f", step {run.start_step}" if run.start_step else "")
+            print(f"resumed from {run.resume_from} at {where}")
+    run.stop.install()
     row = None
     try:
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            row = _run_epoch(model, cfg, epoch, train_batches, test_batches, optimizer, scheduler,
-                             best_accuracy, writer)
-            best_accuracy = row["best_accuracy"]
+        for epoch in range(run.start_epoch, cfg.train.epochs + 1):
+            row = None if run.stop() else _run_epoch(run, epoch, writer)
+            if row is None:  # stopped by a signal, state saved
+                name = signal.Signals(run.stop.signal).name
+                if run.main:
+                    print(f"stopped by {name} in epoch {epoch}; saved {run.last_path}. Resume with: "
+                          f"python train.py --config <the same config and overrides> --resume auto", flush=True)
+                break
     finally:
-        writer.close()
+        run.stop.uninstall()
+        if writer is not None:
+            writer.close()
+        if run.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
     return row
 
 
-def _run_epoch(model, cfg, epoch, train_batches, test_batches, optimizer, scheduler, best_accuracy, writer):
+def _run_epoch(run, epoch, writer):
+    cfg, model = run.cfg, run.model
     started = time.time()
     prepare_flgc(model, cfg, epoch)
-    before = assignments(model)
-    lr = optimizer.param_groups[0]["lr"]
-    train_batches.set_epoch(epoch)
-    progress = _progress(cfg, len(train_batches), epoch)
+    start_step = run.start_step if epoch == run.start_epoch else 0
+    before = run.epoch_start_assignments if start_step else assignments(model)
+    state = run.epoch_state if start_step else None
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.train_batches.set_epoch(epoch, start_step)
+    interval = cfg.train.checkpoint_steps
+    on_step = None
+    if interval:
+        def on_step(step, epoch_state):
+            if step % interval == 0 and step < len(run.train_batches):
+                run.save_step(epoch, step, epoch_state, before)
+    progress = _progress(cfg, len(run.train_batches), epoch) if run.main else None
+    if progress is not None:
+        progress.update(start_step)
     try:
-        stats = train_one_epoch(model, train_batches, optimizer, cfg, epoch, progress)
+        state, steps = train_one_epoch(model, run.train_batches, run.optimizer, cfg, epoch, progress, state,
+                                       run.stop, on_step, run.network)
     finally:
         if progress is not None:
             progress.close()
-    scheduler.step()
+    if steps < len(run.train_batches):
+        run.save_step(epoch, steps, state, before)
+        return None
+    run.scheduler.step()
+    stats = state.stats()
     per_layer = reassignments(before, assignments(model))
     mflops, params = flops.count(model)
     evaluated = epoch % cfg.train.eval_interval == 0 or epoch == cfg.train.epochs
-    test = evaluate(model, test_batches) if evaluated else {"accuracy": None, "loss": None}
-    improved = evaluated and test["accuracy"] > best_accuracy
-    best_accuracy = test["accuracy"] if improved else best_accuracy
+    test = {"accuracy": None, "loss": None}
+    if evaluated and run.main:
+        test = evaluate(model, run.test_batches)
+    improved = evaluated and run.main and test["accuracy"] > run.best_accuracy
+    if improved:
+        run.best_accuracy = test["accuracy"]
     row = {"epoch": epoch, **stats, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-           "best_accuracy": best_accuracy, "lr": lr, "mflops": mflops, "params": params,
+           "best_accuracy": run.best_accuracy, "lr": lr, "mflops": mflops, "params": params,
            "reassign_inputs": sum(v[0] for v in per_layer.values()),
            "reassign_filters": sum(v[1] for v in per_layer.values()),
            "reassign_per_layer": per_layer, "epoch_time_s": round(time.time() - started, 2)}
-    payload = {"config": config_lib.to_dict(cfg), "model": model.state_dict(),
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "epoch": epoch, "best_accuracy": best_accuracy, "metrics": _scalars(row),
-               "rng": torch.get_rng_state()}
-    checkpoint.save(os.path.join(cfg.out_dir, "last.pt"), payload)
-    if improved:
-        checkpoint.save(os.path.join(cfg.out_dir, "best.pt"), payload)
-    with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
-    for key, value in _scalars(row).items():
-        if key != "epoch" and value is not None:
-            writer.add_scalar(key, value, epoch)
-    interval = cfg.flgc.plot_interval
-    if interval and flgc_layers(model) and (epoch % interval == 0 or epoch == cfg.train.epochs):
-        from .plots import group_figure
-        writer.add_figure("groups", group_figure(model), epoch)
-    writer.flush()
-    print(summary_line(row, cfg.train.epochs), flush=True)
+    if run.main:
+        payload = run.payload(epoch, metrics=_scalars(row))
+        checkpoint.save(run.last_path, payload)
+        if improved:
+            checkpoint.save(os.path.join(cfg.out_dir, "best.pt"), payload)
+        with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in _scalars(row).items():
+            if key != "epoch" and value is not None:
+                writer.add_scalar(key, value, epoch)
+        plots = cfg.flgc.plot_interval
+        if plots and flgc_layers(model) and (epoch % plots == 0 or epoch == cfg.train.epochs):
+            from .plots import group_figure
+            writer.add_figure("groups", group_figure(model), epoch)
+        writer.flush()
+        print(summary_line(row, cfg.train.epochs), flush=True)
+    run.barrier()
     return row
 
 

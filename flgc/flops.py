@@ -47,6 +47,8 @@ def module_macs(model, input_size=(3, 32, 32), flgc_as_computed=False):
             hook = _flgc_dense_hook if flgc_as_computed else _flgc_hook
         elif isinstance(module, BlockPointwise):
             hook = _block_pointwise_hook
+        elif isinstance(module, nn.BatchNorm2d):  # subclasses too (synchronised BN)
+            hook = MODULES_MAPPING[nn.BatchNorm2d]
         else:
             hook = MODULES_MAPPING.get(type(module))
         if hook is None:

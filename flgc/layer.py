@@ -94,11 +94,42 @@ class FLGConv2d(nn.Module):
         kh, kw = self.kernel_size
         return self.connections() * kh * kw * out_height * out_width
 
-    def freeze(self):
-        """Fix the assignment: logits stop training and the straight-through path is skipped."""
+    def freeze(self, grouped=True):
+        """Fix the assignment: logits stop training and the straight-through path is skipped. With
+        `grouped`, the forward then computes a grouped conv (groups padded to equal size) on gathered
+        channels instead of the masked dense conv; the dense weight stays the trained parameter."""
+        if self.frozen:
+            return
         self.frozen = True
         self.input_group_logits.requires_grad_(False)
         self.output_group_logits.requires_grad_(False)
+        if grouped:
+            self._build_grouped()
+
+    def _build_grouped(self):
+        from .deploy import plan_pointwise  # the planner of the deployed form, shared
+        plan = plan_pointwise(self.input_groups().cpu(), self.output_groups().cpu(), self.groups, "conv")
+        layout, rows = torch.tensor(plan.layout), torch.tensor(plan.compute_out)
+        width = len(layout) // plan.groups
+        columns = layout.view(plan.groups, width).repeat_interleave(len(rows) // plan.groups, dim=0)
+        mask = self.hard_mask().cpu()
+        valid = (rows[:, None] >= 0) & (columns >= 0)
+        valid &= mask[rows.clamp(min=0)[:, None], columns.clamp(min=0)] > 0
+        position = {int(c): i for i, c in enumerate(rows) if c >= 0}
+        device = self.weight.device
+        for name, value in (("_rows", rows.clamp(min=0)), ("_columns", columns.clamp(min=0)),
+                            ("_valid", valid.to(self.weight.dtype)), ("_in_index", layout.clamp(min=0)),
+                            ("_out_index", torch.tensor([position[o] for o in range(self.out_channels)]))):
+            self.register_buffer(name, value.to(device), persistent=False)
+        self._active_groups = plan.groups
+
+    def _grouped_forward(self, x):
+        weight = self.weight[self._rows[:, None], self._columns] * self._valid[:, :, None, None]
+        bias = self.bias[self._rows] if self.bias is not None else None
+        from .deploy import channel_gather
+        y = F.conv2d(channel_gather(x, self._in_index), weight, bias, self.stride, self.padding,
+                     self.dilation, self._active_groups)
+        return channel_gather(y, self._out_index)
 
     # --- forward ------------------------------------------------------------------------------
     def mask(self):
@@ -110,5 +141,7 @@ class FLGConv2d(nn.Module):
         return filters @ inputs.t()
 
     def forward(self, x):
+        if self.frozen and hasattr(self, "_rows"):
+            return self._grouped_forward(x)
         weight = self.weight * self.mask()[:, :, None, None].to(self.weight.dtype)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)

@@ -67,6 +67,8 @@ def main():
     parser.add_argument("--checkpoint", help="take the flgc8 (or flgc8both) structure from this checkpoint")
     parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default: 40 at batch 1, 10 at 128)")
     parser.add_argument("--runtimes", default="torch,onnxruntime")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="also time every stage of dense / bound / deployed (torch) at the largest batch")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     try:
@@ -107,6 +109,8 @@ def main():
             results.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3,
                             "mflops": mflops, "layout": layouts.get(name, "nchw") if runtime == "torch" else "nchw"})
     print_table(results)
+    if args.per_layer:
+        print_per_layer(variants(models, max(batches)), max(batches))
     if args.json:
         print(json.dumps({"threads": args.threads, "results": results}))
 
@@ -118,6 +122,28 @@ def fastest_layout(model, x):
         xl=x.to(memory_format=torch.channels_last): m(xl)}, repeats=3, warmup=1)
     model.to(memory_format=torch.contiguous_format)
     return min(times, key=times.get)
+
+
+def print_per_layer(built, batch):
+    """Median ms of every features[i] stage (and the classifier) of selected variants, torch,
+    channels_last, on the stage's real input."""
+    names = ["dense", "sgc8", "flgc8-bound", "flgc8-deployed", "flgc8both-bound", "flgc8both-deployed"]
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    stage_times = {}
+    with torch.no_grad():
+        for name in names:
+            model = built[name].to(memory_format=torch.channels_last)
+            inputs, h = [], x
+            for stage in model.features:
+                inputs.append(h)
+                h = stage(h)
+            runners = {i: (lambda s=stage, v=v: s(v)) for i, (stage, v) in enumerate(zip(model.features, inputs))}
+            stage_times[name] = bench.interleaved_medians(runners, repeats=5, warmup=1)
+    print(f"\nper stage, torch, channels_last, batch {batch}, median ms")
+    print(f"{'stage':<12}" + "".join(f"{n:>20}" for n in names))
+    for i in range(len(built["dense"].features)):
+        print(f"{'features.' + str(i):<12}" + "".join(f"{stage_times[n][i] * 1e3:>20.2f}" for n in names))
+    print(f"{'sum':<12}" + "".join(f"{sum(stage_times[n].values()) * 1e3:>20.2f}" for n in names))
 
 
 def print_table(results):

@@ -160,3 +160,20 @@ def test_budget_regularizer_is_zero_within_budget_and_positive_above():
     # everything in one group: fraction 1, budget 1/2 -> G * (1 - 1/2) = 1
     assert group_regularizer(layer, "budget").item() == pytest.approx(1.0, abs=1e-3)
     assert group_regularizer(layer, "none").item() == 0.0
+
+
+def test_frozen_grouped_forward_and_gradients_equal_the_masked_ones():
+    torch.manual_seed(9)
+    layer = FLGConv2d(10, 7, 1, groups=4, bias=True)
+    set_assignment(layer, [0, 0, 0, 1, 1, 3, 3, 3, 3, 0], [0, 1, 1, 2, 3, 3, 0])  # group 2: no inputs
+    masked = FLGConv2d(10, 7, 1, groups=4, bias=True)
+    masked.load_state_dict(layer.state_dict())
+    masked.freeze(grouped=False)
+    layer.freeze()
+    x = torch.randn(3, 10, 5, 5).to(memory_format=torch.channels_last)
+    a, b = layer(x), masked(x)
+    assert torch.allclose(a, b, atol=1e-5)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    assert torch.allclose(layer.weight.grad, masked.weight.grad, atol=1e-4)
+    assert torch.allclose(layer.bias.grad, masked.bias.grad, atol=1e-4)
