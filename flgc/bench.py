@@ -2,6 +2,7 @@
 
 Speed claims are ratios measured side by side in one process, never absolute thresholds in tests.
 """
+import copy
 import io
 import statistics
 import time
@@ -61,7 +62,7 @@ def masked_model(model):
 def onnx_bytes(model, batch):
     """The model exported to ONNX (opset 17, dynamic batch) as bytes."""
     buffer = io.BytesIO()
-    model = model.eval().to(memory_format=torch.contiguous_format)
+    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     torch.onnx.export(model, (torch.randn(batch, 3, 32, 32),), buffer, dynamo=False, opset_version=17,
                       input_names=["images"], output_names=["logits"],
                       dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
@@ -74,6 +75,8 @@ def ort_session(model_bytes, threads):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle ORT threads must not spin on the cores the next (torch) measurement needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 

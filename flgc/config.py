@@ -37,13 +37,15 @@ class FLGCConfig:
     groups: int = 8  # G, for group and flgc
     where: str = "project"  # which 1x1 convs: project | expand | both
     gradient: str = "straight_through"  # straight_through | reference_masked (ablation)
-    logit_init_std: float = 0.01  # assignment logits start as N(0, std^2); the reference uses 1
+    logit_init_std: float = 0.1  # assignment logits start as N(0, std^2); the reference uses 1
     logit_lr_scale: float = 1.0  # lr of the logits = train.lr * scale
     logit_weight_decay: float = 0.0
     freeze_epoch: Optional[int] = None  # from this epoch on the assignments are fixed
+    frozen_compute: str = "masked"  # after freezing: masked (dense conv, fixed mask) | grouped (gathers)
     temperature_start: float = 1.0  # softmax temperature of the logit gradient, first epoch
     temperature_end: float = 1.0  # ... last epoch; geometric schedule in between
     plot_interval: int = 0  # log group-structure pictures to TensorBoard every N epochs; 0 = never
+    log_per_layer: bool = False  # also log reassignments of every FLGC layer to TensorBoard
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
 
 
@@ -90,6 +92,7 @@ CHOICES = {
     "flgc.gradient": ("straight_through", "reference_masked"),
     "flgc.regularizer.kind": ("balance", "budget", "none"),
     "train.amp": ("none", "bf16", "fp16", "auto"),
+    "flgc.frozen_compute": ("masked", "grouped"),
 }
 POSITIVE = ("flgc.freeze_epoch", "train.epochs", "train.batch_size", "train.eval_interval", "train.eval_batch_size",
             "flgc.groups", "data.train_subset", "data.test_subset", "threads")

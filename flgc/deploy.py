@@ -8,9 +8,11 @@ channels and filters are contiguous:
   hidden channels are produced directly in the order the projection needs: the permutation is folded
   into the expand conv's rows and the depthwise weights, never gathered at run time. Hidden channels
   that no projection filter reads are dropped with the expand and depthwise channels that made them;
-- the projection is computed by the faster (measured, per layer, for the batch size and memory
-  layout) of: 'blocks', one matrix product per group on channel slices written into one output, and
-  'conv', one standard grouped convolution over groups padded to equal size with zero weights;
+- the grouped 1x1 convs of a block are computed by the fastest (measured on the whole block, for the
+  batch size and memory layout) of: 'blocks', one matrix product per group on channel slices written
+  into one output; 'conv', one standard grouped convolution over groups padded to equal size with
+  zero weights; 'dense', one dense conv with zeros outside the groups (no gathers; MACs of the
+  dense layer, minus the pruned channels);
 - an FLGC expand conv (its input order is fixed by the residual stream) gathers its input channels
   once and computes one product per run of hidden channels that share an expand group;
 - outputs go back to the original channel order with one gather only where that order is needed.
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from .layer import FLGConv2d
 
-STRATEGIES = ("auto", "blocks", "conv")
+STRATEGIES = ("auto", "blocks", "conv", "dense")
 
 
 # ---- small inference modules -----------------------------------------------------------------
@@ -348,8 +350,11 @@ def _time(module, x, repeats=5):
     return best
 
 
-def convert_block(block, hidden_hw, batch_size, strategy, channels_last):
-    """The deployed nn.Sequential replacing block.conv (BN folded, groups contiguous)."""
+def build_block(block, strategy):
+    """The deployed nn.Sequential replacing block.conv (BN folded) with the grouped 1x1 convs
+    computed by `strategy`: 'blocks' or 'conv' (groups contiguous, see the module docstring), or
+    'dense': one dense conv whose weight is zero outside the groups (the masked form's cost, no
+    gathers), still dropping hidden channels that no projection filter reads."""
     layers = list(block.conv)
     expand, expand_bn = (layers[0], layers[1]) if len(layers) == 8 else (None, None)
     depthwise, depthwise_bn, project, project_bn = layers[-5], layers[-4], layers[-2], layers[-1]
@@ -362,38 +367,24 @@ def convert_block(block, hidden_hw, batch_size, strategy, channels_last):
     key = (lambda h: (int(e_out[h]), h)) if e_grouped else None
     p_grouped = isinstance(project, FLGConv2d) or project.groups > 1
 
-    def candidate(name):
-        plan = plan_pointwise(p_in, p_out, p_groups, name, key)
-        return plan, build_pointwise(plan, p_weight, p_bias, len(plan.layout), project.out_channels)
-
-    if not p_grouped:
-        plan = Plan("dense", (sorted(range(hidden), key=key) if key else list(range(hidden))),
-                    list(range(project.out_channels)), None)
-        cols = torch.as_tensor(plan.layout)
+    if not p_grouped or strategy == "dense":
+        blocks_plan = plan_pointwise(p_in, p_out, p_groups, "blocks", key)
+        kept = sorted(h for h in blocks_plan.layout if h >= 0) if p_grouped else list(range(hidden))
+        plan = Plan("dense", sorted(kept, key=key) if key else kept, list(range(project.out_channels)), None)
+        cols = torch.as_tensor(plan.layout, dtype=torch.long)
+        if not len(cols):  # nothing connects: one zero channel keeps the shapes
+            plan.layout, cols = [-1], torch.tensor([-1])
         project_module = plain_conv(project, _take_rows(p_weight.t(), cols).t()[:, :, None, None], p_bias)
     else:
-        names = ["blocks", "conv"] if strategy == "auto" else [strategy]
-        options = [candidate(name) for name in names]
-        if len(options) > 1:
-            # the layout also sets the width of the depthwise conv that produces it: time both
-            def cost(option):
-                plan, module = option
-                width = len(plan.layout)
-                dw = nn.Conv2d(width, width, 3, 1, 1, groups=width)
-                x = torch.randn(batch_size, width, *hidden_hw)
-                if channels_last:
-                    x, dw, module = (x.to(memory_format=torch.channels_last),
-                                     dw.to(memory_format=torch.channels_last), module)
-                return _time(nn.Sequential(dw, module), x)
-            options.sort(key=cost)
-        plan, project_module = options[0]
+        plan = plan_pointwise(p_in, p_out, p_groups, strategy, key)
+        project_module = build_pointwise(plan, p_weight, p_bias, len(plan.layout), project.out_channels)
     layout = torch.as_tensor(plan.layout)
 
     modules = []
     if expand is not None:
         e_weight, e_bias = folded(expand, expand_bn)
         e_weight = e_weight[:, :, 0, 0]
-        if not e_grouped:
+        if not e_grouped or strategy == "dense":
             modules.append(plain_conv(expand, _take_rows(e_weight, layout)[:, :, None, None],
                                       _take_rows(e_bias, layout)))
         else:
@@ -407,6 +398,24 @@ def convert_block(block, hidden_hw, batch_size, strategy, channels_last):
     modules += [plain_conv(depthwise, _take_rows(d_weight, layout), _take_rows(d_bias, layout)),
                 nn.ReLU6(inplace=True), project_module]
     return nn.Sequential(*modules)
+
+
+def convert_block(block, input_shape, batch_size, strategy, channels_last):
+    """build_block with the given strategy, or for 'auto' the fastest of blocks / conv / dense,
+    timed on the whole block at this batch size and memory layout."""
+    layers = list(block.conv)
+    grouped = [m for m in (layers[0], layers[-2]) if isinstance(m, FLGConv2d) or (
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups > 1)]
+    if not grouped:
+        return build_block(block, "dense")
+    if strategy != "auto":
+        return build_block(block, strategy)
+    options = [build_block(block, name) for name in ("blocks", "conv", "dense")]
+    x = torch.randn(batch_size, *input_shape)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+        options = [o.to(memory_format=torch.channels_last) for o in options]
+    return min(options, key=lambda option: _time(option, x))
 
 
 def _expand_blocks(expand, weight, bias, layout):
@@ -445,11 +454,11 @@ def _expand_blocks(expand, weight, bias, layout):
 
 
 # ---- the whole network ------------------------------------------------------------------------
-def _record_hidden_sizes(model, input_size):
+def _record_block_inputs(model, input_size):
+    """{block name: input shape C x H x W} of every inverted residual."""
     sizes = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:])))
-             for name, m in model.named_modules() if _is_inverted_residual(m)
-             for name, m in [(name + ".conv", m.conv[-5])]]
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: sizes.__setitem__(name, tuple(inp[0].shape[1:])))
+             for name, m in model.named_modules() if _is_inverted_residual(m)]
     with torch.no_grad():
         model(torch.zeros(1, *input_size))
     for hook in hooks:
@@ -497,7 +506,7 @@ def _masked_flgc(layer, bn):
         bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(scale)
         layer.weight.data.mul_(scale[:, None, None, None])
         layer.bias = nn.Parameter(bias * scale + shift)
-    layer.freeze()
+    layer.freeze(grouped=False)  # the training form: mask times dense weight, every forward
     return layer
 
 
@@ -542,12 +551,12 @@ def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     model = copy.deepcopy(model).cpu().float().eval()
-    hidden_sizes = _record_hidden_sizes(model, input_size)
+    block_inputs = _record_block_inputs(model, input_size)
     replacements = {}
     with torch.no_grad():
         for name, module in list(model.named_modules()):
             if _is_inverted_residual(module):
-                replacements[name + ".conv"] = convert_block(module, hidden_sizes[name + ".conv"], batch_size,
+                replacements[name + ".conv"] = convert_block(module, block_inputs[name], batch_size,
                                                              strategy, channels_last)
         for path, module in replacements.items():
             _set_module(model, path, module)

@@ -174,7 +174,7 @@ def prepare_flgc(model, cfg, epoch):
     for _, layer in flgc_layers(model):
         layer.temperature = temperature(cfg, epoch)
         if frozen:
-            layer.freeze()
+            layer.freeze(grouped=cfg.flgc.frozen_compute == "grouped")
 
 
 def _resume_path(cfg, resume):
@@ -393,6 +393,10 @@ def _run_epoch(run, epoch, writer):
         for key, value in _scalars(row).items():
             if key != "epoch" and value is not None:
                 writer.add_scalar(key, value, epoch)
+        if cfg.flgc.log_per_layer:
+            for name, (moved_inputs, moved_filters) in per_layer.items():
+                writer.add_scalar(f"reassign_per_layer/{name}/inputs", moved_inputs, epoch)
+                writer.add_scalar(f"reassign_per_layer/{name}/filters", moved_filters, epoch)
         plots = cfg.flgc.plot_interval
         if plots and flgc_layers(model) and (epoch % plots == 0 or epoch == cfg.train.epochs):
             from .plots import group_figure

@@ -7,6 +7,7 @@ i.e. non-uniform, or the flgc8 structure from --checkpoint), BN folded, and time
 rounds; the table shows medians. torch runs each variant in its faster memory layout (measured);
 ONNX Runtime runs NCHW with all graph optimisations.
 """
+import copy
 import json
 import os
 import sys
@@ -66,7 +67,8 @@ def main():
     parser.add_argument("--batch-sizes", default="1,128")
     parser.add_argument("--checkpoint", help="take the flgc8 (or flgc8both) structure from this checkpoint")
     parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default: 40 at batch 1, 10 at 128)")
-    parser.add_argument("--runtimes", default="torch,onnxruntime")
+    parser.add_argument("--runtimes", default="torch,onnxruntime",
+                        help="comma list of torch, onnxruntime, compile (torch.compile, inductor)")
     parser.add_argument("--per-layer", action="store_true",
                         help="also time every stage of dense / bound / deployed (torch) at the largest batch")
     parser.add_argument("--json", action="store_true")
@@ -76,8 +78,8 @@ def main():
     except ValueError:
         raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,128") from None
     runtimes = args.runtimes.split(",")
-    if args.threads < 1 or any(b < 1 for b in batches) or not set(runtimes) <= {"torch", "onnxruntime"}:
-        raise UsageError("--threads and batch sizes must be >= 1; runtimes: torch, onnxruntime")
+    if args.threads < 1 or any(b < 1 for b in batches) or not set(runtimes) <= {"torch", "onnxruntime", "compile"}:
+        raise UsageError("--threads and batch sizes must be >= 1; runtimes: torch, onnxruntime, compile")
     torch.set_num_threads(args.threads)
     models = training_models(args.checkpoint)
     results = []
@@ -93,6 +95,13 @@ def main():
                     xl = x.to(memory_format=torch.channels_last) if layouts[name] == "channels_last" else x
                     model = model.to(memory_format=torch.channels_last) if layouts[name] == "channels_last" else model
                     runners[(name, "torch")] = (lambda m=model, xl=xl: m(xl))
+            if "compile" in runtimes:
+                for name, model in built.items():
+                    compiled = torch.compile(copy.deepcopy(model).to(memory_format=torch.channels_last))
+                    xl = x.to(memory_format=torch.channels_last)
+                    compiled(xl)  # compile outside the timing
+                    runners[(name, "torch.compile")] = (lambda m=compiled, xl=xl: m(xl))
+                    layouts.setdefault(name, "channels_last")
             if "onnxruntime" in runtimes:
                 feed = {"images": x.numpy()}
                 for name, model in built.items():
@@ -103,11 +112,15 @@ def main():
                         raise RuntimeError(f"{name}: ONNX Runtime output differs by {error}")
                     runners[(name, "onnxruntime")] = (lambda s=session: s.run(None, feed))
             repeats = args.repeats or (40 if batch <= 8 else 10)
-            times = bench.interleaved_medians(runners, repeats)
+            times = {}
+            for runtime in sorted({r for _, r in runners}):  # variants interleaved within a runtime
+                times.update(bench.interleaved_medians(
+                    {key: fn for key, fn in runners.items() if key[1] == runtime}, repeats))
         for (name, runtime), seconds in times.items():
             mflops, _ = flops.count(built[name], flgc_as_computed=True)
             results.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3,
-                            "mflops": mflops, "layout": layouts.get(name, "nchw") if runtime == "torch" else "nchw"})
+                            "mflops": mflops,
+                            "layout": "nchw" if runtime == "onnxruntime" else layouts.get(name, "channels_last")})
     print_table(results)
     if args.per_layer:
         print_per_layer(variants(models, max(batches)), max(batches))
@@ -116,11 +129,11 @@ def main():
 
 
 def fastest_layout(model, x):
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     times = bench.interleaved_medians({
         "contiguous": lambda: model(x),
-        "channels_last": lambda m=model.to(memory_format=torch.channels_last),
-        xl=x.to(memory_format=torch.channels_last): m(xl)}, repeats=3, warmup=1)
-    model.to(memory_format=torch.contiguous_format)
+        "channels_last": lambda xl=x.to(memory_format=torch.channels_last): channels_last(xl)},
+        repeats=5, warmup=2)
     return min(times, key=times.get)
 
 

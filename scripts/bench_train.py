@@ -2,8 +2,9 @@
 
 python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp none|bf16] [--json]
 Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
-medians reported. flgc8-frozen is FLGC8 after flgc.freeze_epoch: assignments fixed, each FLGC layer
-computing a grouped conv with trainable weights instead of the masked dense conv.
+medians reported. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no straight-through
+path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a grouped conv on
+gathered channels instead (flgc.frozen_compute=grouped).
 """
 import json
 import os
@@ -22,16 +23,17 @@ from flgc.regularizer import group_regularizer  # noqa: E402
 from flgc.registry import build_model  # noqa: E402
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
-            "flgc8-frozen": ["flgc.pointwise=flgc", "flgc.logit_init_std=1"]}
+            "flgc8-frozen": ["flgc.pointwise=flgc", "flgc.logit_init_std=1"],
+            "flgc8-frozen-grouped": ["flgc.pointwise=flgc", "flgc.logit_init_std=1", "flgc.frozen_compute=grouped"]}
 
 
 def stepper(name, overrides, batch, amp):
     cfg = config.from_dict({}, config.parse_overrides(overrides + [f"train.amp={amp}"]))
     torch.manual_seed(0)
     model = build_model(cfg).to(memory_format=torch.channels_last).train()
-    if name.endswith("frozen"):
+    if "frozen" in name:
         for _, layer in flgc_layers(model):
-            layer.freeze()
+            layer.freeze(grouped=cfg.flgc.frozen_compute == "grouped")
     optimizer = build_optimizer(model, cfg)
     images = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,))

@@ -18,15 +18,17 @@ sys.path.insert(0, ROOT)
 from flgc.cli import ArgumentParser, run  # noqa: E402
 from flgc.errors import UsageError  # noqa: E402
 
-VARIANTS = {
+STD = "flgc.logit_init_std"
+VARIANTS = {  # name: (config, overrides); every FLGC row but the reference ones uses our gradient
     "sgc8": ("mbv2_sgc8", []),
-    "flgc8": ("mbv2_flgc8", []),
-    "flgc8-reference-masked": ("mbv2_flgc8", ["flgc.gradient=reference_masked"]),
-    "flgc8-reference-init": ("mbv2_flgc8", ["flgc.logit_init_std=1.0", "flgc.logit_lr_scale=1.0"]),
-    "flgc8-reference-exact": ("mbv2_flgc8", ["flgc.gradient=reference_masked", "flgc.logit_init_std=1.0",
-                                             "flgc.logit_lr_scale=1.0", "flgc.regularizer.kind=none"]),
-    "flgc8-reg-none": ("mbv2_flgc8", ["flgc.regularizer.kind=none"]),
-    "flgc8-reg-budget": ("mbv2_flgc8", ["flgc.regularizer.kind=budget"]),
+    "flgc8": ("mbv2_flgc8", []),  # the defaults: logits N(0, 0.1^2), balance regularizer 0.1
+    "flgc8-logit-std-0.01": ("mbv2_flgc8", [f"{STD}=0.01"]),
+    "flgc8-reference-masked": ("mbv2_flgc8", [f"{STD}=0.01", "flgc.gradient=reference_masked"]),
+    "flgc8-reference-init": ("mbv2_flgc8", [f"{STD}=1.0"]),
+    "flgc8-reference-exact": ("mbv2_flgc8", ["flgc.gradient=reference_masked", f"{STD}=1.0",
+                                             "flgc.regularizer.kind=none"]),
+    "flgc8-std-0.01-reg-none": ("mbv2_flgc8", [f"{STD}=0.01", "flgc.regularizer.kind=none"]),
+    "flgc8-std-0.01-reg-budget": ("mbv2_flgc8", [f"{STD}=0.01", "flgc.regularizer.kind=budget"]),
 }
 
 

@@ -169,7 +169,7 @@ def test_frozen_grouped_forward_and_gradients_equal_the_masked_ones():
     masked = FLGConv2d(10, 7, 1, groups=4, bias=True)
     masked.load_state_dict(layer.state_dict())
     masked.freeze(grouped=False)
-    layer.freeze()
+    layer.freeze(grouped=True)
     x = torch.randn(3, 10, 5, 5).to(memory_format=torch.channels_last)
     a, b = layer(x), masked(x)
     assert torch.allclose(a, b, atol=1e-5)
