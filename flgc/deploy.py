@@ -181,6 +181,11 @@ def bn_scale_shift(bn):
     return scale, bn.bias.detach() - bn.running_mean * scale
 
 
+def _is_depthwise(conv):
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size != (1, 1)
+            and conv.groups == conv.in_channels == conv.out_channels > 1)
+
+
 def dense_weight(conv):
     """Full (out x in x kh x kw) weight of a conv, zero outside its groups (FLGC: the hard mask);
     a depthwise conv keeps its (channels x 1 x kh x kw) weight."""
@@ -188,7 +193,7 @@ def dense_weight(conv):
         return conv.weight.detach() * conv.hard_mask()[:, :, None, None]
     w = conv.weight.detach()
     g = conv.groups
-    if g == 1 or g == conv.in_channels == conv.out_channels:  # dense, or depthwise (kept per channel)
+    if g == 1 or _is_depthwise(conv):  # dense, or depthwise (kept per channel)
         return w.clone()
     out_g, in_g = conv.out_channels // g, conv.in_channels // g
     full = w.new_zeros(conv.out_channels, conv.in_channels, *w.shape[2:])
@@ -219,7 +224,7 @@ def folded(conv, bn=None):
 
 def plain_conv(conv, weight, bias):
     """nn.Conv2d with conv's geometry holding weight, bias (depthwise stays depthwise, else dense)."""
-    depthwise = conv.groups == conv.in_channels > 1
+    depthwise = _is_depthwise(conv)
     out_channels, in_channels = weight.shape[0], weight.shape[0] if depthwise else weight.shape[1]
     out = nn.Conv2d(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     groups=out_channels if depthwise else 1, bias=True)

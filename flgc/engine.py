@@ -116,7 +116,10 @@ def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None, state=
     model.train()
     reg = cfg.flgc.regularizer
     state = state or EpochState()
-    autocast = _autocast(cfg, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    autocast = _autocast(cfg, device)
+    # fp16 needs loss scaling (bf16 does not); the scale restarts each epoch
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     step = batches.start_step
     for step, (images, labels) in enumerate(batches, start=batches.start_step):
         with autocast:
@@ -128,8 +131,9 @@ def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None, state=
             raise Diverged(f"loss became {total.item()} at epoch {epoch} step {step}; "
                            f"the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
         state.add(loss.item(), penalty.item(), (logits.argmax(1) == labels).sum().item(), labels.numel())
         if progress is not None:
             progress.update(1)

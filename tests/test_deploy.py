@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flgc import FLGConv2d, deploy, flops
@@ -71,6 +71,7 @@ def block_structures(draw):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block_structures())
+@example((2, 2, 1, "project", 2, 1, "dense", ([0, 0], [0, 0]), ([0, 0], [0, 0]), 0))  # G == channels
 def test_random_non_uniform_structures_with_empty_groups(structure):
     cin, cout, expansion, where, groups, stride, strategy, proj, expand, seed = structure
     torch.manual_seed(seed)
@@ -133,5 +134,5 @@ def test_rebuild_from_spec_round_trip():
     rebuilt = deploy.rebuild(MobileNetV2(pointwise="flgc", where="both"), deployed.deploy_spec)
     rebuilt.load_state_dict(deployed.state_dict())
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), deployed(x))
+    with torch.no_grad():  # kernels may differ with the weights' memory layout: float rounding only
+        assert torch.allclose(rebuilt(x), deployed(x), atol=1e-6)
