@@ -1,4 +1,5 @@
 """Faults: bit-exact resume, SIGTERM, NaN loss, kill -9 during a save, and 2-process training."""
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,6 @@ import torch
 
 from conftest import ROOT, run_cli, write_tiny_cifar
 from flgc import checkpoint, config, engine
-from flgc.errors import UsageError
 
 
 def tiny_cfg(tmp_path, out, *overrides):
@@ -59,7 +59,6 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
     assert_identical(parameters(tmp_path / "straight" / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
     rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
-    import json
     assert json.loads(rows[-1])["train_loss"] == pytest.approx(json.loads(straight[-1])["train_loss"])
 
 
