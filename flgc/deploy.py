@@ -300,30 +300,34 @@ def _inverse(compute_out, channels):
     return torch.tensor(index, dtype=torch.long)
 
 
-def build_pointwise(plan, weight, bias, in_channels, out_channels, in_index=None):
-    """The module of a plan. weight: out x hidden (full), bias: out. The module's input is already in
-    plan.layout order (after in_index, when given); its output is in original filter order."""
+def build_pointwise(plan, weight, bias, in_channels, out_channels, in_index=None, geometry=None):
+    """The module of a plan. weight: out x hidden (full; 2-d for 1x1, or 4-d), bias: out. The module's
+    input is already in plan.layout order (after in_index, when given); its output is in original
+    filter order. `geometry` (a conv) gives kernel, stride, padding and dilation to the 'conv' kind."""
     out_index = _inverse(plan.compute_out, out_channels)
     cols = torch.as_tensor(plan.layout)
     rows = torch.as_tensor(plan.compute_out)
+    weight = weight if weight.dim() == 4 else weight[:, :, None, None]
     if plan.strategy == "blocks":
         module = BlockPointwise(in_channels, out_channels, plan.blocks, in_gather=in_index is not None,
                                 out_gather=out_index is not None)
         for (i0, i1, o0, o1), buffer in zip(plan.blocks, module.weights()):
-            block = _take_rows(weight, rows[o0:o1])
-            block = _take_rows(block.t(), cols[i0:i1]) if i1 > i0 else block.t()[:0]
-            buffer.copy_(block)
+            block = _take_rows(weight[:, :, 0, 0], rows[o0:o1]).t()
+            buffer.copy_(_take_rows(block, cols[i0:i1]) if i1 > i0 else block[:0])
         module.bias.copy_(_take_rows(bias, rows))
     else:
         g = plan.groups
         conv_in, conv_out = len(plan.layout), len(plan.compute_out)
-        module = GroupedConv(in_channels, out_channels, conv_in, conv_out, g,
+        shape = {} if geometry is None else {
+            "kernel_size": geometry.kernel_size, "stride": geometry.stride, "padding": geometry.padding,
+            "dilation": geometry.dilation}
+        module = GroupedConv(in_channels, out_channels, conv_in, conv_out, g, **shape,
                              in_gather=in_index is not None, out_gather=out_index is not None)
-        full = _take_rows(_take_rows(weight, rows).t(), cols).t()  # conv_out x conv_in
+        full = _take_rows(_take_rows(weight, rows).transpose(0, 1), cols).transpose(0, 1)
         cin_g, cout_g = conv_in // g, conv_out // g
         with torch.no_grad():
             for k in range(g):
-                module.conv.weight[k * cout_g:(k + 1) * cout_g, :, 0, 0] = \
+                module.conv.weight[k * cout_g:(k + 1) * cout_g] = \
                     full[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g]
             module.conv.bias.copy_(_take_rows(bias, rows))
     with torch.no_grad():
@@ -528,24 +532,8 @@ def _generic_flgc(layer, bn=None):
     weight, bias = folded(layer, bn)
     gin, gout, groups = groups_of(layer)
     plan = plan_pointwise(gin, gout, groups, "conv")
-    in_index = torch.as_tensor(plan.layout).clamp(min=0)
-    out_index = _inverse(plan.compute_out, layer.out_channels)
-    g = plan.groups
-    conv_in, conv_out = len(plan.layout), len(plan.compute_out)
-    module = GroupedConv(layer.in_channels, layer.out_channels, conv_in, conv_out, g, layer.kernel_size,
-                         layer.stride, layer.padding, layer.dilation, in_gather=True,
-                         out_gather=out_index is not None)
-    full = _take_rows(_take_rows(weight, torch.as_tensor(plan.compute_out)).transpose(0, 1),
-                      torch.as_tensor(plan.layout)).transpose(0, 1)
-    cin_g, cout_g = conv_in // g, conv_out // g
-    with torch.no_grad():
-        for k in range(g):
-            module.conv.weight[k * cout_g:(k + 1) * cout_g] = full[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g]
-        module.conv.bias.copy_(_take_rows(bias, torch.as_tensor(plan.compute_out)))
-        module.in_index.index.copy_(in_index)
-        if out_index is not None:
-            module.out_index.index.copy_(out_index)
-    return module
+    return build_pointwise(plan, weight, bias, layer.in_channels, layer.out_channels,
+                           in_index=torch.as_tensor(plan.layout).clamp(min=0), geometry=layer)
 
 
 def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size=(3, 32, 32)):
