@@ -2,7 +2,7 @@
 
 torchvision downloads, verifies (official md5 sums) and parses the files; augmentation is the
 reference recipe (random 32x32 crop of the zero-padded image, horizontal flip), done for a whole
-batch with one gather instead of per-image PIL transforms.
+batch with a few tensor ops instead of per-image PIL transforms.
 """
 import os
 import pickle
@@ -80,16 +80,20 @@ def augment_params(count, generator, padding=4, flip=True):
     return top, left, flipped
 
 
-def augment(images, params, padding=4):
-    """Crop (zero padding) and flip a uint8 batch N x H x W x C as drawn by augment_params, one gather."""
-    n, height, width, _ = images.shape
-    top, left, flipped = (p.to(images.device) for p in params)
-    padded = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
-    rows = top + torch.arange(height, device=images.device)
-    cols = left + torch.arange(width, device=images.device)
-    cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=images.device)
-    return padded[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
+def crop(images, top, left, padding=4):
+    """Crops of a uint8 batch N x C x H x W from its zero-padded copy: image i from row top[i], column
+    left[i] (count x 1 offsets into the padded image), one indexed copy of the windows view."""
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # N x C x offsets x offsets x H x W
+    return windows[torch.arange(n, device=images.device), :, top[:, 0], left[:, 0]]
+
+
+def _row_view(images):
+    """One row per image: N x (bytes per image) view of a contiguous uint8 tensor, as int64 words where the size allows:
+    indexing whole images then copies 8 bytes per element instead of 1."""
+    rows = images.reshape(len(images), -1)
+    return rows.view(torch.int64) if rows.shape[1] % 8 == 0 else rows
 
 
 class Batches:
@@ -100,16 +104,27 @@ class Batches:
     whole global batch, so they do not depend on interruptions (set_epoch(e, start_step) skips the
     first steps exactly) nor on how many processes share the batch (shard = (rank, world): each
     takes every world-th image of the global batch).
+
+    The split is kept as one uint8 tensor N x V x C x H x W: V = 2 for training with flips (each
+    image and its mirror image, so a flip costs nothing: it picks the other copy, and the crop
+    offset is mirrored), else 1. A batch is one row gather, one windowed crop and one fused
+    normalisation into the output layout.
     """
 
     def __init__(self, images, labels, data_cfg, batch_size, train, seed=0, device="cpu",
                  channels_last=True, shard=(0, 1)):
-        self.images, self.labels = images.to(device), labels.to(device)
+        planar = images.permute(0, 3, 1, 2)  # the parser's N x H x W x C is a view of N x C x H x W
+        self.copies = 2 if train and data_cfg.flip else 1
+        store = torch.stack([planar, planar.flip(-1)], 1) if self.copies == 2 else planar[:, None]
+        self.shape = tuple(planar.shape[1:])
+        self.rows = _row_view(store.reshape(-1, *self.shape).contiguous().to(device))
+        self.labels = labels.to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.padding, self.flip = data_cfg.crop_padding, data_cfg.flip
-        self.mean = torch.tensor(data_cfg.mean, device=device) * 255
-        self.std = torch.tensor(data_cfg.std, device=device) * 255
-        self.channels_last = channels_last
+        std = torch.tensor(data_cfg.std, device=device) * 255
+        self.scale = (1 / std).view(1, -1, 1, 1)
+        self.shift = (-torch.tensor(data_cfg.mean, device=device) * 255 / std).view(1, -1, 1, 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.rank, self.world = shard
         self.epoch, self.start_step = 0, 0
 
@@ -119,9 +134,19 @@ class Batches:
     def __len__(self):
         return -(-len(self.labels) // self.batch_size)
 
+    def _images(self, index, params):
+        """uint8 N x C x H x W of the images at index, augmented as params say (None: as stored)."""
+        device = self.rows.device
+        if params is None:
+            return self.rows[index * self.copies].view(torch.uint8).view(-1, *self.shape)
+        top, left, flipped = (p.to(device) for p in params)
+        rows = self.rows[index * self.copies + flipped.long() * (self.copies - 1)]
+        left = torch.where(flipped[:, None], 2 * self.padding - left, left)
+        return crop(rows.view(torch.uint8).view(-1, *self.shape), top, left, self.padding)
+
     def _normalise(self, images):
-        batch = ((images.float() - self.mean) / self.std).permute(0, 3, 1, 2)
-        return batch if self.channels_last else batch.contiguous()
+        out = torch.empty(images.shape, device=images.device, memory_format=self.memory_format)
+        return torch.addcmul(self.shift, images, self.scale, out=out)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -133,8 +158,6 @@ class Batches:
             if step < self.start_step:
                 continue  # the draws above keep the generator where an uninterrupted epoch has it
             mine = slice(self.rank, None, self.world)
-            index = index[mine].to(self.images.device)
-            images = self.images[index]
-            if self.train:
-                images = augment(images, tuple(p[mine] for p in params), self.padding)
-            yield self._normalise(images), self.labels[index]
+            index = index[mine].to(self.labels.device)
+            params = tuple(p[mine] for p in params) if params is not None else None
+            yield self._normalise(self._images(index, params)), self.labels[index]
