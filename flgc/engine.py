@@ -145,10 +145,21 @@ def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None, state=
     return state, len(batches)
 
 
+def resolve_amp(amp, device):
+    """The autocast setting `auto` stands for on `device`: bf16 where the hardware computes it
+    natively (CUDA; CPUs with AVX512-BF16 / AMX, as oneDNN reports), else none (fp32). On this
+    project's 2-thread CPU bf16 halves the MobileNetV2 step at the same accuracy (README)."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    if device.type == "cpu":
+        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+    return "none"
+
+
 def _autocast(cfg, device):
-    amp = cfg.train.amp
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
+    amp = resolve_amp(cfg.train.amp, device)
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

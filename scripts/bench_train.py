@@ -1,8 +1,10 @@
 """Training step speed (forward + backward + SGD step) of MobileNetV2 variants, side by side.
 
 python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp none|bf16] [--json]
+python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
 Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
-medians reported. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no straight-through
+medians reported. --settings instead times the dense model under each step setting (memory layout,
+bf16 autocast, torch.compile), the evidence for the CPU defaults. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no straight-through
 path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a grouped conv on
 gathered channels instead (flgc.frozen_compute=grouped).
 """
@@ -27,21 +29,27 @@ VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"],
             "flgc8-frozen-grouped": ["flgc.pointwise=flgc", "flgc.logit_init_std=1", "flgc.frozen_compute=grouped"]}
 
 
-def stepper(name, overrides, batch, amp):
+SETTINGS = {"fp32 channels_last": dict(amp="none"), "fp32 contiguous": dict(amp="none", channels_last=False),
+            "bf16 channels_last": dict(amp="bf16"), "fp32 channels_last compile": dict(amp="none", compile=True)}
+
+
+def stepper(name, overrides, batch, amp, channels_last=True, compile=False):
     cfg = config.from_dict({}, config.parse_overrides(overrides + [f"train.amp={amp}"]))
     torch.manual_seed(0)
-    model = build_model(cfg).to(memory_format=torch.channels_last).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(cfg).to(memory_format=layout).train()
     if "frozen" in name:
         for _, layer in flgc_layers(model):
             layer.freeze(grouped=cfg.flgc.frozen_compute == "grouped")
     optimizer = build_optimizer(model, cfg)
-    images = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, 32, 32).to(memory_format=layout)
     labels = torch.randint(0, 10, (batch,))
     autocast = _autocast(cfg, images.device)
+    network = torch.compile(model) if compile else model
 
     def step():
         with autocast:
-            loss = F.cross_entropy(model(images), labels)
+            loss = F.cross_entropy(network(images), labels)
         loss = loss.float() + cfg.flgc.regularizer.weight * group_regularizer(model, cfg.flgc.regularizer.kind)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -55,20 +63,26 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--amp", default="none", choices=["none", "bf16"])
+    parser.add_argument("--settings", action="store_true", help="time step settings of the dense model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads < 1 or args.batch < 1 or args.repeats < 1:
         raise UsageError("--threads, --batch and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
-    steps = {name: stepper(name, overrides, args.batch, args.amp) for name, overrides in VARIANTS.items()}
-    medians = bench.interleaved_medians(steps, args.repeats, warmup=2)
-    results = [{"variant": name, "ms_per_step": seconds * 1e3} for name, seconds in medians.items()]
-    dense = medians["dense"]
-    print(f"{'variant':<14} {'ms/step':>9} {'x dense':>8}   (batch {args.batch}, {args.threads} threads, "
-          f"channels_last, amp {args.amp}, median of {args.repeats})")
+    if args.settings:
+        steps = {name: stepper("dense", VARIANTS["dense"], args.batch, **kw) for name, kw in SETTINGS.items()}
+        key, what = "setting", f"dense model, batch {args.batch}, {args.threads} threads"
+    else:
+        steps = {name: stepper(name, overrides, args.batch, args.amp) for name, overrides in VARIANTS.items()}
+        key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {args.amp}"
+    medians = bench.interleaved_medians(steps, args.repeats, warmup=2)  # warm-up includes compilation
+    first = next(iter(medians.values()))
+    width = max(len(name) for name in medians) + 2
+    print(f"{key:<{width}} {'ms/step':>9} {'ratio':>7}   ({what}, median of {args.repeats}; ratio to the first row)")
     for name, seconds in medians.items():
-        print(f"{name:<14} {seconds * 1e3:>9.1f} {seconds / dense:>8.3f}")
+        print(f"{name:<{width}} {seconds * 1e3:>9.1f} {seconds / first:>7.3f}")
     if args.json:
+        results = [{key: name, "ms_per_step": seconds * 1e3} for name, seconds in medians.items()]
         print(json.dumps({"results": results}))
 
 

@@ -76,3 +76,15 @@ def test_logits_have_their_own_lr_and_weight_decay(tmp_path):
 def test_temperature_schedule_is_geometric(tmp_path):
     cfg = tiny_config(tmp_path, "flgc.temperature_start=4", "flgc.temperature_end=0.25", "train.epochs=5")
     assert [round(temperature(cfg, e), 4) for e in range(1, 6)] == [4.0, 2.0, 1.0, 0.5, 0.25]
+
+
+def test_amp_setting_reaches_the_convolutions():
+    from flgc.engine import _autocast, resolve_amp
+    conv = torch.nn.Conv2d(3, 4, 3)
+    cpu = torch.device("cpu")
+    for amp, dtype in (("none", torch.float32), ("bf16", torch.bfloat16)):
+        with _autocast(config.from_dict({"train": {"amp": amp}}), cpu):
+            assert conv(torch.randn(1, 3, 8, 8)).dtype == dtype
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_amp("auto", cpu) == ("bf16" if native else "none")
+    assert resolve_amp("fp16", cpu) == "fp16"
