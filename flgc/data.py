@@ -90,8 +90,8 @@ def crop(images, top, left, padding=4):
 
 
 def _row_view(images):
-    """One row per image: N x (bytes per image) view of a contiguous uint8 tensor, as int64 words where the size allows:
-    indexing whole images then copies 8 bytes per element instead of 1."""
+    """One row per image: N x (bytes per image) view of a contiguous uint8 tensor, as int64 words
+    where the size allows, so indexing whole images copies 8 bytes per element instead of 1."""
     rows = images.reshape(len(images), -1)
     return rows.view(torch.int64) if rows.shape[1] % 8 == 0 else rows
 
@@ -113,7 +113,7 @@ class Batches:
 
     def __init__(self, images, labels, data_cfg, batch_size, train, seed=0, device="cpu",
                  channels_last=True, shard=(0, 1)):
-        planar = images.permute(0, 3, 1, 2)  # the parser's N x H x W x C is a view of N x C x H x W
+        planar = images.permute(0, 3, 1, 2)  # torchvision's N x H x W x C is a view of planar data
         self.copies = 2 if train and data_cfg.flip else 1
         store = torch.stack([planar, planar.flip(-1)], 1) if self.copies == 2 else planar[:, None]
         self.shape = tuple(planar.shape[1:])

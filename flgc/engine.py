@@ -397,7 +397,8 @@ def _run_epoch(run, epoch, writer):
            "best_accuracy": run.best_accuracy, "lr": lr, "mflops": mflops, "params": params,
            "reassign_inputs": sum(v[0] for v in per_layer.values()),
            "reassign_filters": sum(v[1] for v in per_layer.values()),
-           "reassign_per_layer": per_layer, "epoch_time_s": round(time.time() - started, 2)}
+           "reassign_per_layer": per_layer, "epoch_time_s": round(time.time() - started, 2),
+           "amp": resolve_amp(run.cfg.train.amp, run.device)}
     if run.main:
         payload = run.payload(epoch, metrics=_scalars(row))
         checkpoint.save(run.last_path, payload)
@@ -423,7 +424,7 @@ def _run_epoch(run, epoch, writer):
 
 
 def _scalars(row):
-    return {k: v for k, v in row.items() if not isinstance(v, dict)}
+    return {k: v for k, v in row.items() if v is None or isinstance(v, (int, float))}
 
 
 def summary_line(row, epochs):

@@ -1,6 +1,6 @@
 """Training step speed (forward + backward + SGD step) of MobileNetV2 variants, side by side.
 
-python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp none|bf16] [--json]
+python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp auto|none|bf16] [--json]
 python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
 Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
 medians reported. --settings instead times the dense model under each step setting (memory layout,
@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from flgc import bench, config  # noqa: E402
 from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.engine import _autocast, build_optimizer, flgc_layers  # noqa: E402
+from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp  # noqa: E402
 from flgc.errors import UsageError  # noqa: E402
 from flgc.regularizer import group_regularizer  # noqa: E402
 from flgc.registry import build_model  # noqa: E402
@@ -62,7 +62,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"])
+    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+                        help="autocast; auto: what train.py uses on this CPU (train.amp=auto)")
     parser.add_argument("--settings", action="store_true", help="time step settings of the dense model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -74,7 +75,8 @@ def main():
         key, what = "setting", f"dense model, batch {args.batch}, {args.threads} threads"
     else:
         steps = {name: stepper(name, overrides, args.batch, args.amp) for name, overrides in VARIANTS.items()}
-        key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {args.amp}"
+        amp = resolve_amp(args.amp, torch.device("cpu"))
+        key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {amp}"
     medians = bench.interleaved_medians(steps, args.repeats, warmup=2)  # warm-up includes compilation
     first = next(iter(medians.values()))
     width = max(len(name) for name in medians) + 2
