@@ -4,7 +4,9 @@ python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp 
 python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
 Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
 medians reported. --settings instead times the dense model under each step setting (memory layout,
-bf16 autocast, torch.compile), the evidence for the CPU defaults. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no straight-through
+bf16 autocast, torch.compile), the evidence for the CPU defaults. --only NAME times one variant (or
+setting) alone in this process: interleaving several models in one process measurably slows the
+fp32 eager step on this CPU, so cross-check a ratio with one process per row. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no straight-through
 path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a grouped conv on
 gathered channels instead (flgc.frozen_compute=grouped).
 """
@@ -65,16 +67,21 @@ def main():
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
                         help="autocast; auto: what train.py uses on this CPU (train.amp=auto)")
     parser.add_argument("--settings", action="store_true", help="time step settings of the dense model")
+    parser.add_argument("--only", metavar="NAME", help="time this variant (or with --settings, setting) alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads < 1 or args.batch < 1 or args.repeats < 1:
         raise UsageError("--threads, --batch and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
+    names = SETTINGS if args.settings else VARIANTS
+    if args.only is not None and args.only not in names:
+        raise UsageError(f"--only {args.only!r}: allowed: {', '.join(repr(n) for n in names)}")
+    names = [args.only] if args.only else list(names)
     if args.settings:
-        steps = {name: stepper("dense", VARIANTS["dense"], args.batch, **kw) for name, kw in SETTINGS.items()}
+        steps = {name: stepper("dense", VARIANTS["dense"], args.batch, **SETTINGS[name]) for name in names}
         key, what = "setting", f"dense model, batch {args.batch}, {args.threads} threads"
     else:
-        steps = {name: stepper(name, overrides, args.batch, args.amp) for name, overrides in VARIANTS.items()}
+        steps = {name: stepper(name, VARIANTS[name], args.batch, args.amp) for name in names}
         amp = resolve_amp(args.amp, torch.device("cpu"))
         key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {amp}"
     medians = bench.interleaved_medians(steps, args.repeats, warmup=2)  # warm-up includes compilation

@@ -85,6 +85,5 @@ def test_amp_setting_reaches_the_convolutions():
     for amp, dtype in (("none", torch.float32), ("bf16", torch.bfloat16)):
         with _autocast(config.from_dict({"train": {"amp": amp}}), cpu):
             assert conv(torch.randn(1, 3, 8, 8)).dtype == dtype
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert resolve_amp("auto", cpu) == ("bf16" if native else "none")
-    assert resolve_amp("fp16", cpu) == "fp16"
+    assert resolve_amp("auto", cpu) == "none"  # measured: bf16 does not speed up CPU training here
+    assert resolve_amp("bf16", cpu) == "bf16"
