@@ -2,13 +2,15 @@
 
 python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp auto|none|bf16] [--json]
 python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
+python scripts/bench_train.py [--settings] --only NAME [...]
 Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
-medians reported. --settings instead times the dense model under each step setting (memory layout,
-bf16 autocast, torch.compile), the evidence for the CPU defaults. --only NAME times one variant (or
-setting) alone in this process: interleaving several models in one process measurably slows the
-fp32 eager step on this CPU, so cross-check a ratio with one process per row. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no straight-through
-path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a grouped conv on
-gathered channels instead (flgc.frozen_compute=grouped).
+medians reported. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no
+straight-through path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a
+grouped conv on gathered channels instead (flgc.frozen_compute=grouped).
+--settings instead times the dense model under each step setting (memory layout, bf16 autocast,
+torch.compile): the evidence for the CPU defaults. --only NAME times one variant (or setting) alone
+in this process: interleaving several models in one process measurably slows the fp32 eager step
+on this CPU, so cross-check a ratio with one process per row.
 """
 import json
 import os
