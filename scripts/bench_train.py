@@ -3,6 +3,7 @@
 python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp auto|none|bf16] [--json]
 python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
 python scripts/bench_train.py [--settings] --only NAME [...]
+python scripts/bench_train.py --projections [--threads 2] [--batch 128] [--repeats 10] [--json]
 Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
 medians reported. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no
 straight-through path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a
@@ -11,6 +12,9 @@ grouped conv on gathered channels instead (flgc.frozen_compute=grouped).
 torch.compile): the evidence for the CPU defaults. --only NAME times one variant (or setting) alone
 in this process: interleaving several models in one process measurably slows the fp32 eager step
 on this CPU, so cross-check a ratio with one process per row.
+--projections times forward + backward of the model's 17 projection 1x1 convs alone, at their
+shapes in a batch-128 step, dense and as torch's uniform 8-group conv, next to the whole fp32 step of
+the dense model: their share of the step and the ceiling of what grouping them can save.
 """
 import json
 import os
@@ -27,6 +31,7 @@ from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp  # 
 from flgc.errors import UsageError  # noqa: E402
 from flgc.regularizer import group_regularizer  # noqa: E402
 from flgc.registry import build_model  # noqa: E402
+from models.mobilenetv2 import InvertedResidual  # noqa: E402
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
             "flgc8-frozen": ["flgc.pointwise=flgc", "flgc.logit_init_std=1"],
@@ -61,6 +66,34 @@ def stepper(name, overrides, batch, amp, channels_last=True, compile=False):
     return step
 
 
+def projection_steppers(batch, groups=8):
+    """{dense | group<G>: forward + backward of every projection 1x1 conv at its shape in the model}."""
+    cfg = config.from_dict({}, config.parse_overrides(VARIANTS["dense"]))
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    shapes = []
+    hooks = [block.conv[-2].register_forward_hook(lambda m, i, o: shapes.append((i[0].shape, m.out_channels)))
+             for block in model.modules() if isinstance(block, InvertedResidual)]
+    with torch.no_grad():
+        model(torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last))
+    for hook in hooks:
+        hook.remove()
+
+    def grouped(g):
+        tensors = []
+        for shape, out_channels in shapes:
+            x = torch.randn(shape).to(memory_format=torch.channels_last).requires_grad_()
+            weight = torch.randn(out_channels, shape[1] // g, 1, 1, requires_grad=True)
+            grad = torch.randn(shape[0], out_channels, *shape[2:]).to(memory_format=torch.channels_last)
+            tensors.append((x, weight, grad))
+
+        def step():
+            for x, weight, grad in tensors:  # gradients returned, not accumulated: as inside a network
+                torch.autograd.grad(F.conv2d(x, weight, groups=g), (x, weight), grad)
+        return step
+    return {"whole step, dense model": stepper("dense", VARIANTS["dense"], batch, "none"),
+            "projections, dense": grouped(1), f"projections, {groups} groups": grouped(groups)}
+
+
 def main():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -70,11 +103,16 @@ def main():
                         help="autocast; auto: what train.py uses on this CPU (train.amp=auto)")
     parser.add_argument("--settings", action="store_true", help="time step settings of the dense model")
     parser.add_argument("--only", metavar="NAME", help="time this variant (or with --settings, setting) alone")
+    parser.add_argument("--projections", action="store_true", help="time the projection 1x1 convs alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads < 1 or args.batch < 1 or args.repeats < 1:
         raise UsageError("--threads, --batch and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.projections:
+        steps = projection_steppers(args.batch)
+        key, what = "timed", f"fwd + bwd, batch {args.batch}, {args.threads} threads, fp32, channels_last"
+        return report(bench.interleaved_medians(steps, args.repeats, warmup=2), key, what, args)
     names = SETTINGS if args.settings else VARIANTS
     if args.only is not None and args.only not in names:
         raise UsageError(f"--only {args.only!r}: allowed: {', '.join(repr(n) for n in names)}")
@@ -86,7 +124,10 @@ def main():
         steps = {name: stepper(name, VARIANTS[name], args.batch, args.amp) for name in names}
         amp = resolve_amp(args.amp, torch.device("cpu"))
         key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {amp}"
-    medians = bench.interleaved_medians(steps, args.repeats, warmup=2)  # warm-up includes compilation
+    report(bench.interleaved_medians(steps, args.repeats, warmup=2), key, what, args)  # warm-up compiles
+
+
+def report(medians, key, what, args):
     first = next(iter(medians.values()))
     width = max(len(name) for name in medians) + 2
     print(f"{key:<{width}} {'ms/step':>9} {'ratio':>7}   ({what}, median of {args.repeats}; ratio to the first row)")

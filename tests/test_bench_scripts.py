@@ -24,5 +24,8 @@ def test_bench_train_variants_settings_and_one_row():
     out = last_json(run_cli("scripts/bench_train.py", "--settings", "--only", "bf16 channels_last",
                             "--batch", "2", "--repeats", "1", "--json"))
     assert [r["setting"] for r in out["results"]] == ["bf16 channels_last"]
+    out = last_json(run_cli("scripts/bench_train.py", "--projections", "--batch", "2", "--repeats", "1", "--json"))
+    assert [r["timed"] for r in out["results"]] == ["whole step, dense model", "projections, dense",
+                                                    "projections, 8 groups"]
     bad = run_cli("scripts/bench_train.py", "--only", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "allowed" in bad.stderr
