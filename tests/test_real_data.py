@@ -22,6 +22,6 @@ def test_short_flgc8_run_learns_and_moves_groups(tmp_path):
                      "train.progress=false", "threads=2")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # observed here: 35.7% after 4 epochs (2 CPU threads); chance is 10%
+    # observed here: 35.7% and 38.7% after 4 epochs in two versions of the pipeline; chance is 10%
     assert rows[-1]["test_accuracy"] > 25.0
     assert sum(r["reassign_inputs"] + r["reassign_filters"] for r in rows) > 0
