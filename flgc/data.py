@@ -140,7 +140,7 @@ class Batches:
         if params is None:
             return self.rows[index * self.copies].view(torch.uint8).view(-1, *self.shape)
         top, left, flipped = (p.to(device) for p in params)
-        rows = self.rows[index * self.copies + flipped.long() * (self.copies - 1)]
+        rows = self.rows[index * self.copies + flipped.long()]  # flipped is all False without copies
         left = torch.where(flipped[:, None], 2 * self.padding - left, left)
         return crop(rows.view(torch.uint8).view(-1, *self.shape), top, left, self.padding)
 

@@ -9,6 +9,7 @@ down after each of its rounds so they do not share the cores while ours is timed
 """
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -53,6 +54,8 @@ def main():
     parser.add_argument("--json", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.rounds < 1 or args.workers < 0:
+        raise UsageError("--rounds must be >= 1 and --workers >= 0")
     overrides = config.parse_overrides(args.overrides)
     if any(not key.startswith("data.") for key, _ in overrides):
         raise UsageError("bench_data.py takes data.* overrides only")
@@ -68,8 +71,7 @@ def main():
         ours.set_epoch(round_)
         results["ours"].append(images_per_second(ours, args.batches))
         results["reference"].append(images_per_second(reference, args.batches))
-    ours_rate = sorted(results["ours"])[len(results["ours"]) // 2]
-    reference_rate = sorted(results["reference"])[len(results["reference"]) // 2]
+    ours_rate, reference_rate = statistics.median(results["ours"]), statistics.median(results["reference"])
     print(f"ours (in-memory uint8, batched crop):         {ours_rate:10.0f} images/s")
     print(f"reference (torchvision transforms, {args.workers} workers): {reference_rate:10.0f} images/s")
     print(f"ratio: {ours_rate / reference_rate:.1f}x  (batch {cfg.train.batch_size}, {args.batches} batches, "

@@ -109,6 +109,8 @@ def main():
     if args.threads < 1 or args.batch < 1 or args.repeats < 1:
         raise UsageError("--threads, --batch and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.projections and (args.settings or args.only):
+        raise UsageError("--projections times its own fixed rows; it takes neither --settings nor --only")
     if args.projections:
         steps = projection_steppers(args.batch)
         key, what = "timed", f"fwd + bwd, batch {args.batch}, {args.threads} threads, fp32, channels_last"
