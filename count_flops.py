@@ -8,8 +8,8 @@ import json
 import torch
 
 from flgc import checkpoint, config, flops
+from flgc.builders import build_model
 from flgc.cli import ArgumentParser, run
-from flgc.registry import build_model
 
 
 def main():

@@ -6,4 +6,6 @@
 from .layer import FLGConv2d, hard_assignment
 from .regularizer import group_regularizer
 
-__all__ = ["FLGConv2d", "hard_assignment", "group_regularizer"]
+__version__ = "0.2.0"
+
+__all__ = ["FLGConv2d", "__version__", "group_regularizer", "hard_assignment"]

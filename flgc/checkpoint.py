@@ -11,8 +11,8 @@ import tempfile
 import torch
 
 from . import config as config_lib
+from .builders import build_model
 from .errors import UsageError
-from .registry import build_model
 
 FORMAT_VERSION = 1
 

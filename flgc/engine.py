@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 from . import checkpoint, flops
 from . import config as config_lib
+from .builders import build_model
 from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
-from .registry import build_model
 from .regularizer import group_regularizer
 
 

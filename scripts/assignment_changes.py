@@ -5,12 +5,9 @@ Each cell is 'inputs/filters' that changed group during that epoch (from RUN_DIR
 """
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
 
 
 def read_rows(run_dir):

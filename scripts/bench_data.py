@@ -10,17 +10,14 @@ down after each of its rounds so they do not share the cores while ours is timed
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from flgc import config  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.data import Batches, _UncheckedCIFAR10, load_split  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
+from flgc import config
+from flgc.cli import ArgumentParser, run
+from flgc.data import Batches, _UncheckedCIFAR10, load_split
+from flgc.errors import UsageError
 
 
 def reference_loader(cfg, workers):

@@ -9,17 +9,13 @@ ONNX Runtime runs NCHW with all graph optimisations.
 """
 import copy
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from flgc import bench, checkpoint, deploy, flops  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
-from models import MobileNetV2  # noqa: E402
+from flgc import bench, checkpoint, deploy, flops
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
+from flgc.models import MobileNetV2
 
 
 def randomise_bn(model, seed):

@@ -17,21 +17,17 @@ shapes in a batch-128 step, dense and as torch's uniform 8-group conv, next to t
 the dense model: their share of the step and the ceiling of what grouping them can save.
 """
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from flgc import bench, config  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
-from flgc.regularizer import group_regularizer  # noqa: E402
-from flgc.registry import build_model  # noqa: E402
-from models.mobilenetv2 import InvertedResidual  # noqa: E402
+from flgc import bench, config
+from flgc.builders import build_model
+from flgc.cli import ArgumentParser, run
+from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp
+from flgc.errors import UsageError
+from flgc.models.mobilenetv2 import InvertedResidual
+from flgc.regularizer import group_regularizer
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
             "flgc8-frozen": ["flgc.pointwise=flgc", "flgc.logit_init_std=1"],

@@ -5,15 +5,12 @@ The variant (baseline, standard group conv, FLGC) and G are detected from the st
 evaluates with `python eval.py --checkpoint DST`.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from flgc import checkpoint, config, reference  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
+from flgc import checkpoint, config, reference
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
 
 
 def main():

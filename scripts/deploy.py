@@ -4,15 +4,12 @@ python scripts/deploy.py --checkpoint CKPT --out FILE [--batch-size 1] [--strate
 The result loads and evaluates with eval.py; its outputs are checked against the training model's.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from flgc import checkpoint, deploy, flops  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
+from flgc import checkpoint, deploy, flops
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
 
 TOLERANCE = 1e-4
 

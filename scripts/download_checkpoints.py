@@ -4,14 +4,12 @@ python scripts/download_checkpoints.py [NAME ... | --all] [--dir checkpoints] [-
 Verified files are skipped; an interrupted download resumes; nothing unverified gets the final name.
 """
 import os
-import sys
+
+from flgc import releases
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from flgc import releases  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
 
 
 def main():

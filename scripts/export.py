@@ -5,15 +5,12 @@ A training checkpoint is deployed first (BN folded, real groups); the input is N
 normalised images (dynamic batch for ONNX), the output N x 10 logits.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from flgc import bench, checkpoint, deploy  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
+from flgc import bench, checkpoint, deploy
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
 
 
 def main():

@@ -12,11 +12,10 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
 
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STD = "flgc.logit_init_std"
 VARIANTS = {  # name: (config, overrides); every FLGC row but the reference ones uses our gradient

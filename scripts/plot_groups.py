@@ -3,14 +3,11 @@
 python scripts/plot_groups.py CHECKPOINT --out FILE.png
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flgc import checkpoint  # noqa: E402
-from flgc.cli import ArgumentParser, run  # noqa: E402
-from flgc.errors import UsageError  # noqa: E402
-from flgc.layer import FLGConv2d  # noqa: E402
+from flgc import checkpoint
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
+from flgc.layer import FLGConv2d
 
 
 def main():

@@ -1,44 +1,7 @@
-import os
-import pickle
-import subprocess
-import sys
-
-import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
-LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def write_tiny_cifar(root, per_batch=16, test=40, seed=0):
-    """Random images in the CIFAR-10 python layout (5 train batches + test batch + meta)."""
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(folder, exist_ok=True)
-
-    def write(name, count):
-        entry = {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, count).tolist()}
-        with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump(entry, f)
-
-    for i in range(1, 6):
-        write(f"data_batch_{i}", per_batch)
-    write("test_batch", test)
-    with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({"label_names": LABELS, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
-    return root
+from helpers import write_tiny_cifar
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     return write_tiny_cifar(str(tmp_path_factory.mktemp("tiny_cifar")))
-
-
-def run_cli(*args, cwd=ROOT, timeout=600):
-    """Run a repository entry point; returns CompletedProcess with text output."""
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)

@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and keep their JSON contract."""
 import json
 
-from conftest import run_cli, write_tiny_cifar
+from helpers import run_cli, write_tiny_cifar
 
 
 def last_json(result):

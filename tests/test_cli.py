@@ -4,8 +4,7 @@ import os
 
 import pytest
 import torch
-
-from conftest import run_cli
+from helpers import run_cli
 
 TINY = ["train.batch_size=16", "train.eval_batch_size=20", "data.verify_checksums=false",
         "train.progress=false", "threads=2"]

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from flgc import FLGConv2d, deploy, flops
 from flgc.deploy import BlockPointwise, GroupedConv
-from models import MobileNetV2
-from models.mobilenetv2 import InvertedResidual
-from models.pointwise import pointwise_conv
+from flgc.models import MobileNetV2
+from flgc.models.mobilenetv2 import InvertedResidual
+from flgc.models.pointwise import pointwise_conv
 
 TOLERANCE = 1e-4
 

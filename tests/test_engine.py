@@ -1,11 +1,19 @@
 """The training loop's FLGC handling: reassignment tracking, freeze, the gradient ablation switch."""
 import torch
+from helpers import write_tiny_cifar
 
-from conftest import write_tiny_cifar
 from flgc import config
-from flgc.engine import (assignments, build_optimizer, flgc_layers, make_batches, prepare_flgc,
-                         reassignments, temperature, train_one_epoch)
-from flgc.registry import build_model
+from flgc.builders import build_model
+from flgc.engine import (
+    assignments,
+    build_optimizer,
+    flgc_layers,
+    make_batches,
+    prepare_flgc,
+    reassignments,
+    temperature,
+    train_one_epoch,
+)
 
 
 def tiny_config(tmp_path, *overrides):

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from conftest import run_cli
-from flgc import checkpoint, config
-from flgc.registry import build_model
+from helpers import run_cli
 from test_deploy import randomise
+
+from flgc import checkpoint, config
+from flgc.builders import build_model
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
+from helpers import ROOT, run_cli, write_tiny_cifar
 
-from conftest import ROOT, run_cli, write_tiny_cifar
 from flgc import checkpoint, config, engine
 
 
@@ -76,7 +76,7 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
     args = ["train.py", "--config", "configs/mbv2_flgc8.yaml", f"out_dir={tmp_path / 'run'}",
             f"data.root={tmp_path / 'data'}", "data.verify_checksums=false", "train.batch_size=8",
             "train.progress=false", "train.epochs=1000", "threads=1"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ)
     child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -95,7 +95,6 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
 
 SAVER = """
 import sys, torch
-sys.path.insert(0, {root!r})
 from flgc import checkpoint
 payload = {{"config": {{}}, "model": {{"w": torch.randn(2_000_000)}}, "epoch": 0}}
 for i in range(10**6):
@@ -142,14 +141,14 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     for name, extra in (("one", ["threads=1"]), ("control", ["threads=2", "train.channels_last=false"])):
         result = run_cli("train.py", *common, *extra, f"out_dir={tmp_path / name}")
         assert result.returncode == 0, result.stderr
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                              "--master_port=29533", "train.py", *common, "threads=1", f"out_dir={tmp_path / 'two'}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
     cfg = config.load("configs/mbv2_flgc8.yaml")
     torch.manual_seed(cfg.seed)
-    from flgc.registry import build_model
+    from flgc.builders import build_model
     start = build_model(cfg).state_dict()
     one, two, control = (parameters(tmp_path / n / "last.pt") for n in ("one", "two", "control"))
     assert one.keys() == two.keys()

@@ -3,8 +3,8 @@ import torch
 from ptflops import get_model_complexity_info
 
 from flgc import FLGConv2d, config, flops
-from flgc.registry import build_model
-from models import MobileNetV2
+from flgc.builders import build_model
+from flgc.models import MobileNetV2
 
 
 def build(path):

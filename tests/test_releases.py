@@ -6,8 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from conftest import run_cli
+from helpers import run_cli
 
 PAYLOAD = os.urandom(300_000)
 

@@ -1,15 +1,15 @@
 """MobileNetV2 for CIFAR-10, as used by the FLGC reference results table.
 
 torchvision-style, with a stride-1 stem and 1x1 conv shortcuts where a stride-1 block changes width.
-The 1x1 convs named by `where` (project | expand | both) come from models.pointwise.
+The 1x1 convs named by `where` (project | expand | both) come from flgc.models.pointwise.
 """
 from functools import partial
 
 import torch.nn as nn
 
-from flgc import FLGConv2d
-
+from ..layer import FLGConv2d
 from .pointwise import pointwise_conv
+from .registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -42,6 +42,7 @@ class InvertedResidual(nn.Module):
         return out + self.shortcut(x) if self.residual else out
 
 
+@register_model("mobilenetv2_cifar")
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes=10, pointwise="dense", groups=8, where="project", **flgc_options):
         super().__init__()
