@@ -13,10 +13,16 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def run(main):
-    """Call main(); a UsageError becomes one stderr line and exit code 2, Ctrl-C exit code 130."""
+def human_stream(json_output):
+    """Where an entry point's human-readable lines go: stderr when stdout carries only JSON."""
+    return sys.stderr if json_output else sys.stdout
+
+
+def run(main, argv=None):
+    """Call main(argv) (main() when argv is None: the command line); a UsageError becomes one stderr
+    line and exit code 2, Ctrl-C exit code 130."""
     try:
-        main()
+        main() if argv is None else main(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -13,12 +13,12 @@ from flgc.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 
-def main():
-    parser = ArgumentParser(description=__doc__)
+def main(argv=None):
+    parser = ArgumentParser(prog="convert_reference_checkpoint.py", description=__doc__)
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if os.path.exists(args.dst) and not args.force:
         raise UsageError(f"{args.dst} exists; pass --force to overwrite it")
     if not os.path.isfile(args.src):
