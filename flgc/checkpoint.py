@@ -31,8 +31,8 @@ class Loaded(NamedTuple):
 def save(path, payload):
     """Write `payload` (a dict) to `path` via a temp file and rename: a kill never leaves half a file."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    with atomic_path(path) as temp:
-        torch.save(payload, temp)
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        torch.save(payload, f)
 
 
 def _unreadable_reason(path, err):

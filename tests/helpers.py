@@ -54,9 +54,17 @@ def load_script(path):
 def run_main(path, *argv):
     """Run an entry point's main(argv) in this process as its command line would; returns the exit code.
     Output goes to the real stdout/stderr (read it with pytest's capsys)."""
+    import inspect
+    from unittest import mock
+
     from flgc.cli import run
+    main, argv = load_script(path).main, [str(a) for a in argv]
     try:
-        run(load_script(path).main, [str(a) for a in argv])
+        if inspect.signature(main).parameters:
+            run(main, argv)
+        else:  # an entry point that reads sys.argv itself
+            with mock.patch.object(sys, "argv", [os.path.basename(path), *argv]):
+                run(main)
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
     return 0
