@@ -48,8 +48,8 @@ def _unreadable_reason(path, err):
     return f"it is truncated or damaged ({lines[0] if lines else type(err).__name__})"
 
 
-def load(path):
-    """The checkpoint dict at `path`; anything unreadable, unsafe or foreign raises UsageError."""
+def read(path):
+    """torch.load(path, weights_only=True) on CPU; a missing, unreadable or unsafe file raises UsageError."""
     if os.path.isdir(path):
         raise UsageError(f"checkpoint {path} is a directory; pass a .pt file (e.g. {os.path.join(path, 'last.pt')})")
     if not os.path.isfile(path):
@@ -60,6 +60,12 @@ def load(path):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UsageError(f"checkpoint {path} cannot be loaded: {_unreadable_reason(path, err)}") from None
+    return payload
+
+
+def load(path):
+    """The checkpoint dict at `path`; anything unreadable, unsafe or foreign raises UsageError."""
+    payload = read(path)
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UsageError(f"{path} is not an flgc checkpoint (no format_version); "
                          f"convert reference checkpoints with scripts/convert_reference_checkpoint.py")
