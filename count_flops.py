@@ -81,7 +81,7 @@ def parse_args(argv):
     parser.add_argument("--json", action="store_true", help="stdout is only one JSON object; tables go to stderr")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (with --config)")
     args = parser.parse_args(argv)
-    if args.compare is not None and (args.per_layer or args.overrides):
+    if args.compare is not None and (args.per_layer or args.overrides or any("=" in a for a in args.compare)):
         parser.error("--compare takes neither --per-layer nor KEY=VALUE overrides")
     return args
 

@@ -144,6 +144,7 @@ def test_compare_json_with_configs_and_a_checkpoint(flgc_run, call):
     (["count_flops.py", "--config", config_path("mbv2_sgc8"), "flgc.groups=7"], ["G to divide the channels"]),
     (["count_flops.py", "--compare", "configs/missing.yaml"], ["configs/missing.yaml", "does not exist"]),
     (["count_flops.py", "--compare", "--per-layer"], ["--compare takes neither"]),
+    (["count_flops.py", "--compare", config_path("mbv2_sgc8"), "flgc.groups=4"], ["--compare takes neither"]),
     (["eval.py", "--checkpoint", "nowhere.pt"], ["does not exist"]),
     (["eval.py", "--checkpoint", ROOT], ["is a directory"]),
     (["count_flops.py"], ["one of the arguments"]),
@@ -222,6 +223,19 @@ def test_a_truncated_batch_file_is_named(flgc_run, tmp_path, call):
     batch.write_bytes(batch.read_bytes()[:2000])
     result = call("eval.py", "--checkpoint", out / "last.pt", f"data.root={copy}", "data.verify_checksums=false")
     assert_usage_error(result, "cannot parse CIFAR-10 file", "test_batch", "truncated")
+
+
+def test_assignment_changes_and_plot_groups(flgc_run, call, tmp_path):
+    out, _, _ = flgc_run
+    result = call("scripts/assignment_changes.py", out, "--json")
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert len(table) == 17 and all(len(cells) == 1 for cells in table.values())
+    assert "total" in result.stderr
+    figure = tmp_path / "figs" / "groups.png"
+    assert call("scripts/plot_groups.py", out / "last.pt", "--out", figure).returncode == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(figure.parent) == ["groups.png"]
+    assert_usage_error(call("scripts/plot_groups.py", out / "last.pt", "--out", tmp_path / "g.gif"), "allowed file types")
 
 
 def test_command_line_smoke(flgc_run):
