@@ -6,7 +6,12 @@ from .errors import UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments in one stderr line, exit code 2."""
+    """argparse that reports bad arguments in one stderr line, exit code 2; --help shows the
+    description (the script's docstring) as written."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
