@@ -30,11 +30,13 @@ class Result:
 def call(capsys):
     """call(script, *argv): the entry point's main in this process; exit code and captured output."""
     capsys.readouterr()
+    threads = torch.get_num_threads()
 
     def run(script, *argv):
         code = run_main(script, *argv)
         return Result(code, capsys.readouterr())
-    return run
+    yield run
+    torch.set_num_threads(threads)  # a `threads=N` key must not change the tests that follow
 
 
 def assert_usage_error(result, *fragments):
