@@ -1,48 +1,104 @@
-"""Count MMac (ptflops convention) and parameters of a config or a checkpoint.
+"""Count MMac (ptflops convention) and parameters of a config or a checkpoint, or compare several.
 
-python count_flops.py (--config FILE | --checkpoint PATH) [--per-layer] [--json]
+python count_flops.py (--config FILE | --checkpoint PATH) [--per-layer] [--json] [KEY=VALUE ...]
+python count_flops.py --compare [CONFIG or CHECKPOINT ...] [--json]
+KEY=VALUE overrides apply to --config only: a checkpoint is counted as it was trained.
 """
-import dataclasses
+import glob
 import json
+import os
 
 import torch
 
 from flgc import checkpoint, config, flops
 from flgc.builders import build_model
-from flgc.cli import ArgumentParser, run
+from flgc.cli import ArgumentParser, human_stream, run
+from flgc.errors import UsageError
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-def main():
-    parser = ArgumentParser(description=__doc__)
+def default_sources():
+    """{shown name: path} of every config in configs/ and, when that folder exists, configs/fast/."""
+    found = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+    found += sorted(glob.glob(os.path.join(ROOT, "configs", "fast", "*.yaml")))
+    return {os.path.relpath(path, ROOT): path for path in found}
+
+
+def load_source(path, is_config, overrides=()):
+    """(model, config) of a YAML config (FLGC structures: the seeded initial ones) or of a checkpoint."""
+    if is_config:
+        cfg = config.load(path, overrides)
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg), cfg
+    if overrides:
+        raise UsageError(f"KEY=VALUE overrides apply only with --config; a checkpoint is counted as it was "
+                         f"trained (got {', '.join(f'{k}={v}' for k, v in overrides)})")
+    model, cfg, _ = checkpoint.load_model(path)
+    return model, cfg
+
+
+def measure(model, cfg):
+    mflops, params = flops.count(model)
+    baseline = flops.dense_baseline_mflops(cfg)
+    return {"mflops": mflops, "params": params, "baseline_mflops": baseline, "ratio": baseline / mflops}
+
+
+def compare(paths, as_json):
+    """One row per config or checkpoint: MMac, params, ratio to the dense baseline."""
+    rows = []
+    for shown, path in ({p: p for p in paths} or default_sources()).items():
+        is_config = path.endswith(CONFIG_SUFFIXES)
+        try:
+            rows.append({"config" if is_config else "name": shown, **measure(*load_source(path, is_config))})
+        except UsageError as err:
+            raise UsageError(f"{path}: {err}") from None
+    out = human_stream(as_json)
+    width = max(len(r.get("config", r.get("name"))) for r in rows)
+    print(f"{'model':<{width}} {'MMac':>8} {'params':>11} {'x dense':>8}", file=out)
+    for r in rows:
+        print(f"{r.get('config', r.get('name')):<{width}} {r['mflops']:>8.2f} {r['params']:>11,} {r['ratio']:>8.2f}", file=out)
+    if as_json:
+        print(json.dumps({"rows": rows}))
+
+
+def per_layer(model, out):
+    print(f"{'layer':<28} {'kind':<10} {'in':>5} {'out':>5} {'G':>4} {'MMac':>8}  group sizes", file=out)
+    for name, module, macs in flops.module_macs(model):
+        kind, cin, cout, groups, sizes = flops.describe(module)
+        print(f"{name:<28} {kind:<10} {cin!s:>5} {cout!s:>5} {groups!s:>4} {macs / 1e6:>8.3f}  {sizes}", file=out)
+
+
+def parse_args(argv):
+    parser = ArgumentParser(prog="count_flops.py", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML config; FLGC structures are the seeded initial ones")
     source.add_argument("--checkpoint", help="a checkpoint: FLGC layers count their learned structure")
+    source.add_argument("--compare", nargs="*", metavar="CONFIG_OR_CHECKPOINT",
+                        help="one table of several models (default: configs/*.yaml and configs/fast/*.yaml)")
     parser.add_argument("--per-layer", action="store_true", help="one line per counted layer")
-    parser.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+    parser.add_argument("--json", action="store_true", help="stdout is only one JSON object; tables go to stderr")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (with --config)")
-    args = parser.parse_args()
-    overrides = config.parse_overrides(args.overrides)
-    if args.config:
-        cfg = config.load(args.config, overrides)
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg)
-    else:
-        payload = checkpoint.load(args.checkpoint)
-        cfg = checkpoint.config_of(payload, overrides)
-        model = checkpoint.model_from(payload, args.checkpoint, cfg)
+    args = parser.parse_args(argv)
+    if args.compare is not None and (args.per_layer or args.overrides or any("=" in a for a in args.compare)):
+        parser.error("--compare takes neither --per-layer nor KEY=VALUE overrides")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.compare is not None:
+        return compare(args.compare, args.json)
+    model, cfg = load_source(args.config or args.checkpoint, bool(args.config), config.parse_overrides(args.overrides))
+    out = human_stream(args.json)
     if args.per_layer:
-        print(f"{'layer':<28} {'kind':<10} {'in':>5} {'out':>5} {'G':>4} {'MMac':>8}  group sizes")
-        for name, module, macs in flops.module_macs(model):
-            kind, cin, cout, groups, sizes = flops.describe(module)
-            print(f"{name:<28} {kind:<10} {cin!s:>5} {cout!s:>5} {groups!s:>4} {macs / 1e6:>8.3f}  {sizes}")
-    mflops, params = flops.count(model)
-    dense = dataclasses.replace(cfg, flgc=dataclasses.replace(cfg.flgc, pointwise="dense"))
-    baseline_mflops, _ = flops.count(build_model(dense))
-    print(f"{mflops:.2f} MMac, {params:,} parameters; dense baseline {baseline_mflops:.2f} MMac "
-          f"(x{baseline_mflops / mflops:.2f})")
+        per_layer(model, out)
+    result = measure(model, cfg)
+    print(f"{result['mflops']:.2f} MMac, {result['params']:,} parameters; dense baseline "
+          f"{result['baseline_mflops']:.2f} MMac (x{result['ratio']:.2f})", file=out)
     if args.json:
-        print(json.dumps({"mflops": mflops, "params": params, "baseline_mflops": baseline_mflops,
-                          "ratio": baseline_mflops / mflops}))
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -2,26 +2,24 @@
 import json
 
 from flgc import checkpoint, config, flops
-from flgc.cli import ArgumentParser, run
+from flgc.cli import ArgumentParser, human_stream, run
 from flgc.errors import UsageError
 
 OVERRIDABLE = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
 
 
-def main():
-    parser = ArgumentParser(description=__doc__)
+def main(argv=None):
+    parser = ArgumentParser(prog="eval.py", description=__doc__)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+    parser.add_argument("--json", action="store_true", help="stdout is only one JSON object; the summary goes to stderr")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data keys, e.g. data.root=/data")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     overrides = config.parse_overrides(args.overrides)
     for key, _ in overrides:
         if not key.startswith(OVERRIDABLE):
             raise UsageError(f"eval.py cannot override {key!r}; allowed: data.*, device, threads, "
                              f"train.eval_batch_size, train.channels_last")
-    payload = checkpoint.load(args.checkpoint)
-    cfg = checkpoint.config_of(payload, overrides)
-    model = checkpoint.model_from(payload, args.checkpoint, cfg)
+    model, cfg, _ = checkpoint.load_model(args.checkpoint, overrides)
     from flgc.engine import evaluate, make_batches, prepare_model, select_device
     device = select_device(cfg)
     mflops, params = flops.count(model)
@@ -29,7 +27,7 @@ def main():
     result = {"accuracy": test["accuracy"], "loss": test["loss"], "mflops": mflops, "params": params,
               "images": test["images"]}
     print(f"{args.checkpoint}: top-1 {test['accuracy']:.2f}% on {test['images']} test images, "
-          f"loss {test['loss']:.4f}, {mflops:.2f} MMac, {params:,} parameters")
+          f"loss {test['loss']:.4f}, {mflops:.2f} MMac, {params:,} parameters", file=human_stream(args.json))
     if args.json:
         print(json.dumps(result))
 

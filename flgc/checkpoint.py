@@ -3,49 +3,69 @@
 Keys: format_version, config (the resolved config as plain data), model (state_dict), and for
 training checkpoints optimizer, scheduler, epoch, best_accuracy, rng (torch CPU generator state);
 deployed checkpoints add deploy_spec (plain data describing the inference modules, see flgc.deploy).
-A checkpoint thus rebuilds its own model: eval.py needs nothing else.
+A checkpoint thus rebuilds its own model: `load_model(path)` needs nothing else.
 """
 import os
-import tempfile
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 
 from . import config as config_lib
 from .builders import build_model
 from .errors import UsageError
+from .fileio import atomic_path
 
 FORMAT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+PICKLE_HEADERS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))  # legacy torch.save / plain pickle
+
+
+class Loaded(NamedTuple):
+    """What load_model returns: the network (CPU, weights loaded), its Config, the checkpoint dict."""
+    model: torch.nn.Module
+    config: Any
+    payload: dict
 
 
 def save(path, payload):
     """Write `payload` (a dict) to `path` via a temp file and rename: a kill never leaves half a file."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        torch.save(payload, f)
+
+
+def _unreadable_reason(path, err):
+    """Why torch.load refused `path`, in words a user can act on."""
+    with open(path, "rb") as f:
+        header = f.read(4)
+    if not header.startswith(ZIP_MAGIC) and not header.startswith(PICKLE_HEADERS):
+        return "it is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+    text = str(err)
+    if "weights_only" in text or "Unsupported" in text or "GLOBAL" in text:
+        return "it holds pickled code or objects, which are refused for safety"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return f"it is truncated or damaged ({lines[0] if lines else type(err).__name__})"
+
+
+def read(path):
+    """torch.load(path, weights_only=True) on CPU; a missing, unreadable or unsafe file raises UsageError."""
+    if os.path.isdir(path):
+        raise UsageError(f"checkpoint {path} is a directory; pass a .pt file (e.g. {os.path.join(path, 'last.pt')})")
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path} does not exist")
     try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol warnings would add lines to stderr
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UsageError(f"checkpoint {path} cannot be loaded: {_unreadable_reason(path, err)}") from None
+    return payload
 
 
 def load(path):
     """The checkpoint dict at `path`; anything unreadable, unsafe or foreign raises UsageError."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it holds pickled code or objects, which are refused for safety"
-        raise UsageError(f"checkpoint {path} cannot be loaded: {reason}") from None
+    payload = read(path)
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UsageError(f"{path} is not an flgc checkpoint (no format_version); "
                          f"convert reference checkpoints with scripts/convert_reference_checkpoint.py")
@@ -62,8 +82,28 @@ def config_of(payload, overrides=()):
     return config_lib.from_dict(payload["config"], overrides)
 
 
+def _shape(tensor):
+    return list(tensor.shape) if hasattr(tensor, "shape") else type(tensor).__name__
+
+
+def first_mismatch(expected, given):
+    """The first difference between two state_dicts (model's, checkpoint's) in words, or None."""
+    for key, tensor in expected.items():
+        if key not in given:
+            return f"{key} {_shape(tensor)} is missing from the checkpoint"
+        if _shape(given[key]) != _shape(tensor):
+            return f"{key} is {_shape(given[key])} in the checkpoint, {_shape(tensor)} in the model"
+    for key, tensor in given.items():
+        if key not in expected:
+            return f"the checkpoint's {key} {_shape(tensor)} has no place in the model"
+    return None
+
+
 def load_weights(model, state_dict, path):
-    """load_state_dict, strict; a mismatch (another architecture) raises UsageError."""
+    """load_state_dict, strict; a mismatch (another architecture) raises UsageError naming the first key."""
+    problem = first_mismatch(model.state_dict(), state_dict)
+    if problem is not None:
+        raise UsageError(f"checkpoint {path} does not fit this model's architecture: {problem}")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:
@@ -72,7 +112,7 @@ def load_weights(model, state_dict, path):
 
 
 def model_from(payload, path, cfg=None):
-    """The network stored in a checkpoint (training or deployed form), weights loaded, on CPU."""
+    """The network stored in a checkpoint dict (training or deployed form), weights loaded, on CPU."""
     cfg = cfg or config_of(payload)
     model = build_model(cfg)
     if payload.get("deploy_spec") is not None:
@@ -84,6 +124,17 @@ def model_from(payload, path, cfg=None):
         model.deploy_spec = payload["deploy_spec"]
     load_weights(model, payload["model"], path)
     return model
+
+
+def load_model(path, overrides=()):
+    """Load the checkpoint at `path`: Loaded(model, config, payload); the model is on CPU, in train mode.
+
+    `overrides` ((key, value) pairs, see flgc.config.parse_overrides) change the stored config, e.g. the
+    data keys for evaluation; one that changes the architecture makes the weights not fit (UsageError).
+    """
+    payload = load(path)
+    cfg = config_of(payload, overrides)
+    return Loaded(model_from(payload, path, cfg), cfg, payload)
 
 
 def deployed_payload(model, cfg_dict, **extra):

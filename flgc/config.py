@@ -96,6 +96,9 @@ CHOICES = {
 }
 POSITIVE = ("flgc.freeze_epoch", "train.epochs", "train.batch_size", "train.eval_interval", "train.eval_batch_size",
             "flgc.groups", "data.train_subset", "data.test_subset", "threads")
+POSITIVE_REAL = ("train.lr", "train.lr_gamma", "flgc.temperature_start", "flgc.temperature_end", "flgc.logit_init_std")
+NON_NEGATIVE = ("train.weight_decay", "flgc.logit_weight_decay", "flgc.logit_lr_scale", "flgc.regularizer.weight",
+                "train.checkpoint_steps", "flgc.plot_interval", "data.crop_padding")
 
 
 def _fields(cls):
@@ -166,27 +169,27 @@ def _flatten(tree, prefix=""):
             yield f"{prefix}{name}", value
 
 
+def _check_range(cfg, keys, lowest, inclusive, words):
+    for key in keys:
+        value = get(cfg, key)
+        if value is not None and not (value > lowest or (inclusive and value == lowest)):  # NaN fails too
+            raise UsageError(f"config key {key} must be {words}, got {value}")
+
+
 def validate(cfg):
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
             raise UsageError(f"config key {key} is {value!r}; allowed: {', '.join(allowed)}")
-    for key in POSITIVE:
-        value = get(cfg, key)
-        if value is not None and value < 1:
-            raise UsageError(f"config key {key} must be >= 1, got {value}")
-    f = cfg.flgc
-    if f.temperature_start <= 0 or f.temperature_end <= 0 or f.logit_init_std <= 0 or f.logit_lr_scale < 0:
-        raise UsageError("config keys flgc.temperature_start/_end and flgc.logit_init_std must be > 0, "
-                         "flgc.logit_lr_scale >= 0")
-    if cfg.train.checkpoint_steps < 0:
-        raise UsageError(f"config key train.checkpoint_steps must be >= 0, got {cfg.train.checkpoint_steps}")
-    if f.plot_interval < 0:
-        raise UsageError(f"config key flgc.plot_interval must be >= 0, got {f.plot_interval}")
-    if cfg.data.crop_padding < 0:
-        raise UsageError(f"config key data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+    _check_range(cfg, POSITIVE, 1, True, ">= 1")
+    _check_range(cfg, POSITIVE_REAL, 0, False, "> 0")
+    _check_range(cfg, NON_NEGATIVE, 0, True, ">= 0")
+    if not 0 <= cfg.train.momentum < 1:
+        raise UsageError(f"config key train.momentum must be in [0, 1), got {cfg.train.momentum}")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise UsageError("config keys data.mean and data.std must hold 3 values (R, G, B)")
+    if any(s <= 0 for s in cfg.data.std):
+        raise UsageError(f"config key data.std must hold values > 0, got {cfg.data.std}")
     return cfg
 
 
@@ -227,9 +230,12 @@ def load(path, overrides=()):
         raise UsageError(f"config file {path} does not exist; configs live in configs/*.yaml")
     try:
         with open(path) as f:
-            tree = yaml.safe_load(f) or {}
+            tree = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if tree is None:
+        raise UsageError(f"config file {path} is empty; write at least the keys that differ from the "
+                         f"defaults (see configs/mbv2_baseline.yaml)")
     cfg = from_dict(tree, overrides)
     if cfg.out_dir is None:
         cfg.out_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])

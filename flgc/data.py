@@ -35,6 +35,18 @@ def _files_present(root):
     return all(os.path.isfile(os.path.join(root, FOLDER, n)) for n in names)
 
 
+def _first_unreadable(where, train):
+    """(file name, error) of the first batch file of a split that does not unpickle, or None."""
+    names = [n for n, _ in (CIFAR10.train_list if train else CIFAR10.test_list)] + [CIFAR10.meta["filename"]]
+    for name in names:
+        try:
+            with open(os.path.join(where, name), "rb") as f:
+                pickle.load(f, encoding="latin1")
+        except Exception as err:
+            return name, err
+    return None
+
+
 def load_split(data_cfg, train):
     """(images uint8 N x 32 x 32 x 3, labels int64 N) of one split, honouring the data.* keys."""
     root = os.path.expanduser(data_cfg.root)
@@ -63,7 +75,10 @@ def load_split(data_cfg, train):
         try:
             dataset = _UncheckedCIFAR10(root, train=train, download=False)
         except Exception as err:
-            raise UsageError(f"cannot parse CIFAR-10 files in {where}/: {type(err).__name__}: {err}") from None
+            bad = _first_unreadable(where, train)
+            what, err = (f"file {os.path.join(where, bad[0])}", bad[1]) if bad else (f"files in {where}/", err)
+            raise UsageError(f"cannot parse CIFAR-10 {what} ({type(err).__name__}: {err}); it may be truncated "
+                             f"or damaged: replace it, or delete it and set data.download=true") from None
     images = torch.from_numpy(dataset.data)
     labels = torch.tensor(dataset.targets, dtype=torch.int64)
     subset = data_cfg.train_subset if train else data_cfg.test_subset

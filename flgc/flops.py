@@ -4,10 +4,14 @@ MFLOPS are ptflops (pytorch backend) multiply-accumulates in millions, counted p
 ptflops's own hooks; an FLGConv2d counts its learned hard structure (sum over groups of
 in_g * out_g * kh * kw * H_out * W_out), neither the dense conv nor the mask construction.
 """
+import dataclasses
+
 import torch
 import torch.nn as nn
 from ptflops.pytorch_ops import MODULES_MAPPING
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from .builders import build_model
 from .layer import FLGConv2d
 
 
@@ -32,33 +36,31 @@ def _block_pointwise_hook(module, inputs, output):
     module.__flops__ += output.numel() if module.blocks else 0  # bias adds, as ptflops counts them
 
 
+def _hook_for(module, flgc_as_computed):
+    """The forward hook that adds `module`'s MACs to module.__flops__, or None for uncounted modules."""
+    from .deploy import BlockPointwise
+    if isinstance(module, FLGConv2d):
+        return _flgc_dense_hook if flgc_as_computed else _flgc_hook
+    if isinstance(module, BlockPointwise):
+        return _block_pointwise_hook
+    if isinstance(module, _BatchNorm):  # SyncBatchNorm and other subclasses count as BatchNorm2d
+        return MODULES_MAPPING[nn.BatchNorm2d]
+    return MODULES_MAPPING.get(type(module))
+
+
 def module_macs(model, input_size=(3, 32, 32), flgc_as_computed=False):
     """[(name, module, MACs for one image)] for every counted leaf module, in forward order.
 
     FLGC layers count their hard structure; with flgc_as_computed, the dense conv a masked FLGC
     layer really runs. Deployed BlockPointwise layers count their blocks.
     """
-    from .deploy import BlockPointwise
-    counted = []
-    handles = []
-
-    def attach(name, module):
-        if isinstance(module, FLGConv2d):
-            hook = _flgc_dense_hook if flgc_as_computed else _flgc_hook
-        elif isinstance(module, BlockPointwise):
-            hook = _block_pointwise_hook
-        elif isinstance(module, nn.BatchNorm2d):  # subclasses too (synchronised BN)
-            hook = MODULES_MAPPING[nn.BatchNorm2d]
-        else:
-            hook = MODULES_MAPPING.get(type(module))
-        if hook is None:
-            return
-        module.__flops__ = 0
-        counted.append((name, module))
-        handles.append(module.register_forward_hook(hook))
-
+    counted, handles = [], []
     for name, module in model.named_modules():
-        attach(name, module)
+        hook = _hook_for(module, flgc_as_computed)
+        if hook is not None:
+            module.__flops__ = 0
+            counted.append((name, module))
+            handles.append(module.register_forward_hook(hook))
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -90,6 +92,12 @@ def count(model, input_size=(3, 32, 32), flgc_as_computed=False):
     """(MMac, parameters) of `model` for one image."""
     macs = sum(m for _, _, m in module_macs(model, input_size, flgc_as_computed))
     return macs / 1e6, count_params(model)
+
+
+def dense_baseline_mflops(cfg, input_size=(3, 32, 32)):
+    """MMac of the network `cfg` describes with every 1x1 conv dense: what FLGC or group convs save against."""
+    dense = dataclasses.replace(cfg, flgc=dataclasses.replace(cfg.flgc, pointwise="dense"))
+    return count(build_model(dense), input_size)[0]
 
 
 def describe(module):

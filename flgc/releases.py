@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 from .errors import UsageError
+from .fileio import publish
 
 REQUIRED = ("name", "file", "sha256", "bytes")
 CHUNK = 1 << 16
@@ -26,11 +27,31 @@ def load_manifest(path):
             entries = json.load(f)["checkpoints"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UsageError(f"manifest {path} is not valid ({err}); expected {{\"checkpoints\": [...]}}") from None
+    if not isinstance(entries, list):
+        raise UsageError(f"manifest {path} is not valid: \"checkpoints\" must be a list")
     for entry in entries:
-        missing = [k for k in REQUIRED if k not in entry]
-        if missing:
-            raise UsageError(f"manifest {path}: entry {entry.get('name', '?')} lacks {', '.join(missing)}")
+        problem = entry_problem(entry)
+        if problem:
+            name = entry.get("name", "?") if isinstance(entry, dict) else "?"
+            raise UsageError(f"manifest {path}: entry {name} {problem}")
     return entries
+
+
+def entry_problem(entry):
+    """What is wrong with one manifest entry, or None."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not (isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64
+            and all(c in "0123456789abcdef" for c in entry["sha256"])):
+        return "has a sha256 that is not 64 lowercase hex digits"
+    if not isinstance(entry["bytes"], int) or isinstance(entry["bytes"], bool) or entry["bytes"] < 1:
+        return "has a size (bytes) that is not a positive integer"
+    if os.path.basename(entry["file"]) != entry["file"] or entry["file"] in ("", ".", ".."):
+        return f"names file {entry['file']!r}, which is not a plain file name"
+    return None
 
 
 def sha256_file(path):
@@ -103,5 +124,5 @@ def download(entry, directory, attempts=5, show_progress=True):
         os.unlink(part)
         raise UsageError(f"{entry['name']}: the downloaded file does not match its sha256 "
                          f"{entry['sha256'][:12]}...; it was deleted")
-    os.replace(part, path)
+    publish(part, path)
     return path, True

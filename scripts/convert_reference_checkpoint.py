@@ -6,27 +6,20 @@ evaluates with `python eval.py --checkpoint DST`.
 """
 import os
 
-import torch
-
 from flgc import checkpoint, config, reference
 from flgc.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 
-def main():
-    parser = ArgumentParser(description=__doc__)
+def main(argv=None):
+    parser = ArgumentParser(prog="convert_reference_checkpoint.py", description=__doc__)
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if os.path.exists(args.dst) and not args.force:
         raise UsageError(f"{args.dst} exists; pass --force to overwrite it")
-    if not os.path.isfile(args.src):
-        raise UsageError(f"{args.src} does not exist")
-    try:
-        payload = torch.load(args.src, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UsageError(f"{args.src} cannot be loaded safely ({str(err).splitlines()[0][:200]})") from None
+    payload = checkpoint.read(args.src)
     if not reference.is_reference(payload):
         raise UsageError(f"{args.src} is not a reference checkpoint (expected keys {', '.join(reference.REFERENCE_KEYS)})")
     overrides, state_dict, epoch, best = reference.convert(payload)

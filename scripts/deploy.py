@@ -26,10 +26,10 @@ def main():
         raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    payload = checkpoint.load(args.checkpoint)
+    model, _, payload = checkpoint.load_model(args.checkpoint)
     if payload.get("deploy_spec") is not None:
         raise UsageError(f"{args.checkpoint} is already deployed")
-    model = checkpoint.model_from(payload, args.checkpoint).eval()
+    model = model.eval()
     deployed = deploy.convert(model, batch_size=args.batch_size, strategy=args.strategy)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -2,8 +2,10 @@
 
 python scripts/download_checkpoints.py [NAME ... | --all] [--dir checkpoints] [--manifest FILE]
 Verified files are skipped; an interrupted download resumes; nothing unverified gets the final name.
+--all with a manifest that lists no checkpoints says so on stderr and exits 0 (there is nothing to fetch).
 """
 import os
+import sys
 
 from flgc import releases
 from flgc.cli import ArgumentParser, run
@@ -12,17 +14,20 @@ from flgc.errors import UsageError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main():
-    parser = ArgumentParser(description=__doc__)
+def main(argv=None):
+    parser = ArgumentParser(prog="download_checkpoints.py", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME")
     parser.add_argument("--all", action="store_true", help="every checkpoint of the manifest")
     parser.add_argument("--dir", default=os.path.join(ROOT, "checkpoints"), help="where files go")
     parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     entries = {e["name"]: e for e in releases.load_manifest(args.manifest)}
     if args.all == bool(args.names):
         raise UsageError(f"name checkpoints or pass --all (not both); available: {', '.join(entries) or 'none'}")
+    if args.all and not entries:
+        print(f"{args.manifest} lists no released checkpoints yet; nothing downloaded", file=sys.stderr)
+        return
     names = list(entries) if args.all else args.names
     unknown = [n for n in names if n not in entries]
     if unknown:

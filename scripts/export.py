@@ -23,8 +23,8 @@ def main():
     args = parser.parse_args()
     if os.path.exists(args.out) and not args.force:
         raise UsageError(f"{args.out} exists; pass --force to overwrite it")
-    payload = checkpoint.load(args.checkpoint)
-    model = checkpoint.model_from(payload, args.checkpoint).eval()
+    model, _, payload = checkpoint.load_model(args.checkpoint)
+    model = model.eval()
     if payload.get("deploy_spec") is None:
         model = deploy.convert(model, batch_size=args.batch_size)
     model = model.to(memory_format=torch.contiguous_format)

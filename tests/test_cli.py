@@ -1,22 +1,42 @@
-"""End to end through the command line on tiny data written in the CIFAR-10 layout."""
+"""The entry points on tiny data written in the CIFAR-10 layout: training through the real command line
+(one process per run), everything else in this process through each script's main(argv)."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import ROOT, run_cli, run_main
 
 TINY = ["train.batch_size=16", "train.eval_batch_size=20", "data.verify_checksums=false",
         "train.progress=false", "threads=2"]
 
 
+def config_path(name):
+    return os.path.join(ROOT, "configs", f"{name}.yaml")
+
+
 def train(config, out_dir, data, *extra):
-    return run_cli("train.py", "--config", f"configs/{config}.yaml", f"out_dir={out_dir}",
+    return run_cli("train.py", "--config", config_path(config), f"out_dir={out_dir}",
                    f"data.root={data}", *TINY, *extra)
 
 
-def last_json(stdout):
-    return json.loads(stdout.strip().splitlines()[-1])
+class Result:
+    def __init__(self, returncode, captured):
+        self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
+
+
+@pytest.fixture
+def call(capsys):
+    """call(script, *argv): the entry point's main in this process; exit code and captured output."""
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+
+    def run(script, *argv):
+        code = run_main(script, *argv)
+        return Result(code, capsys.readouterr())
+    yield run
+    torch.set_num_threads(threads)  # a `threads=N` key must not change the tests that follow
 
 
 def assert_usage_error(result, *fragments):
@@ -50,81 +70,179 @@ def test_train_writes_the_run_directory(flgc_run):
     assert "epoch 1/1" in result.stdout and "reassigned:" in result.stdout
 
 
-def test_resume_continues_and_refuses_to_overwrite(flgc_run):
+def test_resume_continues_and_refuses_to_overwrite(flgc_run, tmp_path):
     out, _, data = flgc_run
-    again = train("mbv2_flgc8", out, data, "train.epochs=2")
+    copy = tmp_path / "flgc8"
+    shutil.copytree(out, copy)
+    again = train("mbv2_flgc8", copy, data, "train.epochs=2")
     assert_usage_error(again, "already holds a run", "--resume auto")
-    resumed = train("mbv2_flgc8", out, data, "train.epochs=2", "--resume", "auto")
+    resumed = train("mbv2_flgc8", copy, data, "train.epochs=2", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "epoch 2/2" in resumed.stdout
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    state = torch.load(out / "last.pt", weights_only=True)
+    state = torch.load(copy / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["config"]["train"]["epochs"] == 2
 
 
-def test_eval_json(flgc_run):
+def test_eval_json_is_the_whole_stdout(flgc_run, call):
     out, _, data = flgc_run
-    result = run_cli("eval.py", "--checkpoint", str(out / "last.pt"), f"data.root={data}",
-                     "data.verify_checksums=false", "--json")
+    result = call("eval.py", "--checkpoint", out / "last.pt", f"data.root={data}", "data.verify_checksums=false", "--json")
     assert result.returncode == 0, result.stderr
-    report = last_json(result.stdout)
+    report = json.loads(result.stdout)
     assert set(report) == {"accuracy", "loss", "mflops", "params", "images"}
     assert report["images"] == 40 and 0 <= report["accuracy"] <= 100
+    assert "top-1" in result.stderr and "top-1" not in result.stdout
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["accuracy"] == pytest.approx(row["test_accuracy"])
     assert report["mflops"] == pytest.approx(row["mflops"])
+    plain = call("eval.py", "--checkpoint", out / "last.pt", f"data.root={data}", "data.verify_checksums=false")
+    assert "top-1" in plain.stdout
 
 
-def test_count_flops_json_and_per_layer(flgc_run):
+def test_count_flops_json_is_the_whole_stdout(flgc_run, call):
     out, _, _ = flgc_run
-    result = run_cli("count_flops.py", "--checkpoint", str(out / "last.pt"), "--per-layer", "--json")
+    result = call("count_flops.py", "--checkpoint", out / "last.pt", "--per-layer", "--json")
     assert result.returncode == 0, result.stderr
-    report = last_json(result.stdout)
+    report = json.loads(result.stdout)
     assert report["baseline_mflops"] == pytest.approx(94.992906)
     assert report["ratio"] == pytest.approx(report["baseline_mflops"] / report["mflops"])
-    assert "features.17.conv.6" in result.stdout and "flgc" in result.stdout
-    config_result = run_cli("count_flops.py", "--config", "configs/mbv2_sgc8.yaml", "--json")
-    assert round(last_json(config_result.stdout)["mflops"], 2) == 62.62
+    assert "features.17.conv.6" in result.stderr and "flgc" in result.stderr
+    config_result = call("count_flops.py", "--config", config_path("mbv2_sgc8"), "--json")
+    assert round(json.loads(config_result.stdout)["mflops"], 2) == 62.62
+
+
+def test_compare_prints_the_configs_and_their_ratios(call):
+    result = call("count_flops.py", "--compare")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.strip().splitlines()[1:]}
+    shown = [os.path.relpath(p, ROOT) for p in sorted(os.listdir(os.path.join(ROOT, "configs")))]
+    assert len(lines) >= len([n for n in shown if n.endswith(".yaml")])
+    assert lines["configs/mbv2_baseline.yaml"][0] == "94.99" and lines["configs/mbv2_baseline.yaml"][2] == "1.00"
+    assert lines["configs/mbv2_sgc8.yaml"][0] == "62.62" and lines["configs/mbv2_sgc8.yaml"][2] == "1.52"
+    assert lines["configs/mbv2_flgc8.yaml"][2] == "1.52"
+    if os.path.isdir(os.path.join(ROOT, "configs", "fast")):
+        assert any(name.startswith("configs/fast/") for name in lines)
+
+
+def test_compare_json_with_configs_and_a_checkpoint(flgc_run, call):
+    out, _, _ = flgc_run
+    result = call("count_flops.py", "--compare", config_path("mbv2_baseline"), out / "last.pt", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert rows[0]["config"] == config_path("mbv2_baseline") and rows[1]["name"] == str(out / "last.pt")
+    assert rows[0]["mflops"] == pytest.approx(94.992906) and rows[0]["params"] == 2_295_834 and rows[0]["ratio"] == 1.0
+    single = json.loads(call("count_flops.py", "--checkpoint", out / "last.pt", "--json").stdout)
+    assert rows[1]["mflops"] == single["mflops"] and rows[1]["ratio"] == pytest.approx(94.992906 / single["mflops"])
+    assert "x dense" in result.stderr
 
 
 @pytest.mark.parametrize("args, fragments", [
     (["count_flops.py", "--config", "configs/missing.yaml"], ["does not exist"]),
-    (["count_flops.py", "--config", "configs/mbv2_flgc8.yaml", "train.epoch=1"], ["unknown config key", "valid keys"]),
-    (["count_flops.py", "--config", "configs/mbv2_flgc8.yaml", "train.epochs=x"], ["must be an integer"]),
-    (["count_flops.py", "--config", "configs/mbv2_flgc8.yaml", "flgc.groups=0"], ["flgc.groups must be >= 1"]),
-    (["count_flops.py", "--config", "configs/mbv2_flgc8.yaml", "flgc.groups=17"], ["exceeds the channels"]),
-    (["count_flops.py", "--config", "configs/mbv2_sgc8.yaml", "flgc.groups=7"], ["G to divide the channels"]),
+    (["count_flops.py", "--config", config_path("mbv2_flgc8"), "train.epoch=1"], ["unknown config key", "valid keys"]),
+    (["count_flops.py", "--config", config_path("mbv2_flgc8"), "train.epochs=x"], ["must be an integer"]),
+    (["count_flops.py", "--config", config_path("mbv2_flgc8"), "flgc.groups=0"], ["flgc.groups must be >= 1"]),
+    (["count_flops.py", "--config", config_path("mbv2_flgc8"), "flgc.groups=17"], ["exceeds the channels"]),
+    (["count_flops.py", "--config", config_path("mbv2_sgc8"), "flgc.groups=7"], ["G to divide the channels"]),
+    (["count_flops.py", "--compare", "configs/missing.yaml"], ["configs/missing.yaml", "does not exist"]),
+    (["count_flops.py", "--compare", "--per-layer"], ["--compare takes neither"]),
+    (["count_flops.py", "--compare", config_path("mbv2_sgc8"), "flgc.groups=4"], ["--compare takes neither"]),
     (["eval.py", "--checkpoint", "nowhere.pt"], ["does not exist"]),
+    (["eval.py", "--checkpoint", ROOT], ["is a directory"]),
     (["count_flops.py"], ["one of the arguments"]),
+    (["scripts/assignment_changes.py", ROOT], ["metrics.jsonl does not exist"]),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, fragments):
-    assert_usage_error(run_cli(*args), *fragments)
+def test_bad_input_is_one_line_and_exit_2(args, fragments, call):
+    assert_usage_error(call(*args), *fragments)
 
 
-def test_bad_checkpoints(tmp_path, flgc_run, tiny_data):
+@pytest.mark.parametrize("override, fragment", [
+    ("train.lr=-1", "train.lr must be > 0"), ("train.momentum=-1", "train.momentum must be in [0, 1)"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
+])
+def test_bad_recipe_values_write_nothing(override, fragment, call, tiny_data, tmp_path):
+    result = call("train.py", "--config", config_path("mbv2_baseline"), f"out_dir={tmp_path / 'r'}",
+                  f"data.root={tiny_data}", *TINY, override)
+    assert_usage_error(result, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_config_file_is_refused(call, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = call("train.py", "--config", empty, f"out_dir={tmp_path / 'r'}")
+    assert_usage_error(result, "empty.yaml is empty")
+    assert not (tmp_path / "r").exists()
+    assert_usage_error(call("count_flops.py", "--config", empty), "is empty")
+
+
+def test_overrides_with_a_checkpoint_are_refused(flgc_run, call):
+    out, _, _ = flgc_run
+    result = call("count_flops.py", "--checkpoint", out / "last.pt", "flgc.groups=4")
+    assert_usage_error(result, "overrides apply only with --config", "flgc.groups=4")
+
+
+def test_bad_checkpoints(tmp_path, flgc_run, call):
     out, _, _ = flgc_run
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes((out / "last.pt").read_bytes()[:5000])
-    assert_usage_error(run_cli("eval.py", "--checkpoint", str(corrupt)), "cannot be loaded")
+    assert_usage_error(call("eval.py", "--checkpoint", corrupt), "cannot be loaded", "truncated or damaged")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(os.urandom(5000).replace(b"\x80", b"\x81").replace(b"PK", b"QK"))
+    assert_usage_error(call("eval.py", "--checkpoint", noise), "not a PyTorch checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    assert_usage_error(run_cli("eval.py", "--checkpoint", str(foreign)), "not an flgc checkpoint")
-    # resuming a baseline run from an FLGC checkpoint: another architecture, nothing written
+    assert_usage_error(call("eval.py", "--checkpoint", foreign), "not an flgc checkpoint")
+
+
+def test_resume_from_another_architecture_names_the_key(tmp_path, flgc_run, call):
+    out, _, data = flgc_run
     target = tmp_path / "baseline"
-    result = train("mbv2_baseline", target, tiny_data, "train.epochs=1", "--resume", str(out / "last.pt"))
-    assert_usage_error(result, "does not fit this model's architecture")
+    result = call("train.py", "--config", config_path("mbv2_baseline"), f"out_dir={target}", f"data.root={data}",
+                  *TINY, "train.epochs=1", "--resume", out / "last.pt")
+    assert_usage_error(result, "does not fit this model's architecture", "features.1.conv.3.input_group_logits [32, 8]")
     assert not target.exists()
 
 
-def test_missing_data_without_download(tmp_path):
-    result = run_cli("train.py", "--config", "configs/mbv2_baseline.yaml", f"out_dir={tmp_path / 'r'}",
-                     f"data.root={tmp_path}", "data.download=false")
+def test_missing_data_without_download(tmp_path, call):
+    result = call("train.py", "--config", config_path("mbv2_baseline"), f"out_dir={tmp_path / 'r'}",
+                  f"data.root={tmp_path}", "data.download=false")
     assert_usage_error(result, "CIFAR-10 not found", "cifar-10-batches-py")
     assert not (tmp_path / "r").exists()
 
 
-def test_checksum_mismatch_names_the_switch(tiny_data, tmp_path):
-    result = run_cli("train.py", "--config", "configs/mbv2_baseline.yaml", f"out_dir={tmp_path / 'r'}",
-                     f"data.root={tiny_data}")
+def test_checksum_mismatch_names_the_switch(tiny_data, tmp_path, call):
+    result = call("train.py", "--config", config_path("mbv2_baseline"), f"out_dir={tmp_path / 'r'}",
+                  f"data.root={tiny_data}")
     assert_usage_error(result, "md5", "data.verify_checksums=false")
+
+
+def test_a_truncated_batch_file_is_named(flgc_run, tmp_path, call):
+    out, _, data = flgc_run
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    batch = copy / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:2000])
+    result = call("eval.py", "--checkpoint", out / "last.pt", f"data.root={copy}", "data.verify_checksums=false")
+    assert_usage_error(result, "cannot parse CIFAR-10 file", "test_batch", "truncated")
+
+
+def test_assignment_changes_and_plot_groups(flgc_run, call, tmp_path):
+    out, _, _ = flgc_run
+    result = call("scripts/assignment_changes.py", out, "--json")
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert len(table) == 17 and all(len(cells) == 1 for cells in table.values())
+    assert "total" in result.stderr
+    figure = tmp_path / "figs" / "groups.png"
+    assert call("scripts/plot_groups.py", out / "last.pt", "--out", figure).returncode == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(figure.parent) == ["groups.png"]
+    assert_usage_error(call("scripts/plot_groups.py", out / "last.pt", "--out", tmp_path / "g.gif"), "allowed file types")
+
+
+def test_command_line_smoke(flgc_run):
+    """The real command line of eval.py and count_flops.py: exit codes and streams as a shell sees them."""
+    out, _, data = flgc_run
+    good = run_cli("count_flops.py", "--checkpoint", str(out / "last.pt"), "--json")
+    assert good.returncode == 0 and set(json.loads(good.stdout)) >= {"mflops", "params", "ratio"}
+    assert_usage_error(run_cli("eval.py", "--checkpoint", str(out / "nowhere.pt"), "--json"), "does not exist")

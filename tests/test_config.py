@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from flgc import config
@@ -30,12 +32,34 @@ def test_round_trip_through_dict():
     ("flgc.groups=0", "must be >= 1"),
     ("flgc.regularizer.kind=l1", "allowed: balance, budget, none"),
     ("train.epochs", "expected KEY=VALUE"),
+    ("train.lr=-1", "train.lr must be > 0, got -1"),
+    ("train.lr=0", "train.lr must be > 0"),
+    ("train.lr=.nan", "train.lr must be > 0"),
+    ("train.momentum=-1", "train.momentum must be in [0, 1), got -1"),
+    ("train.momentum=1", "train.momentum must be in"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0, got -1"),
+    ("flgc.logit_weight_decay=-0.5", "flgc.logit_weight_decay must be >= 0"),
+    ("flgc.regularizer.weight=-1", "flgc.regularizer.weight must be >= 0"),
+    ("train.lr_gamma=0", "train.lr_gamma must be > 0"),
 ])
 def test_bad_values_are_usage_errors(override, message):
-    with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([override]))
 
 
 def test_missing_file():
     with pytest.raises(UsageError, match="does not exist"):
         config.load("configs/nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_an_empty_file_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match="is empty"):
+        config.load(str(path))
+
+
+def test_zero_weight_decay_and_momentum_are_allowed():
+    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides(["train.weight_decay=0", "train.momentum=0"]))
+    assert cfg.train.weight_decay == 0.0 and cfg.train.momentum == 0.0

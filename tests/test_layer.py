@@ -63,11 +63,22 @@ def test_bad_group_counts_are_rejected(groups):
         FLGConv2d(8, 16, 1, groups=groups)
 
 
-def test_eval_is_deterministic():
+def test_eval_output_is_the_hard_structure_whatever_the_temperature():
     torch.manual_seed(2)
     layer = FLGConv2d(16, 16, 1, groups=5).eval()
     x = torch.randn(4, 16, 3, 3)
-    assert torch.equal(layer(x), layer(x))
+    inputs, filters = layer.input_group_logits.argmax(1), layer.output_group_logits.argmax(1)
+    expected = torch.zeros(4, 16, 3, 3)
+    for o in range(16):
+        for i in range(16):
+            if filters[o] == inputs[i]:
+                expected[:, o] += layer.weight[o, i, 0, 0] * x[:, i]
+    with torch.no_grad():
+        first = layer(x)
+        layer.temperature = 0.01
+        again = layer(x)
+    assert torch.allclose(first, expected, atol=1e-5)
+    assert torch.equal(again, first)
 
 
 def test_straight_through_gradient_is_the_full_softmax_gradient():

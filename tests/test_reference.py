@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import run_cli
+from helpers import run_main
 
 from flgc import checkpoint
 
@@ -85,30 +85,28 @@ def reference_checkpoint(path, kind, groups=8):
 
 
 @pytest.mark.parametrize("kind, groups", [("dense", 1), ("group", 8), ("flgc", 8), ("flgc", 4)])
-def test_converted_checkpoint_gives_the_reference_logits(tmp_path, kind, groups):
+def test_converted_checkpoint_gives_the_reference_logits(tmp_path, kind, groups, capsys):
     src, dst = tmp_path / "ref.pth", tmp_path / "ours.pt"
     reference = reference_checkpoint(src, kind, groups)
-    result = run_cli("scripts/convert_reference_checkpoint.py", str(src), str(dst))
-    assert result.returncode == 0, result.stderr
-    payload = checkpoint.load(str(dst))
+    assert run_main("scripts/convert_reference_checkpoint.py", src, dst) == 0, capsys.readouterr().err
+    ours, _, payload = checkpoint.load_model(str(dst))
     assert payload["config"]["flgc"]["pointwise"] == kind
     assert payload["config"]["flgc"]["groups"] == max(groups, 1) or kind == "dense"
     assert payload["best_accuracy"] == 93.7 and payload["epoch"] == 399
-    ours = checkpoint.model_from(payload, str(dst)).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        assert (ours(x) - reference(x)).abs().max() < 1e-4
+        assert (ours.eval()(x) - reference(x)).abs().max() < 1e-4
 
 
-def test_convert_refuses_bad_input(tmp_path):
+def test_convert_refuses_bad_input(tmp_path, capsys):
     src = tmp_path / "ref.pth"
     reference_checkpoint(src, "dense")
     existing = tmp_path / "existing.pt"
     existing.write_bytes(b"keep me")
-    result = run_cli("scripts/convert_reference_checkpoint.py", str(src), str(existing))
-    assert result.returncode == 2 and "--force" in result.stderr and existing.read_bytes() == b"keep me"
+    assert run_main("scripts/convert_reference_checkpoint.py", src, existing) == 2
+    assert "--force" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
     ours = tmp_path / "ours.pt"
     torch.save({"format_version": 1, "config": {}, "model": {}}, ours)
-    result = run_cli("scripts/convert_reference_checkpoint.py", str(ours), str(tmp_path / "out.pt"))
-    assert result.returncode == 2 and "not a reference checkpoint" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert run_main("scripts/convert_reference_checkpoint.py", ours, tmp_path / "out.pt") == 2
+    err = capsys.readouterr().err
+    assert "not a reference checkpoint" in err and len(err.strip().splitlines()) == 1

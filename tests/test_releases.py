@@ -6,7 +6,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import run_cli
+from helpers import ROOT, run_main
+
+from flgc.errors import UsageError
+from flgc.releases import load_manifest
 
 PAYLOAD = os.urandom(300_000)
 
@@ -56,12 +59,22 @@ def manifest(tmp_path, url, sha=None):
     return path
 
 
-def download(tmp_path, manifest_path, *names):
-    return run_cli("scripts/download_checkpoints.py", *(names or ("tiny",)), "--dir", str(tmp_path / "ckpt"),
-                   "--manifest", str(manifest_path), "--no-progress")
+class Result:
+    def __init__(self, returncode, captured):
+        self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
 
 
-def test_download_verifies_and_skips_verified(tmp_path, server):
+@pytest.fixture
+def download(capsys):
+    """download(tmp_path, manifest, *names): scripts/download_checkpoints.py run in this process."""
+    def call(tmp_path, manifest_path, *names):
+        code = run_main("scripts/download_checkpoints.py", *(names or ("tiny",)), "--dir", tmp_path / "ckpt",
+                        "--manifest", manifest_path, "--no-progress")
+        return Result(code, capsys.readouterr())
+    return call
+
+
+def test_download_verifies_and_skips_verified(tmp_path, server, download):
     m = manifest(tmp_path, f"{server}/tiny.pt")
     first = download(tmp_path, m)
     assert first.returncode == 0, first.stderr
@@ -71,7 +84,7 @@ def test_download_verifies_and_skips_verified(tmp_path, server):
     assert "already verified" in second.stdout and Handler.requests == []
 
 
-def test_truncated_transfer_resumes_with_a_range_request(tmp_path, server):
+def test_truncated_transfer_resumes_with_a_range_request(tmp_path, server, download):
     Handler.requests.clear()
     Handler.truncate_next = 2
     result = download(tmp_path, manifest(tmp_path, f"{server}/tiny.pt"))
@@ -81,14 +94,14 @@ def test_truncated_transfer_resumes_with_a_range_request(tmp_path, server):
     assert not (tmp_path / "ckpt" / "tiny.pt.part").exists()
 
 
-def test_hash_mismatch_leaves_no_file_under_the_final_name(tmp_path, server):
+def test_hash_mismatch_leaves_no_file_under_the_final_name(tmp_path, server, download):
     result = download(tmp_path, manifest(tmp_path, f"{server}/tiny.pt", sha="0" * 64))
     assert result.returncode == 2 and "does not match its sha256" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "ckpt" / "tiny.pt").exists() and not (tmp_path / "ckpt" / "tiny.pt.part").exists()
 
 
-def test_file_urls_and_unknown_names(tmp_path):
+def test_file_urls_and_unknown_names(tmp_path, download):
     source = tmp_path / "source.pt"
     source.write_bytes(PAYLOAD)
     m = manifest(tmp_path, source.as_uri())
@@ -98,6 +111,31 @@ def test_file_urls_and_unknown_names(tmp_path):
 
 
 def test_the_repository_manifest_is_valid():
-    from flgc.releases import load_manifest
-    for entry in load_manifest("checkpoints/manifest.json"):
-        assert len(entry["sha256"]) == 64 and entry["bytes"] > 0
+    entries = load_manifest(os.path.join(ROOT, "checkpoints", "manifest.json"))
+    assert isinstance(entries, list)
+    assert len({e["name"] for e in entries}) == len(entries)  # names are unique
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sha256": "abc"}, "64 lowercase hex"),
+    ({"bytes": 0}, "positive integer"),
+    ({"file": "../outside.pt"}, "plain file name"),
+    ({"sha256": None}, "64 lowercase hex"),
+])
+def test_bad_manifest_entries_are_refused(tmp_path, change, message):
+    path = manifest(tmp_path, "file:///nowhere")
+    entry = {**json.loads(path.read_text())["checkpoints"][0], **change}
+    path.write_text(json.dumps({"checkpoints": [entry]}))
+    with pytest.raises(UsageError, match=message):
+        load_manifest(str(path))
+    assert load_manifest(str(manifest(tmp_path, "file:///nowhere")))[0]["bytes"] == len(PAYLOAD)
+
+
+def test_all_with_an_empty_manifest_says_so(tmp_path, download):
+    empty = tmp_path / "manifest.json"
+    empty.write_text(json.dumps({"checkpoints": []}))
+    result = download(tmp_path, empty, "--all")
+    assert result.returncode == 0 and result.stdout == ""
+    assert "lists no released checkpoints" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "ckpt").exists()
+

@@ -1,0 +1,32 @@
+"""Atomic file writes: write a temp file next to the target, then rename it over the target.
+
+A reader (or a kill at any moment) sees the old file or the complete new one, never half a file.
+"""
+import contextlib
+import os
+import tempfile
+
+
+def publish(temp, path):
+    """Move the finished file `temp` to `path` in one rename, its bytes flushed to disk first."""
+    with open(temp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; once the block has written it, it becomes `path`.
+
+    An exception inside the block removes the temporary file and leaves `path` as it was.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(handle)
+    try:
+        yield temp
+        publish(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
