@@ -122,14 +122,19 @@ def recipe_of(cfg):
     return f"SGD {t.lr:g}, batch {t.batch_size}, x{t.lr_gamma:g} at {milestones}; {images} train images"
 
 
+def structure(cfg):
+    """{model, groups, where} of a Config (groups and where are None for the dense network)."""
+    f = cfg.flgc
+    dense = f.pointwise == "dense"
+    return {"model": MODEL_NAMES.get(f.pointwise, f.pointwise), "groups": None if dense else f.groups,
+            "where": None if dense else f.where}
+
+
 def structure_row(name, source, kind, cfg, model):
     """A Row with what the config and the loaded model tell: model, G, where, MMac, params, recipe."""
-    pointwise = cfg.flgc.pointwise
     mflops, params = flops.count(model)
-    return Row(name, MODEL_NAMES.get(pointwise, pointwise), source, kind,
-               groups=None if pointwise == "dense" else cfg.flgc.groups,
-               where=None if pointwise == "dense" else cfg.flgc.where,
-               mflops=mflops, params=params, recipe=recipe_of(cfg), per_layer=per_layer_macs(model))
+    return Row(name, source=source, kind=kind, mflops=mflops, params=params, recipe=recipe_of(cfg),
+               per_layer=per_layer_macs(model), **structure(cfg))
 
 
 def evaluate_row(row, model, cfg):
@@ -162,6 +167,8 @@ def local_row(path, overrides=(), evaluate=True):
     ckpt = run_checkpoint(path) if os.path.isdir(path) else path
     payload, cfg, model = load_model(ckpt, overrides)
     name = os.path.basename(os.path.normpath(path))
+    if not os.path.isdir(path):  # runs/NAME/best.pt is named NAME/best.pt
+        name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), name)
     row = structure_row(name, ckpt, "ours", cfg, model)
     history = read_metrics(run_dir)
     epoch = payload.get("epoch")
@@ -187,6 +194,10 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
               test_images=entry.get("test_images"), data=entry.get("data"),
               recipe=entry.get("recipe") or entry.get("schedule"), epochs=_text(entry.get("epochs")),
               hardware=entry.get("hardware"), minutes=entry.get("minutes"))
+    config_path = os.path.join(os.path.dirname(directory), entry.get("config") or "")
+    if entry.get("config") and os.path.isfile(config_path):  # the repository's copy of the release's config
+        for key, value in structure(config_lib.load(config_path)).items():
+            setattr(row, key, value)
     path = os.path.join(directory, entry["file"])
     if not verified(path, entry):
         print(f"{entry['name']}: {path} is not here (or does not match its sha256): figures from the manifest; "
