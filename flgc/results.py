@@ -306,8 +306,8 @@ def _layer_panel(ax, row):
     positions = np.arange(len(names))
     learned = [m for _, m, _ in row.per_layer]
     uniform = [u for _, _, u in row.per_layer]
-    ax.bar(positions - 0.2, uniform, 0.4, label=f"uniform G={row.groups} ({sum(uniform):.2f} MMac)", color="C7")
-    ax.bar(positions + 0.2, learned, 0.4, label=f"learned ({sum(learned):.2f} MMac)", color="C3")
+    ax.bar(positions - 0.2, uniform, 0.4, label=f"uniform G={row.groups} ({sum(uniform):.3f} MMac)", color="C7")
+    ax.bar(positions + 0.2, learned, 0.4, label=f"learned ({sum(learned):.3f} MMac)", color="C3")
     ax.set_xticks(positions)
     ax.set_xticklabels([n.replace("features.", "").replace(".conv", "") for n in names], rotation=90, fontsize=6)
     ax.set_xlabel("FLGC layer (block.index)")
