@@ -1,0 +1,350 @@
+"""The paper's CIFAR-10 results table: released checkpoints and local runs next to the published rows.
+
+A row holds the model, G, where the grouped 1x1 convs sit, MMac (ptflops convention, flgc.flops) and
+its ratio to the dense baseline, parameters, top-1 accuracy and where that accuracy comes from
+(`accuracy_source`: evaluated now on the test set, recorded in the checkpoint during training, taken
+from the manifest, or published), the training recipe and epochs, hardware and source.
+"""
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from . import checkpoint, flops
+from . import config as config_lib
+from .builders import build_model
+from .data import _files_present
+from .errors import UsageError
+from .layer import FLGConv2d
+from .releases import load_manifest, verified
+
+MODEL_NAMES = {"dense": "MobileNetV2", "group": "MobileNetV2-SGC", "flgc": "MobileNetV2-FLGC"}
+OVERRIDABLE = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
+PLOT_TYPES = (".png", ".pdf", ".svg")
+
+
+@dataclass
+class Row:
+    """One line of the table; MMac and params of learned structures are counted on the loaded model."""
+    name: str
+    model: str
+    source: str
+    kind: str  # ours | manifest | paper | reference
+    groups: Optional[int] = None
+    where: Optional[str] = None
+    mflops: Optional[float] = None
+    ratio: Optional[float] = None
+    params: Optional[int] = None
+    accuracy: Optional[float] = None
+    accuracy_source: Optional[str] = None  # evaluated | recorded | manifest | published
+    test_images: Optional[int] = None
+    data: Optional[str] = None
+    recipe: Optional[str] = None
+    epochs: Optional[str] = None
+    hardware: Optional[str] = None
+    minutes: Optional[float] = None
+    # (FLGC layer name, learned MMac, uniform MMac) of a learned structure, for the plot
+    per_layer: List[tuple] = field(default_factory=list, repr=False)
+
+    def to_json(self):
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "per_layer"}
+
+
+REFERENCE_RECIPE = "SGD 0.1, batch 128, x0.1 at 150/250/350"
+PUBLISHED = [
+    Row("paper: MobileNetV2", "MobileNetV2", "paper (Wang et al., CVPR 2019)", "paper", mflops=94.9,
+        accuracy=94.43, accuracy_source="published", test_images=10000, data="CIFAR-10 test set",
+        recipe="not stated", epochs="not stated", hardware="not stated"),
+    Row("paper: MobileNetV2-FLGC G=8", "MobileNetV2-FLGC", "paper (Wang et al., CVPR 2019)", "paper", groups=8,
+        where="not stated", mflops=76.0, accuracy=93.09, accuracy_source="published", test_images=10000,
+        data="CIFAR-10 test set", recipe="not stated", epochs="not stated", hardware="not stated"),
+    Row("reference: FLGC8", "MobileNetV2-FLGC", "reference implementation's table", "reference", groups=8,
+        where="project", mflops=62.6, accuracy=93.7, accuracy_source="published", test_images=10000,
+        data="CIFAR-10 test set", recipe=REFERENCE_RECIPE, epochs="400", hardware="not stated (a GPU)"),
+]
+
+
+def load_model(path, overrides=()):
+    """(checkpoint dict, Config with `overrides`, model with its weights) of the checkpoint at `path`."""
+    payload = checkpoint.load(path)
+    cfg = checkpoint.config_of(payload, overrides)
+    return payload, cfg, checkpoint.model_from(payload, path, cfg)
+
+
+def parse_overrides(pairs):
+    """KEY=VALUE pairs that may change how checkpoints are evaluated (data keys, device, threads)."""
+    overrides = config_lib.parse_overrides(pairs)
+    for key, _ in overrides:
+        if not key.startswith(OVERRIDABLE):
+            raise UsageError(f"results_table.py cannot override {key!r}; allowed: data.*, device, threads, "
+                             f"train.eval_batch_size, train.channels_last")
+    return overrides
+
+
+def baseline_mflops(config_path):
+    """MMac of the dense network of `config_path` (94.99 for configs/mbv2_baseline.yaml)."""
+    cfg = config_lib.load(config_path)
+    dense = dataclasses.replace(cfg, flgc=dataclasses.replace(cfg.flgc, pointwise="dense"))
+    return flops.count(build_model(dense))[0]
+
+
+def read_metrics(run_dir):
+    """The rows of RUN_DIR/metrics.jsonl ([] when the file is absent)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not JSON lines: {err}") from None
+
+
+def per_layer_macs(model):
+    """[(layer name, learned MMac, uniform MMac)] of every FLGC layer; uniform = dense conv / G."""
+    learned = {name: macs for name, module, macs in flops.module_macs(model) if isinstance(module, FLGConv2d)}
+    return [(name, learned[name] / 1e6, macs / 1e6 / module.groups)
+            for name, module, macs in flops.module_macs(model, flgc_as_computed=True)
+            if isinstance(module, FLGConv2d)]
+
+
+def data_description(data_cfg, images):
+    checked = "md5 verified" if data_cfg.verify_checksums else "copy, md5 not verified"
+    return f"CIFAR-10 ({checked}), {images:,} test images"
+
+
+def recipe_of(cfg):
+    t = cfg.train
+    milestones = "/".join(str(m) for m in t.milestones)
+    images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
+    return f"SGD {t.lr:g}, batch {t.batch_size}, x{t.lr_gamma:g} at {milestones}; {images} train images"
+
+
+def structure(cfg):
+    """{model, groups, where} of a Config (groups and where are None for the dense network)."""
+    f = cfg.flgc
+    dense = f.pointwise == "dense"
+    return {"model": MODEL_NAMES.get(f.pointwise, f.pointwise), "groups": None if dense else f.groups,
+            "where": None if dense else f.where}
+
+
+def structure_row(name, source, kind, cfg, model):
+    """A Row with what the config and the loaded model tell: model, G, where, MMac, params, recipe."""
+    mflops, params = flops.count(model)
+    return Row(name, source=source, kind=kind, mflops=mflops, params=params, recipe=recipe_of(cfg),
+               per_layer=per_layer_macs(model), **structure(cfg))
+
+
+def evaluate_row(row, model, cfg):
+    """Top-1 accuracy on the test set with flgc.engine.evaluate (as eval.py) when the data are at
+    hand; returns whether it evaluated."""
+    if not _files_present(os.path.expanduser(cfg.data.root)):
+        return False
+    from .engine import evaluate, make_batches, prepare_model, select_device
+    device = select_device(cfg)
+    test = evaluate(prepare_model(model, cfg, device), make_batches(cfg, device, train=False))
+    row.accuracy, row.test_images, row.accuracy_source = test["accuracy"], test["images"], "evaluated"
+    row.data = data_description(cfg.data, test["images"])
+    return True
+
+
+def run_checkpoint(path):
+    """The checkpoint a run directory stands for: best.pt, else last.pt."""
+    for name in ("best.pt", "last.pt"):
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise UsageError(f"{path} holds no best.pt or last.pt; give a train.py run directory or a checkpoint file")
+
+
+def local_row(path, overrides=(), evaluate=True):
+    """The row of a run directory or a checkpoint file."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path} does not exist; give a run directory or a checkpoint file")
+    run_dir = path if os.path.isdir(path) else os.path.dirname(path)
+    ckpt = run_checkpoint(path) if os.path.isdir(path) else path
+    payload, cfg, model = load_model(ckpt, overrides)
+    name = os.path.basename(os.path.normpath(path))
+    if not os.path.isdir(path):  # runs/NAME/best.pt is named NAME/best.pt
+        name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), name)
+    row = structure_row(name, ckpt, "ours", cfg, model)
+    history = read_metrics(run_dir)
+    epoch = payload.get("epoch")
+    row.epochs = "?" if epoch is None else (str(epoch) if epoch == cfg.train.epochs else f"{epoch} of {cfg.train.epochs}")
+    times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s") is not None and r.get("epoch", 0) <= (epoch or 0)]
+    row.minutes = sum(times) / 60 if times else None
+    metrics = payload.get("metrics") or next((r for r in history if r.get("epoch") == epoch), {})
+    row.hardware = metrics.get("hardware") or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})"
+    if not (evaluate and evaluate_row(row, model, cfg)):
+        recorded = metrics.get("test_accuracy")
+        images = cfg.data.test_subset or 10000
+        row.accuracy, row.accuracy_source = recorded, None if recorded is None else "recorded"
+        row.test_images, row.data = images, data_description(cfg.data, images)
+    return row
+
+
+def manifest_row(entry, directory, overrides=(), evaluate=True):
+    """The row of a released checkpoint: counted and evaluated when its verified file is here, the
+    manifest's figures otherwise."""
+    row = Row(entry["name"], entry.get("model", entry["name"]), f"manifest: {entry['file']}", "manifest",
+              groups=entry.get("groups"), where=entry.get("where"), mflops=entry.get("mflops"),
+              params=entry.get("params"), accuracy=entry.get("accuracy"), accuracy_source="manifest",
+              test_images=entry.get("test_images"), data=entry.get("data"),
+              recipe=entry.get("recipe") or entry.get("schedule"), epochs=_text(entry.get("epochs")),
+              hardware=entry.get("hardware"), minutes=entry.get("minutes"))
+    config_path = os.path.join(os.path.dirname(directory), entry.get("config") or "")
+    if entry.get("config") and os.path.isfile(config_path):  # the repository's copy of the release's config
+        for key, value in structure(config_lib.load(config_path)).items():
+            setattr(row, key, value)
+    path = os.path.join(directory, entry["file"])
+    if not verified(path, entry):
+        print(f"{entry['name']}: {path} is not here (or does not match its sha256): figures from the manifest; "
+              f"fetch it with scripts/download_checkpoints.py {entry['name']}", file=sys.stderr)
+        return row
+    _, cfg, model = load_model(path, overrides)
+    counted = structure_row(entry["name"], row.source, "manifest", cfg, model)
+    if row.mflops is not None and abs(counted.mflops - row.mflops) > 0.01:
+        print(f"{entry['name']}: counted {counted.mflops:.2f} MMac, manifest says {row.mflops}", file=sys.stderr)
+    row.model, row.groups, row.where = counted.model, counted.groups, counted.where
+    row.mflops, row.params, row.per_layer = counted.mflops, counted.params, counted.per_layer
+    if evaluate:
+        evaluate_row(row, model, cfg)
+    return row
+
+
+def _text(value):
+    return None if value is None else str(value)
+
+
+def collect(manifest_path, paths=(), overrides=(), evaluate=True, baseline=None):
+    """Published rows, then the manifest's, then those of `paths`; `ratio` = baseline MMac / row MMac."""
+    for key, value in overrides:
+        if key == "data.root" and not _files_present(os.path.expanduser(str(value))):
+            raise UsageError(f"data.root={value}: no CIFAR-10 python-version files in {value}/cifar-10-batches-py/")
+    local = [local_row(p, overrides, evaluate) for p in paths]  # bad paths fail before anything is said
+    entries = load_manifest(manifest_path)
+    if not entries:
+        print(f"{manifest_path} lists no released checkpoints yet: no released rows in the table", file=sys.stderr)
+    directory = os.path.dirname(os.path.abspath(manifest_path))
+    rows = [dataclasses.replace(r) for r in PUBLISHED]
+    rows += [manifest_row(e, directory, overrides, evaluate) for e in entries] + local
+    for row in rows:
+        if baseline and row.mflops:
+            row.ratio = baseline / row.mflops
+    return rows
+
+
+def _number(value, digits, published):
+    if value is None:
+        return ""
+    return f"{value:g}" if published else f"{value:,.{digits}f}"
+
+
+COLUMNS = ("model", "G", "where", "MMac", "x dense", "params", "accuracy, %", "accuracy source", "test data",
+           "recipe", "epochs", "hardware", "source")
+
+
+def markdown_cells(row):
+    published = row.accuracy_source == "published"
+    accuracy = _number(row.accuracy, 2, published or row.accuracy_source == "manifest") or "not evaluated"
+    hardware = row.hardware or ""
+    if row.minutes is not None:
+        hardware += f"; {row.minutes:.1f} min"
+    return (row.model, "-" if row.groups is None else str(row.groups), row.where or "-",
+            _number(row.mflops, 2, row.kind in ("paper", "reference")), "" if row.ratio is None else f"{row.ratio:.2f}",
+            "" if row.params is None else f"{row.params:,}", accuracy, row.accuracy_source or "",
+            row.data or "", row.recipe or "", row.epochs or "", hardware, row.source)
+
+
+def markdown(rows, baseline):
+    """The table as GitHub markdown, with a caption line naming the baseline."""
+    lines = ["| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join(":--" if c not in ("MMac", "x dense", "params", "accuracy, %") else "--:" for c in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in markdown_cells(row)) + " |" for row in rows]
+    lines.append("")
+    lines.append(f"x dense = {baseline:.2f} MMac (dense MobileNetV2, configs/mbv2_baseline.yaml) / the row's MMac.")
+    return "\n".join(lines)
+
+
+def to_json(rows, baseline):
+    return json.dumps({"baseline_mflops": baseline, "rows": [r.to_json() for r in rows]})
+
+
+MARKERS = {"ours": "o", "manifest": "D", "paper": "s", "reference": "^"}
+
+
+def _cost_panel(ax, rows, baseline):
+    """Accuracy vs MMac, one labelled marker per row; rows without accuracy sit on the MMac axis."""
+    scored = [r for r in rows if r.accuracy is not None and r.mflops is not None]
+    floor = min([r.accuracy for r in scored], default=90.0) - 5
+    taken = {}  # labels of rows at the same point are stacked, not drawn over each other
+    for index, row in enumerate(r for r in rows if r.mflops is not None):
+        y = row.accuracy if row.accuracy is not None else floor
+        label = row.name if row.accuracy is not None else f"{row.name} (not evaluated)"
+        ax.scatter(row.mflops, y, marker=MARKERS[row.kind] if row.accuracy is not None else "x", s=60,
+                   color=f"C{index}", alpha=0.8, label=f"{label}: {row.mflops:.2f} MMac"
+                   + ("" if row.accuracy is None else f", {row.accuracy:.2f}%"))
+        point = (round(row.mflops), round(y))
+        ax.annotate(label, (row.mflops, y), textcoords="offset points", xytext=(6, 4 - 10 * taken.get(point, 0)),
+                    fontsize=7, color=f"C{index}")
+        taken[point] = taken.get(point, 0) + 1
+    ax.axvline(baseline, color="grey", ls="--", lw=1)
+    ax.annotate(f"dense baseline {baseline:.2f} MMac", (baseline, 0.5), xycoords=("data", "axes fraction"),
+                rotation=90, fontsize=7, color="grey", ha="right", va="center")
+    ax.set_xlabel("MMac per 32x32 image (ptflops convention)")
+    ax.set_ylabel("top-1 accuracy on CIFAR-10 test images, %")
+    ax.set_title("accuracy vs cost (markers: o ours, D released, s paper, ^ reference)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+
+
+def _layer_panel(ax, row):
+    """Bars: learned and uniform MMac of every FLGC layer of `row`'s structure."""
+    import numpy as np
+    names = [name for name, _, _ in row.per_layer]
+    positions = np.arange(len(names))
+    learned = [m for _, m, _ in row.per_layer]
+    uniform = [u for _, _, u in row.per_layer]
+    ax.bar(positions - 0.2, uniform, 0.4, label=f"uniform G={row.groups} ({sum(uniform):.3f} MMac)", color="C7")
+    ax.bar(positions + 0.2, learned, 0.4, label=f"learned ({sum(learned):.3f} MMac)", color="C3")
+    ax.set_xticks(positions)
+    ax.set_xticklabels([n.replace("features.", "").replace(".conv", "") for n in names], rotation=90, fontsize=6)
+    ax.set_xlabel("FLGC layer (block.index)")
+    ax.set_ylabel("MMac")
+    ax.set_title(f"per-layer MMac of {row.name}: learned vs uniform structure", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def figure(rows, baseline):
+    """Accuracy vs MMac of every row; per-layer MMac of the first learned FLGC structure beside it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    learned = next((r for r in rows if r.per_layer), None)
+    fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(15 if learned else 8, 6), squeeze=False)
+    _cost_panel(axes[0, 0], rows, baseline)
+    if learned:
+        _layer_panel(axes[0, 1], learned)
+    else:
+        fig.text(0.5, 0.01, "no row with a learned FLGC structure: per-layer panel omitted", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def check_plot_path(path):
+    if os.path.splitext(path)[1].lower() not in PLOT_TYPES:
+        raise UsageError(f"--plot {path}: allowed file types are {', '.join(PLOT_TYPES)}")
+
+
+def save_figure(fig, path):
+    """Write the figure via a temp file and rename, so a failure leaves no half-written image."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, ".tmp-" + os.path.basename(path))
+    try:
+        fig.savefig(temp, dpi=110, format=os.path.splitext(path)[1][1:].lower())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)

@@ -1,0 +1,40 @@
+"""The paper's CIFAR-10 results table: released checkpoints and local runs next to the published rows.
+
+python scripts/results_table.py [RUN_DIR or CHECKPOINT ...] [--json] [--plot FILE.png] [KEY=VALUE ...]
+Rows: the paper's and the reference implementation's, checkpoints/manifest.json, then each run
+directory (its best.pt, else last.pt) or checkpoint given. Accuracy is evaluated on the test set when
+the data are at hand (data.root=DIR), else taken from what the checkpoint recorded in training.
+"""
+import os
+import sys
+
+from flgc import results
+from flgc.cli import ArgumentParser, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("inputs", nargs="*", metavar="RUN_DIR|CHECKPOINT|KEY=VALUE",
+                        help="run directories, checkpoint files, and data overrides such as data.root=DIR")
+    parser.add_argument("--json", action="store_true", help="stdout is one JSON object with `rows`")
+    parser.add_argument("--plot", metavar="FILE.png", help="accuracy vs MMac and per-layer MMac picture")
+    parser.add_argument("--no-eval", action="store_true", help="never evaluate: recorded / manifest accuracies only")
+    parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
+    parser.add_argument("--baseline-config", default=os.path.join(ROOT, "configs", "mbv2_baseline.yaml"))
+    args = parser.parse_args()
+    paths = [a for a in args.inputs if "=" not in a or os.path.exists(a)]
+    overrides = results.parse_overrides([a for a in args.inputs if a not in paths])
+    if args.plot:
+        results.check_plot_path(args.plot)
+    baseline = results.baseline_mflops(args.baseline_config)
+    rows = results.collect(args.manifest, paths, overrides, not args.no_eval, baseline)
+    if args.plot:
+        results.save_figure(results.figure(rows, baseline), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    print(results.to_json(rows, baseline) if args.json else results.markdown(rows, baseline))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,167 @@
+"""scripts/results_table.py and flgc/results.py: published rows next to local runs, --json, --plot,
+the README table, released checkpoints, bad input."""
+import hashlib
+import json
+import os
+import runpy
+import shutil
+import sys
+
+import matplotlib.pyplot as plt
+import pytest
+from helpers import ROOT, write_tiny_cifar
+
+from flgc import checkpoint, config, engine, flops, results
+
+SCRIPT = os.path.join(ROOT, "scripts", "results_table.py")
+EMPTY = '{"checkpoints": []}'
+
+
+def results_table(monkeypatch, capsys, *args):
+    """(exit code, stdout, stderr) of the script run in this process."""
+    monkeypatch.setattr(sys, "argv", [SCRIPT, *map(str, args)])
+    code = 0
+    try:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two one-epoch runs (SGC8, FLGC8) on tiny generated data, and an empty manifest."""
+    base = tmp_path_factory.mktemp("results")
+    data = write_tiny_cifar(str(base / "data"), per_batch=8, test=12)
+    paths = {}
+    for name in ("mbv2_sgc8", "mbv2_flgc8"):
+        cfg = config.load(os.path.join(ROOT, "configs", f"{name}.yaml"), config.parse_overrides([
+            f"out_dir={base / name}", f"data.root={data}", "data.verify_checksums=false", "train.epochs=1",
+            "train.batch_size=20", "train.progress=false", "flgc.logit_init_std=0.001"]))
+        engine.fit(cfg)
+        paths[name] = base / name
+    manifest = base / "manifest.json"
+    manifest.write_text(EMPTY)
+    return paths, manifest, data
+
+
+def rows_of(stdout):
+    return {row["name"]: row for row in json.loads(stdout)["rows"]}
+
+
+def test_table_has_the_published_rows_and_both_runs(runs, monkeypatch, capsys):
+    paths, manifest, _ = runs
+    code, out, err = results_table(monkeypatch, capsys, paths["mbv2_sgc8"], paths["mbv2_flgc8"], "--manifest", manifest)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("| model | G | where | MMac | x dense | params | accuracy, % | accuracy source")
+    body = [line for line in lines[2:] if line.startswith("|")]
+    assert len(body) == 5
+    assert "| 94.9 | 1.00 |" in body[0] and "| 94.43 | published |" in body[0]
+    assert "| 76 | 1.25 |" in body[1] and "| 93.09 |" in body[1]
+    assert "| 62.6 | 1.52 |" in body[2] and "| 93.7 |" in body[2] and "| 400 |" in body[2]
+    assert body[3].startswith("| MobileNetV2-SGC | 8 | project | 62.62 | 1.52 | 1,453,034 |")
+    assert body[4].startswith("| MobileNetV2-FLGC | 8 | project |") and "mbv2_flgc8" in body[4]
+    assert "| evaluated | CIFAR-10 (copy, md5 not verified), 12 test images |" in body[3]
+    assert "lists no released checkpoints yet" in err
+
+
+def test_json_rows_count_the_learned_structure_and_say_where_accuracy_comes_from(runs, monkeypatch, capsys):
+    paths, manifest, _ = runs
+    code, out, _ = results_table(monkeypatch, capsys, paths["mbv2_flgc8"], "--json", "--manifest", manifest)
+    assert code == 0
+    document = json.loads(out)  # stdout is exactly one JSON object
+    rows = rows_of(out)
+    assert [r["accuracy_source"] for r in document["rows"]] == ["published"] * 3 + ["evaluated"]
+    ours = rows["mbv2_flgc8"]
+    for key in ("name", "source", "mflops", "params", "accuracy", "ratio", "recipe", "epochs", "hardware"):
+        assert key in ours, key
+    _, _, model = results.load_model(str(paths["mbv2_flgc8"] / "best.pt"))
+    assert (ours["mflops"], ours["params"]) == pytest.approx(flops.count(model))
+    assert ours["mflops"] != pytest.approx(62.62, abs=1e-3)  # a learned, non-uniform structure
+    assert ours["ratio"] == pytest.approx(document["baseline_mflops"] / ours["mflops"])
+    assert document["baseline_mflops"] == pytest.approx(94.99, abs=0.01)
+    recorded = json.loads((paths["mbv2_flgc8"] / "metrics.jsonl").read_text().splitlines()[-1])["test_accuracy"]
+    assert ours["accuracy"] == pytest.approx(recorded)  # evaluate() here reproduces training's figure
+    assert ours["test_images"] == 12 and ours["epochs"] == "1"
+
+
+def test_without_data_the_recorded_accuracy_is_used(runs, monkeypatch, capsys, tmp_path):
+    paths, manifest, _ = runs
+    trained_elsewhere = checkpoint.load(str(paths["mbv2_sgc8"] / "best.pt"))
+    trained_elsewhere["config"]["data"]["root"] = str(tmp_path / "not-here")
+    checkpoint.save(str(tmp_path / "elsewhere.pt"), trained_elsewhere)
+    for args in ((tmp_path / "elsewhere.pt",), (paths["mbv2_sgc8"], "--no-eval")):
+        code, out, _ = results_table(monkeypatch, capsys, *args, "--json", "--manifest", manifest)
+        assert code == 0
+        row = json.loads(out)["rows"][-1]
+        assert row["accuracy_source"] == "recorded"
+        recorded = json.loads((paths["mbv2_sgc8"] / "metrics.jsonl").read_text().splitlines()[-1])["test_accuracy"]
+        assert row["accuracy"] == recorded
+
+
+def test_plot_writes_an_image_with_the_per_layer_panel_for_an_flgc_run(runs, monkeypatch, capsys, tmp_path):
+    paths, manifest, _ = runs
+    picture = tmp_path / "out" / "results.png"
+    code, _, err = results_table(monkeypatch, capsys, paths["mbv2_flgc8"], "--no-eval", "--plot", picture,
+                                 "--manifest", manifest)
+    assert code == 0, err
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20000
+    assert [p.name for p in picture.parent.iterdir()] == ["results.png"]  # no temp file left
+    rows = results.collect(str(manifest), [str(paths["mbv2_flgc8"])], evaluate=False, baseline=94.99)
+    assert len(rows[-1].per_layer) == 17
+    assert sum(learned for _, learned, _ in rows[-1].per_layer) == pytest.approx(
+        rows[-1].mflops - 62.62 + sum(uniform for _, _, uniform in rows[-1].per_layer), abs=0.01)
+    both, published = results.figure(rows, 94.99), results.figure(rows[:3], 94.99)
+    assert len(both.axes) == 2 and len(published.axes) == 1  # no learned structure: panel omitted
+    assert "per-layer panel omitted" in published.texts[0].get_text()
+    plt.close(both)
+    plt.close(published)
+
+
+def test_readme_table_is_the_output_for_the_committed_manifest(monkeypatch, capsys):
+    code, out, err = results_table(monkeypatch, capsys, "--no-eval")
+    assert code == 0, err
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    start, end = "<!-- results-table:start -->\n", "\n<!-- results-table:end -->"
+    committed = readme[readme.index(start) + len(start):readme.index(end)]
+    assert committed == out.rstrip("\n"), "regenerate: python scripts/results_table.py --no-eval"
+
+
+def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest_when_not(runs, tmp_path, capsys):
+    paths, _, _ = runs
+    release = tmp_path / "checkpoints"
+    release.mkdir()
+    shutil.copy(paths["mbv2_flgc8"] / "best.pt", release / "flgc8.pt")
+    blob = (release / "flgc8.pt").read_bytes()
+    entry = {"name": "flgc8", "file": "flgc8.pt", "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+             "accuracy": 93.5, "mflops": 62.7, "params": 1, "recipe": "fast", "epochs": 30, "hardware": "1 GPU"}
+    absent = dict(entry, name="sgc8", file="sgc8.pt", config="configs/mbv2_sgc8.yaml")
+    (tmp_path / "configs").mkdir()
+    shutil.copy(os.path.join(ROOT, "configs", "mbv2_sgc8.yaml"), tmp_path / "configs")
+    (release / "manifest.json").write_text(json.dumps({"checkpoints": [entry, absent]}))
+    rows = {r.name: r for r in results.collect(str(release / "manifest.json"), evaluate=False, baseline=94.99)}
+    present, missing = rows["flgc8"], rows["sgc8"]
+    assert present.kind == "manifest" and present.accuracy_source == "manifest" and present.accuracy == 93.5
+    assert present.params > 1_000_000 and present.per_layer and present.epochs == "30"
+    assert (missing.mflops, missing.params, missing.per_layer) == (62.7, 1, [])
+    assert (missing.model, missing.groups, missing.where) == ("MobileNetV2-SGC", 8, "project")  # from its config
+    assert "sgc8.pt is not here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make_args, fragment", [
+    (lambda tmp, runs: [tmp / "nowhere"], "does not exist"),
+    (lambda tmp, runs: [tmp], "holds no best.pt or last.pt"),
+    (lambda tmp, runs: [tmp / "garbage.pt"], "cannot be loaded"),
+    (lambda tmp, runs: [runs["mbv2_sgc8"], "--plot", tmp / "x.jpg"], "allowed file types are"),
+    (lambda tmp, runs: [runs["mbv2_sgc8"], f"data.root={tmp}"], "no CIFAR-10 python-version files"),
+    (lambda tmp, runs: [runs["mbv2_sgc8"], "train.epochs=3"], "cannot override 'train.epochs'"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(runs, monkeypatch, capsys, tmp_path, make_args, fragment):
+    paths, manifest, _ = runs
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    code, out, err = results_table(monkeypatch, capsys, *make_args(tmp_path, paths), "--manifest", manifest)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err
