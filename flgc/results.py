@@ -12,9 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from . import checkpoint, flops
+from . import checkpoint, flops, runlog
 from . import config as config_lib
-from .builders import build_model
 from .data import _files_present
 from .errors import UsageError
 from .layer import FLGConv2d
@@ -66,13 +65,6 @@ PUBLISHED = [
 ]
 
 
-def load_model(path, overrides=()):
-    """(checkpoint dict, Config with `overrides`, model with its weights) of the checkpoint at `path`."""
-    payload = checkpoint.load(path)
-    cfg = checkpoint.config_of(payload, overrides)
-    return payload, cfg, checkpoint.model_from(payload, path, cfg)
-
-
 def parse_overrides(pairs):
     """KEY=VALUE pairs that may change how checkpoints are evaluated (data keys, device, threads)."""
     overrides = config_lib.parse_overrides(pairs)
@@ -85,21 +77,7 @@ def parse_overrides(pairs):
 
 def baseline_mflops(config_path):
     """MMac of the dense network of `config_path` (94.99 for configs/mbv2_baseline.yaml)."""
-    cfg = config_lib.load(config_path)
-    dense = dataclasses.replace(cfg, flgc=dataclasses.replace(cfg.flgc, pointwise="dense"))
-    return flops.count(build_model(dense))[0]
-
-
-def read_metrics(run_dir):
-    """The rows of RUN_DIR/metrics.jsonl ([] when the file is absent)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not JSON lines: {err}") from None
+    return flops.dense_baseline_mflops(config_lib.load(config_path))
 
 
 def per_layer_macs(model):
@@ -165,12 +143,13 @@ def local_row(path, overrides=(), evaluate=True):
         raise UsageError(f"{path} does not exist; give a run directory or a checkpoint file")
     run_dir = path if os.path.isdir(path) else os.path.dirname(path)
     ckpt = run_checkpoint(path) if os.path.isdir(path) else path
-    payload, cfg, model = load_model(ckpt, overrides)
+    model, cfg, payload = checkpoint.load_model(ckpt, overrides)
     name = os.path.basename(os.path.normpath(path))
     if not os.path.isdir(path):  # runs/NAME/best.pt is named NAME/best.pt
         name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), name)
     row = structure_row(name, ckpt, "ours", cfg, model)
-    history = read_metrics(run_dir)
+    has_log = os.path.isfile(os.path.join(run_dir, runlog.METRICS))
+    history = runlog.read_metrics(run_dir) if has_log else []
     epoch = payload.get("epoch")
     row.epochs = "?" if epoch is None else (str(epoch) if epoch == cfg.train.epochs else f"{epoch} of {cfg.train.epochs}")
     times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s") is not None and r.get("epoch", 0) <= (epoch or 0)]
@@ -203,7 +182,7 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
         print(f"{entry['name']}: {path} is not here (or does not match its sha256): figures from the manifest; "
               f"fetch it with scripts/download_checkpoints.py {entry['name']}", file=sys.stderr)
         return row
-    _, cfg, model = load_model(path, overrides)
+    model, cfg, _ = checkpoint.load_model(path, overrides)
     counted = structure_row(entry["name"], row.source, "manifest", cfg, model)
     if row.mflops is not None and abs(counted.mflops - row.mflops) > 0.01:
         print(f"{entry['name']}: counted {counted.mflops:.2f} MMac, manifest says {row.mflops}", file=sys.stderr)

@@ -77,7 +77,7 @@ def test_json_rows_count_the_learned_structure_and_say_where_accuracy_comes_from
     ours = rows["mbv2_flgc8"]
     for key in ("name", "source", "mflops", "params", "accuracy", "ratio", "recipe", "epochs", "hardware"):
         assert key in ours, key
-    _, _, model = results.load_model(str(paths["mbv2_flgc8"] / "best.pt"))
+    model = checkpoint.load_model(str(paths["mbv2_flgc8"] / "best.pt")).model
     assert (ours["mflops"], ours["params"]) == pytest.approx(flops.count(model))
     assert ours["mflops"] != pytest.approx(62.62, abs=1e-3)  # a learned, non-uniform structure
     assert ours["ratio"] == pytest.approx(document["baseline_mflops"] / ours["mflops"])
