@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from flgc import bench, config
 from flgc.builders import build_model
 from flgc.cli import ArgumentParser, run
-from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp
+from flgc.engine import autocast, flgc_layers, resolve_amp
 from flgc.errors import UsageError
 from flgc.models.mobilenetv2 import InvertedResidual
+from flgc.optim import build_optimizer
 from flgc.regularizer import group_regularizer
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
@@ -46,14 +47,14 @@ def stepper(name, overrides, batch, amp, channels_last=True, compile=False):
     if "frozen" in name:
         for _, layer in flgc_layers(model):
             layer.freeze(grouped=cfg.flgc.frozen_compute == "grouped")
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg.train, cfg.flgc)
     images = torch.randn(batch, 3, 32, 32).to(memory_format=layout)
     labels = torch.randint(0, 10, (batch,))
-    autocast = _autocast(cfg, images.device)
+    precision = autocast(cfg.train.amp, images.device)
     network = torch.compile(model) if compile else model
 
     def step():
-        with autocast:
+        with precision:
             loss = F.cross_entropy(network(images), labels)
         loss = loss.float() + cfg.flgc.regularizer.weight * group_regularizer(model, cfg.flgc.regularizer.kind)
         optimizer.zero_grad(set_to_none=True)
