@@ -30,6 +30,27 @@ class _UncheckedCIFAR10(CIFAR10):
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
+def write_random_cifar(root, per_batch=16, test=40, seed=0):
+    """Random images with random labels in the CIFAR-10 python layout (5 training batches of
+    `per_batch` images, a test batch of `test`, meta) under root/cifar-10-batches-py/: data for
+    rehearsing and testing the pipeline, nothing to learn from. Returns root."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, FOLDER)
+    os.makedirs(folder, exist_ok=True)
+
+    def write(name, entry):
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f)
+
+    for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        write(name, {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                     "labels": rng.integers(0, 10, count).tolist()})
+    labels = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    write(CIFAR10.meta["filename"], {"label_names": labels, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    return root
+
+
 def _files_present(root):
     names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     return all(os.path.isfile(os.path.join(root, FOLDER, n)) for n in names)

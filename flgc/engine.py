@@ -289,7 +289,6 @@ class Run:
         self.model = distributed.convert_batchnorm(build_model(cfg), self.device)
         if state is not None:
             checkpoint.load_weights(self.model, state["model"], resume_from)
-            check_resumable(checkpoint.config_of(state), cfg, resume_from)
         self.model = prepare_model(self.model, cfg, self.device)
         self.train_batches = make_batches(cfg, self.device, train=True, shard=(self.rank, self.world))
         self.test_batches = make_batches(cfg, self.device, train=False)
@@ -465,7 +464,9 @@ def fit(cfg, resume=None):
         raise UsageError(f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume auto "
                          f"or pick another out_dir=DIR")
     state = checkpoint.load(resume_from) if resume_from else None
-    if state is not None:
+    if state is not None:  # refuse another architecture or recipe before anything else
+        checkpoint.load_weights(build_model(cfg), state["model"], resume_from)
+        check_resumable(checkpoint.config_of(state), cfg, resume_from)
         if state["epoch"] >= cfg.train.epochs and not state.get("step"):
             print(f"{resume_from} is complete: {state['epoch']} of {cfg.train.epochs} epochs trained; nothing to do "
                   f"(train longer with train.epochs=N --resume auto)", flush=True)
