@@ -12,12 +12,14 @@ def main():
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=2")
     args = parser.parse_args()
     cfg = config.load(args.config, config.parse_overrides(args.overrides))
-    from flgc.engine import Diverged, fit
+    from flgc.engine import Diverged, Interrupted, fit
     try:
         fit(cfg, args.resume)
     except Diverged as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
+    except Interrupted as err:  # saved; 130 for SIGINT, 143 for SIGTERM
+        sys.exit(err.code)
 
 
 if __name__ == "__main__":

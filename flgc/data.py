@@ -30,6 +30,27 @@ class _UncheckedCIFAR10(CIFAR10):
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
+def write_random_cifar(root, per_batch=16, test=40, seed=0):
+    """Random images with random labels in the CIFAR-10 python layout (5 training batches of
+    `per_batch` images, a test batch of `test`, meta) under root/cifar-10-batches-py/: data for
+    rehearsing and testing the pipeline, nothing to learn from. Returns root."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, FOLDER)
+    os.makedirs(folder, exist_ok=True)
+
+    def write(name, entry):
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f)
+
+    for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        write(name, {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                     "labels": rng.integers(0, 10, count).tolist()})
+    labels = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    write(CIFAR10.meta["filename"], {"label_names": labels, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    return root
+
+
 def _files_present(root):
     names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     return all(os.path.isfile(os.path.join(root, FOLDER, n)) for n in names)
@@ -88,11 +109,14 @@ def load_split(data_cfg, train):
 
 
 def augment_params(count, generator, padding=4, flip=True):
-    """Random crop offsets (top, left: count x 1) and flip flags (count) for one batch."""
-    top = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator)
-    flipped = torch.rand(count, generator=generator) < 0.5 if flip else torch.zeros(count, dtype=torch.bool)
-    return top, left, flipped
+    """Random crop offsets (top, left: count x 1) and flip flags (count), drawn on the generator's
+    device."""
+    device = generator.device
+    top = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator, device=device)
+    if not flip:
+        return top, left, torch.zeros(count, dtype=torch.bool, device=device)
+    return top, left, torch.rand(count, generator=generator, device=device) < 0.5
 
 
 def crop(images, top, left, padding=4):
@@ -115,10 +139,12 @@ class Batches:
     """Iterable of normalised (images, labels) batches from an in-memory split.
 
     Images come out N x 3 x 32 x 32 float32 in channels_last memory layout (or contiguous NCHW).
-    Order and augmentation of an epoch are drawn from a generator seeded by (seed, epoch), for the
-    whole global batch, so they do not depend on interruptions (set_epoch(e, start_step) skips the
-    first steps exactly) nor on how many processes share the batch (shard = (rank, world): each
-    takes every world-th image of the global batch).
+    The order and augmentation of a whole epoch are drawn at once, on the data's device, from a
+    generator seeded by (seed, epoch), for the global batch: they depend neither on interruptions
+    (set_epoch(e, start_step) starts at that step) nor on how many processes share the batch
+    (shard = (rank, world): each takes every world-th image of the global batch). Nothing in an
+    epoch waits for the host. Training batches all have one shape: the last partial batch of an
+    epoch is dropped (its images are others in the next epoch's order); evaluation keeps every image.
 
     The split is kept as one uint8 tensor N x V x C x H x W: V = 2 for training with flips (each
     image and its mirror image, so a flip costs nothing: it picks the other copy, and the crop
@@ -128,6 +154,9 @@ class Batches:
 
     def __init__(self, images, labels, data_cfg, batch_size, train, seed=0, device="cpu",
                  channels_last=True, shard=(0, 1)):
+        if train and batch_size > len(labels):
+            raise UsageError(f"train.batch_size={batch_size} exceeds the {len(labels)} training images; "
+                             f"use a smaller batch or more data (data.train_subset)")
         planar = images.permute(0, 3, 1, 2)  # torchvision's N x H x W x C is a view of planar data
         self.copies = 2 if train and data_cfg.flip else 1
         store = torch.stack([planar, planar.flip(-1)], 1) if self.copies == 2 else planar[:, None]
@@ -142,19 +171,34 @@ class Batches:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.rank, self.world = shard
         self.epoch, self.start_step = 0, 0
+        self._drawn = (None, None)  # (epoch, its draws): drawn once an epoch, however often iterated
 
     def set_epoch(self, epoch, start_step=0):
         self.epoch, self.start_step = epoch, start_step
 
     def __len__(self):
+        if self.train:
+            return len(self.labels) // self.batch_size
         return -(-len(self.labels) // self.batch_size)
+
+    def draws(self):
+        """(order, augmentation params or None) of the current epoch, on the data's device."""
+        if self._drawn[0] == self.epoch:
+            return self._drawn[1]
+        device = self.rows.device
+        count = len(self.labels)
+        if not self.train:
+            return torch.arange(count, device=device), None
+        generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(count, generator=generator, device=device)
+        self._drawn = (self.epoch, (order, augment_params(count, generator, self.padding, self.flip)))
+        return self._drawn[1]
 
     def _images(self, index, params):
         """uint8 N x C x H x W of the images at index, augmented as params say (None: as stored)."""
-        device = self.rows.device
         if params is None:
             return self.rows[index * self.copies].view(torch.uint8).view(-1, *self.shape)
-        top, left, flipped = (p.to(device) for p in params)
+        top, left, flipped = params
         rows = self.rows[index * self.copies + flipped.long()]  # flipped is all False without copies
         left = torch.where(flipped[:, None], 2 * self.padding - left, left)
         return crop(rows.view(torch.uint8).view(-1, *self.shape), top, left, self.padding)
@@ -164,15 +208,9 @@ class Batches:
         return torch.addcmul(self.shift, images, self.scale, out=out)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        count = len(self.labels)
-        order = torch.randperm(count, generator=generator) if self.train else torch.arange(count)
-        for step, start in enumerate(range(0, count, self.batch_size)):
-            index = order[start:start + self.batch_size]
-            params = augment_params(len(index), generator, self.padding, self.flip) if self.train else None
-            if step < self.start_step:
-                continue  # the draws above keep the generator where an uninterrupted epoch has it
-            mine = slice(self.rank, None, self.world)
-            index = index[mine].to(self.labels.device)
-            params = tuple(p[mine] for p in params) if params is not None else None
-            yield self._normalise(self._images(index, params)), self.labels[index]
+        order, params = self.draws()
+        for step in range(self.start_step, len(self)):
+            mine = slice(step * self.batch_size + self.rank, (step + 1) * self.batch_size, self.world)
+            index = order[mine]
+            batch_params = tuple(p[mine] for p in params) if params is not None else None
+            yield self._normalise(self._images(index, batch_params)), self.labels[index]

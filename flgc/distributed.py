@@ -1,9 +1,13 @@
-"""Synchronised BatchNorm for CPU (gloo) data-parallel training.
+"""Data-parallel plumbing: process group, DistributedDataParallel, synchronised BatchNorm, barriers
+and sums over processes. A run without torchrun (WORLD_SIZE unset or 1) is one process and every
+function here is then a no-op.
 
-torch.nn.SyncBatchNorm runs on GPUs only; this one all-reduces per-channel sums over the processes so
-that N processes with a global batch B train exactly like one process with batch B (up to float
-summation order). Module names and state are those of nn.BatchNorm2d.
+torch.nn.SyncBatchNorm runs on GPUs only; CPUSyncBatchNorm all-reduces per-channel sums over the
+processes so that N processes with a global batch B train exactly like one process with batch B (up
+to float summation order). Module names and state are those of nn.BatchNorm2d.
 """
+import os
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -72,3 +76,64 @@ def sync_batchnorm(model):
                 synced.load_state_dict(child.state_dict())
                 setattr(module, child_name, synced)
     return model
+
+
+def world():
+    """(rank, number of processes, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def active():
+    return dist.is_available() and dist.is_initialized()
+
+
+def init(device):
+    """Join the process group (NCCL on CUDA, gloo on CPU); returns this process's device."""
+    _, size, local = world()
+    if size == 1:
+        return device
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not active():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def convert_batchnorm(model, device):
+    """BatchNorm statistics over the global batch: torch's SyncBatchNorm on CUDA, ours on CPU."""
+    if not active():
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return sync_batchnorm(model)
+
+
+def wrap(model):
+    """model in DistributedDataParallel over the parameters that train now (model itself alone).
+    Build it again whenever the set of trainable parameters changes: DDP expects a gradient for
+    every parameter it was built with."""
+    return torch.nn.parallel.DistributedDataParallel(model) if active() else model
+
+
+def trainable(model):
+    """Which parameters train, as a hashable signature for wrap()'s rebuild rule."""
+    return tuple(p.requires_grad for p in model.parameters())
+
+
+def sum_over_processes(tensor):
+    """The elementwise sum of `tensor` over every process (in place; the tensor itself alone)."""
+    if active():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def barrier():
+    if active():
+        dist.barrier()
+
+
+def shutdown():
+    if active():
+        dist.destroy_process_group()

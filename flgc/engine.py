@@ -1,29 +1,41 @@
-"""The training and evaluation loop shared by train.py and eval.py: read it top to bottom."""
+"""The training and evaluation loop shared by train.py and eval.py: read it top to bottom.
+
+fit(cfg, resume) builds a Run (model, optimizer, schedule, data, processes), then for every epoch
+sets up the FLGC layers, trains (train_one_epoch, a loop that never waits for the device), checks
+the loss flag, evaluates, writes the checkpoint and logs one metrics row.
+"""
 import contextlib
-import json
-import math
 import os
 import signal
 import sys
 import time
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
-from . import checkpoint, flops
+from . import checkpoint, distributed, flops
 from . import config as config_lib
 from .builders import build_model
 from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
+from .optim import build_optimizer, build_scheduler
 from .regularizer import group_regularizer
+from .runlog import RunLog, scalars
 
 
 class Diverged(Exception):
     """The loss became NaN or inf; the last good checkpoint stays."""
 
 
+class Interrupted(Exception):
+    """SIGINT / SIGTERM stopped the run after it saved; exit code 128 + the signal number."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+# --- devices, data, precision -----------------------------------------------------------------
 def select_device(cfg):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -38,23 +50,6 @@ def flgc_layers(model):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, FLGConv2d)]
 
 
-def build_optimizer(model, cfg):
-    """SGD; FLGC assignment logits get their own lr scale and weight decay."""
-    logits = [p for _, m in flgc_layers(model) for p in (m.input_group_logits, m.output_group_logits)]
-    logit_ids = {id(p) for p in logits}
-    weights = [p for p in model.parameters() if id(p) not in logit_ids]
-    t, f = cfg.train, cfg.flgc
-    groups = [{"params": weights, "weight_decay": t.weight_decay, "lr_scale": 1.0}]
-    if logits:
-        groups.append({"params": logits, "weight_decay": f.logit_weight_decay,
-                       "lr_scale": f.logit_lr_scale, "lr": t.lr * f.logit_lr_scale})
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-
-
-def build_scheduler(optimizer, cfg):
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.milestones, cfg.train.lr_gamma)
-
-
 def make_batches(cfg, device, train, shard=(0, 1)):
     images, labels = load_split(cfg.data, train)
     batch_size = cfg.train.batch_size if train else cfg.train.eval_batch_size
@@ -65,84 +60,6 @@ def make_batches(cfg, device, train, shard=(0, 1)):
 def prepare_model(model, cfg, device):
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-
-
-@torch.no_grad()
-def evaluate(model, batches):
-    """{"accuracy": top-1 %, "loss": mean cross-entropy, "images": count} over `batches`."""
-    model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in batches:
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += labels.numel()
-    return {"accuracy": 100.0 * correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen}
-
-
-class EpochState:
-    """Running sums of an epoch; saved in step checkpoints so a resumed epoch reports exactly."""
-
-    def __init__(self, sums=None):
-        self.sums = dict(sums or {"loss": 0.0, "regularizer": 0.0, "correct": 0, "seen": 0})
-
-    def add(self, loss, penalty, correct, seen):
-        for key, value in (("loss", loss * seen), ("regularizer", penalty * seen), ("correct", correct), ("seen", seen)):
-            self.sums[key] += value
-
-    def totals(self):
-        """Sums over every process of a distributed run."""
-        sums = dict(self.sums)
-        if dist.is_available() and dist.is_initialized():
-            values = torch.tensor([float(sums[k]) for k in ("loss", "regularizer", "correct", "seen")],
-                                  dtype=torch.float64)
-            dist.all_reduce(values)
-            sums = dict(zip(("loss", "regularizer", "correct", "seen"), values.tolist()))
-        return sums
-
-    def stats(self):
-        sums = self.totals()
-        seen = max(sums["seen"], 1)
-        return {"train_loss": sums["loss"] / seen, "regularizer": sums["regularizer"] / seen,
-                "train_accuracy": 100.0 * sums["correct"] / seen}
-
-
-def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None, state=None, stop=None,
-                    on_step=None, network=None):
-    """Train over `batches` (from batches.start_step on). `network` is the module to call (a DDP or
-    compiled wrapper of model, or model itself). After each step, on_step(step, state) may save; when
-    stop() turns true the epoch ends early. Returns (EpochState, the number of steps done)."""
-    network = network or model
-    model.train()
-    reg = cfg.flgc.regularizer
-    state = state or EpochState()
-    device = next(model.parameters()).device
-    autocast = _autocast(cfg, device)
-    # fp16 needs loss scaling (bf16 does not); the scale restarts each epoch
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    step = batches.start_step
-    for step, (images, labels) in enumerate(batches, start=batches.start_step):
-        with autocast:
-            logits = network(images)
-            loss = F.cross_entropy(logits, labels)
-        penalty = group_regularizer(model, reg.kind) if reg.weight else torch.zeros(())
-        total = loss.float() + reg.weight * penalty.to(loss.device)
-        if not math.isfinite(total.item()):
-            raise Diverged(f"loss became {total.item()} at epoch {epoch} step {step}; "
-                           f"the last good checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        state.add(loss.item(), penalty.item(), (logits.argmax(1) == labels).sum().item(), labels.numel())
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{state.sums['loss'] / state.sums['seen']:.3f}")
-        if on_step is not None:
-            on_step(step + 1, state)
-        if stop is not None and stop():
-            return state, step + 1
-    return state, len(batches)
 
 
 def resolve_amp(amp, device):
@@ -156,13 +73,124 @@ def resolve_amp(amp, device):
     return "none"
 
 
-def _autocast(cfg, device):
-    amp = resolve_amp(cfg.train.amp, device)
+def autocast(amp, device):
+    """The autocast context of a train.amp setting on `device`."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def resolve_compile(choice, device):
+    """train.compile on `device`: auto is cudagraphs on CUDA (the issue's H200 measurement, not
+    verified here: see README, Training speed) and none on CPU."""
+    if choice == "auto":
+        return "cudagraphs" if device.type == "cuda" else "none"
+    if choice == "cudagraphs" and device.type != "cuda":
+        raise UsageError("train.compile=cudagraphs needs a CUDA device; on CPU use none, inductor or auto")
+    return choice
+
+
+def compiled(fn, choice):
+    """fn under train.compile `choice` (resolved): none, inductor, or inductor with CUDA graphs."""
+    if choice == "none":
+        return fn
+    if choice == "inductor":
+        return torch.compile(fn)
+    graphed = torch.compile(fn, mode="reduce-overhead")
+
+    def replay(*args):
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        return graphed(*args)
+    return replay
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+class EpochSums:
+    """Running sums of an epoch on the device (loss x images, regularizer x images, correct
+    predictions), the count of images on the host (batches have one shape), and a device flag that
+    turns false when a loss is not finite. Reading them is the only wait for the device."""
+
+    KEYS = ("loss", "regularizer", "correct")
+
+    def __init__(self, device, saved=None):
+        saved = saved or {}
+        self.values = torch.tensor([float(saved.get(k, 0)) for k in self.KEYS], dtype=torch.float64, device=device)
+        self.seen = int(saved.get("seen", 0))
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def add(self, total, loss, penalty, correct, count):
+        self.finite &= torch.isfinite(total)
+        parts = torch.stack([loss.detach().double() * count, penalty.detach().double() * count, correct.double()])
+        self.values += parts
+        self.seen += count
+
+    def to_dict(self):
+        return {**dict(zip(self.KEYS, self.values.tolist())), "seen": self.seen}
+
+    def stats(self):
+        """Means over every process of a distributed run."""
+        totals = torch.cat([self.values, self.values.new_tensor([self.seen])])
+        loss, regularizer, correct, seen = distributed.sum_over_processes(totals).tolist()
+        seen = max(seen, 1)
+        return {"train_loss": loss / seen, "regularizer": regularizer / seen, "train_accuracy": 100.0 * correct / seen}
+
+
+def objective(network, criterion, penalty=None, amp=None):
+    """f(images, labels) -> (total loss, criterion loss, penalty, correct predictions): the part of
+    a step that train.compile compiles or captures. penalty() is the weighted regularizer."""
+    precision = amp if amp is not None else contextlib.nullcontext
+
+    def forward(images, labels):
+        with precision():
+            logits = network(images)
+            loss = criterion(logits, labels)
+        extra = penalty() if penalty is not None else torch.zeros((), device=loss.device)
+        return loss.float() + extra, loss, extra, (logits.argmax(1) == labels).sum()
+    return forward
+
+
+def train_one_epoch(loss_fn, optimizer, batches, sums, scheduler=None, scaler=None, stop=None, steps=None):
+    """Train on `batches` from batches.start_step on, for at most `steps` steps (default: the rest
+    of the epoch) or until stop() turns true; adds to `sums`. Nothing here waits for the device.
+    Returns the steps of the epoch done so far."""
+    done = batches.start_step
+    end = len(batches) if steps is None else min(len(batches), done + steps)
+    for images, labels in batches:
+        total, loss, penalty, correct = loss_fn(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # fp16: loss scaling
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        sums.add(total, loss, penalty, correct, labels.shape[0])
+        done += 1
+        if done >= end or (stop is not None and stop()):
+            break
+    return done
+
+
+@torch.no_grad()
+def evaluate(model, batches):
+    """{"accuracy": top-1 %, "loss": mean cross-entropy, "images": count} over `batches`."""
+    model.eval()
+    sums, seen = None, 0
+    for images, labels in batches:
+        logits = model(images).float()
+        batch = torch.stack([torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                             (logits.argmax(1) == labels).sum().double()])
+        sums = batch if sums is None else sums + batch
+        seen += labels.numel()
+    loss_sum, correct = sums.tolist() if sums is not None else (0.0, 0.0)
+    return {"accuracy": 100.0 * correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen}
+
+
+# --- FLGC structure across epochs ---------------------------------------------------------------
 def assignments(model):
     """{layer name: (input group per channel, group per filter)} of every FLGC layer."""
     return {name: (m.input_groups().cpu(), m.output_groups().cpu()) for name, m in flgc_layers(model)}
@@ -190,42 +218,7 @@ def prepare_flgc(model, cfg, epoch):
             layer.freeze(grouped=cfg.flgc.frozen_compute == "grouped")
 
 
-def _resume_path(cfg, resume):
-    if resume is None:
-        return None
-    if resume == "auto":
-        path = os.path.join(cfg.out_dir, "last.pt")
-        return path if os.path.isfile(path) else None
-    if not os.path.isfile(resume):
-        raise UsageError(f"--resume {resume}: no such checkpoint (use --resume auto or a path to last.pt)")
-    return resume
-
-
-def _progress(cfg, total, epoch):
-    if not cfg.train.progress:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
-                dynamic_ncols=True)
-
-
-def _distributed(cfg):
-    """(rank, world, device) under torchrun (WORLD_SIZE > 1); (0, 1, None) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, None
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.train.batch_size % world:
-        raise UsageError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
-    return rank, world, device
-
-
+# --- stopping and resuming ----------------------------------------------------------------------
 class StopRequest:
     """SIGINT / SIGTERM: remember the signal; training finishes its step, saves and exits."""
 
@@ -245,191 +238,271 @@ class StopRequest:
             signal.signal(sig, previous)
 
 
+# keys a resumed run may set differently from its checkpoint: where things are, how fast and how
+# verbosely they run, and train.epochs (to extend a run); any other difference changes the result
+RESUME_MAY_CHANGE = ("out_dir", "device", "threads", "train.epochs", "train.progress", "train.compile",
+                     "train.checkpoint_steps", "train.finite_check_steps", "train.eval_interval",
+                     "train.eval_batch_size", "data.root", "data.download", "data.verify_checksums",
+                     "flgc.plot_interval", "flgc.log_per_layer")
+
+
+def check_resumable(saved, cfg, path):
+    """UsageError naming the first key whose value in `cfg` differs from the checkpoint's config."""
+    for key in config_lib.valid_keys():
+        value, old = config_lib.get(cfg, key), config_lib.get(saved, key)
+        if key not in RESUME_MAY_CHANGE and old != value:
+            raise UsageError(f"cannot resume {path} with {key}={value!r}: it was trained with {old!r}; "
+                             f"a resume may change only {', '.join(RESUME_MAY_CHANGE)} "
+                             f"(start a new run with another out_dir=DIR instead)")
+
+
+def _resume_path(cfg, resume):
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = os.path.join(cfg.out_dir, "last.pt")
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(resume):
+        raise UsageError(f"--resume {resume}: no such checkpoint (use --resume auto or a path to last.pt)")
+    return resume
+
+
+def position(epoch, step, steps):
+    """Where a run stands, counted as the stop and the resume messages both count: 'after epoch 3'
+    or 'in epoch 4 after step 20 of 390'."""
+    return f"in epoch {epoch} after step {step} of {steps}" if step else f"after epoch {epoch - 1}"
+
+
+# --- a run --------------------------------------------------------------------------------------
 class Run:
     """Everything one training run holds; fit() drives it epoch by epoch."""
 
-    def __init__(self, cfg, resume):
-        self.cfg = cfg
-        self.rank, self.world, device = _distributed(cfg)
-        self.device = device or select_device(cfg)
+    def __init__(self, cfg, state, resume_from):
+        self.cfg, self.resume_from = cfg, resume_from
+        self.rank, self.world, _ = distributed.world()
+        if cfg.train.batch_size % self.world:
+            raise UsageError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {self.world} processes")
+        self.device = distributed.init(select_device(cfg))
         self.main = self.rank == 0
+        self.compile = resolve_compile(cfg.train.compile, self.device)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg)
-        if self.world > 1:  # batch statistics over the global batch, as in one process
-            if self.device.type == "cuda":
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            else:
-                from .distributed import sync_batchnorm
-                self.model = sync_batchnorm(self.model)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
-        self.start_epoch, self.start_step, self.best_accuracy = 1, 0, 0.0
-        self.epoch_state, self.epoch_start_assignments = None, None
-        self.resume_from = _resume_path(cfg, resume)
-        self.last_path = os.path.join(cfg.out_dir, "last.pt")
-        if self.resume_from is None and os.path.isfile(self.last_path):
-            raise UsageError(f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume auto "
-                             f"or pick another out_dir=DIR")
-        state = checkpoint.load(self.resume_from) if self.resume_from else None
+        self.model = distributed.convert_batchnorm(build_model(cfg), self.device)
         if state is not None:
-            checkpoint.load_weights(self.model, state["model"], self.resume_from)
+            checkpoint.load_weights(self.model, state["model"], resume_from)
         self.model = prepare_model(self.model, cfg, self.device)
+        self.train_batches = make_batches(cfg, self.device, train=True, shard=(self.rank, self.world))
+        self.test_batches = make_batches(cfg, self.device, train=False)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.optimizer = build_optimizer(self.model, cfg.train, cfg.flgc)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_batches))
+        self.scaler = torch.amp.GradScaler(self.device.type) if resolve_amp(cfg.train.amp, self.device) == "fp16" else None
+        self.start_epoch, self.start_step, self.best_accuracy = 1, 0, 0.0
+        self.epoch_sums, self.epoch_start_assignments = None, None
         if state is not None:
             self._restore(state)
-        shard = (self.rank, self.world)
-        self.train_batches = make_batches(cfg, self.device, train=True, shard=shard)
-        self.test_batches = make_batches(cfg, self.device, train=False)
-        self.network = self.model
-        if self.world > 1:
-            self.network = torch.nn.parallel.DistributedDataParallel(self.model)
-        if cfg.train.compile:
-            self.network = torch.compile(self.network)
-        self.stop = StopRequest()
+        self.saved_at = (self.start_epoch, self.start_step) if state is not None else None
+        self.last_path = os.path.join(cfg.out_dir, "last.pt")
+        self.stop, self.trainable, self.loss_fn = StopRequest(), None, None
 
     def _restore(self, state):
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.scheduler.load_state_dict(_scheduler_state(state, len(self.train_batches)))
             self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"]
         except (KeyError, ValueError, TypeError) as err:
             raise UsageError(f"checkpoint {self.resume_from} cannot resume this config ({err})") from None
         torch.set_rng_state(state["rng"])
         self.start_step = state.get("step", 0)
         if self.start_step:
-            self.epoch_state = EpochState(state["epoch_sums"])
+            self.epoch_sums = EpochSums(self.device, state["epoch_sums"])
             self.epoch_start_assignments = state["epoch_start_assignments"]
 
-    def payload(self, epoch, step=0, epoch_state=None, before=None, metrics=None):
+    def loss_function(self):
+        """The step's objective over the network as it trains now. DDP and the compiled graph are
+        built again when the set of trainable parameters changes (flgc.freeze_epoch turns the
+        logits' gradients off; DDP would wait for them forever)."""
+        trainable = distributed.trainable(self.model)
+        if trainable != self.trainable:
+            self.loss_fn = None  # drop the old DDP wrapper (and its gradient hooks) first
+            reg = self.cfg.flgc.regularizer
+            penalty = (lambda: reg.weight * group_regularizer(self.model, reg.kind)) if reg.weight else None
+            amp = resolve_amp(self.cfg.train.amp, self.device)
+            precision = None if amp == "none" else (lambda: autocast(amp, self.device))
+            network = distributed.wrap(self.model)
+            self.loss_fn = compiled(objective(network, self.criterion, penalty, precision), self.compile)
+            self.trainable = trainable
+        return self.loss_fn
+
+    def payload(self, epoch, step=0, sums=None, before=None, metrics=None):
         """Checkpoint of the run after `epoch` complete epochs (and `step` steps of the next)."""
         payload = {"config": config_lib.to_dict(self.cfg), "model": self.model.state_dict(),
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "epoch": epoch, "best_accuracy": self.best_accuracy, "rng": torch.get_rng_state()}
         if step:
-            payload.update(step=step, epoch_sums=epoch_state.sums, epoch_start_assignments=before)
+            payload.update(step=step, epoch_sums=sums.to_dict(), epoch_start_assignments=before)
         if metrics is not None:
             payload["metrics"] = metrics
         return payload
 
-    def save_step(self, epoch, step, epoch_state, before):
-        if self.main:
-            checkpoint.save(self.last_path, self.payload(epoch - 1, step, epoch_state, before))
+    def save(self, payload, best=False):
+        """last.pt (and best.pt), and config.yaml beside them: it always describes the checkpoint."""
+        if not self.main:
+            return
+        checkpoint.save(self.last_path, payload)
+        self.saved_at = (payload["epoch"] + 1, payload.get("step", 0))
+        if best:
+            checkpoint.save(os.path.join(self.cfg.out_dir, "best.pt"), payload)
+        with open(os.path.join(self.cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(config_lib.dump(self.cfg))
 
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
+    def pause_flags(self, sums=None):
+        """(every loss finite so far, a signal asked to stop): one read of the device, agreed by
+        every process so that all of them stop or go on together."""
+        finite = sums.finite if sums is not None else torch.ones((), dtype=torch.bool, device=self.device)
+        if self.world == 1:
+            return bool(finite), self.stop()
+        flags = torch.stack([(~finite).float(), finite.new_tensor(float(self.stop()), dtype=torch.float32)])
+        bad, stop = distributed.sum_over_processes(flags).tolist()
+        return bad == 0, stop > 0
+
+
+def _scheduler_state(state, steps_per_epoch):
+    """The schedule's state; checkpoints of the per-epoch MultiStepLR count epochs, not steps."""
+    saved = dict(state["scheduler"])
+    if "lr_lambdas" not in saved:
+        steps = state["epoch"] * steps_per_epoch + state.get("step", 0)
+        saved = {"last_epoch": steps, "_step_count": steps + 1, "lr_lambdas": [None] * len(state["optimizer"]["param_groups"]),
+                 "base_lrs": [g["initial_lr"] for g in state["optimizer"]["param_groups"]],
+                 "_last_lr": [g["lr"] for g in state["optimizer"]["param_groups"]]}
+    return saved
+
+
+def train_epoch(run, epoch, before):
+    """Train `epoch` in stretches that end every train.finite_check_steps and train.checkpoint_steps
+    steps; after each, read the loss flag and save when due or stopping. Returns the epoch's sums,
+    or None when a signal stopped the run (state saved)."""
+    batches, checks, saves = run.train_batches, run.cfg.train.finite_check_steps, run.cfg.train.checkpoint_steps
+    done = run.start_step if epoch == run.start_epoch else 0
+    sums = run.epoch_sums if done else EpochSums(run.device)
+    loss_fn = run.loss_function()
+    progress = _progress(run.cfg, len(batches), epoch, done) if run.main else None
+    stopping = False
+    while done < len(batches) and not stopping:
+        batches.set_epoch(epoch, done)
+        pause = min((done // checks + 1) * checks, (done // saves + 1) * saves if saves else len(batches))
+        first = done + 1
+        done = train_one_epoch(loss_fn, run.optimizer, batches, sums, run.scheduler, run.scaler,
+                               run.stop if run.world == 1 else None, pause - done)
+        finite, stopping = run.pause_flags(sums)
+        if not finite:
+            raise Diverged(f"the loss became NaN or inf in epoch {epoch} between steps {first} and {done} "
+                           f"of {len(batches)}; the last good checkpoint is kept")
+        if progress is not None:
+            progress.update(done - first + 1)
+        if done < len(batches) and (stopping or (saves and done % saves == 0)):
+            run.save(run.payload(epoch - 1, done, sums, before))
+    if progress is not None:
+        progress.close()
+    return None if done < len(batches) else sums
+
+
+def _progress(cfg, total, epoch, done):
+    if not cfg.train.progress:
+        return None
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
+               dynamic_ncols=True)
+    bar.update(done)
+    return bar
+
+
+def epoch_row(run, epoch, sums, before, started):
+    """Evaluate (when due) and assemble the metrics row of a finished epoch."""
+    cfg, model = run.cfg, run.model
+    per_layer = reassignments(before, assignments(model))
+    mflops, params = flops.count(model)
+    evaluated = run.main and (epoch % cfg.train.eval_interval == 0 or epoch == cfg.train.epochs)
+    test = evaluate(model, run.test_batches) if evaluated else {"accuracy": None, "loss": None}
+    improved = evaluated and test["accuracy"] > run.best_accuracy
+    if improved:
+        run.best_accuracy = test["accuracy"]
+    # per-epoch structure statistics of the FLGC layers (empty groups, dead filters) belong here
+    return improved, {
+        "epoch": epoch, **sums.stats(), "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+        "best_accuracy": run.best_accuracy, "lr": run.epoch_lr, "mflops": mflops, "params": params,
+        "reassign_inputs": sum(v[0] for v in per_layer.values()),
+        "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
+        "epoch_time_s": round(time.time() - started, 2), "amp": resolve_amp(cfg.train.amp, run.device),
+        "compile": run.compile}
+
+
+def run_epoch(run, epoch, log):
+    """One epoch: train, evaluate, save, log. Returns the metrics row, or None when stopped."""
+    started = time.time()
+    prepare_flgc(run.model, run.cfg, epoch)
+    resumed_inside = epoch == run.start_epoch and run.start_step
+    before = run.epoch_start_assignments if resumed_inside else assignments(run.model)
+    run.epoch_lr = run.optimizer.param_groups[0]["lr"]
+    run.model.train()
+    sums = train_epoch(run, epoch, before)
+    if sums is None:
+        return None
+    improved, row = epoch_row(run, epoch, sums, before, started)
+    run.save(run.payload(epoch, metrics=scalars(row)), best=improved)
+    if log is not None:
+        log.write(row, run.model)
+    distributed.barrier()
+    return row
 
 
 def fit(cfg, resume=None):
-    """Train `cfg` to the end (or to a SIGINT / SIGTERM), writing the run directory; returns the
-    last metrics row."""
-    run = Run(cfg, resume)
-    writer = None
+    """Train `cfg` to the end, writing the run directory; returns the last metrics row. A signal
+    stops it after saving (Interrupted); a finished run given --resume auto is left as it is."""
+    resume_from = _resume_path(cfg, resume)
+    last = os.path.join(cfg.out_dir, "last.pt")
+    if resume_from is None and os.path.isfile(last):
+        raise UsageError(f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume auto "
+                         f"or pick another out_dir=DIR")
+    state = checkpoint.load(resume_from) if resume_from else None
+    if state is not None:  # refuse another architecture or recipe before anything else
+        checkpoint.load_weights(build_model(cfg), state["model"], resume_from)
+        check_resumable(checkpoint.config_of(state), cfg, resume_from)
+        if state["epoch"] >= cfg.train.epochs and not state.get("step"):
+            print(f"{resume_from} is complete: {state['epoch']} of {cfg.train.epochs} epochs trained; nothing to do "
+                  f"(train longer with train.epochs=N --resume auto)", flush=True)
+            return state.get("metrics")
+    run = Run(cfg, state, resume_from)
     if run.main:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
-            f.write(config_lib.dump(cfg))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(cfg.out_dir)
-        if run.resume_from is not None:
-            where = f"epoch {run.start_epoch - 1}" + (f", step {run.start_step}" if run.start_step else "")
-            print(f"resumed from {run.resume_from} at {where}")
+        if resume_from is not None:
+            print(f"resumed from {resume_from} {position(run.start_epoch, run.start_step, len(run.train_batches))}",
+                  flush=True)
+    log = RunLog(cfg.out_dir, cfg.train.epochs, cfg.flgc.log_per_layer, cfg.flgc.plot_interval) if run.main else None
+    return _loop(run, log)
+
+
+def _loop(run, log):
     run.stop.install()
     row = None
     try:
-        for epoch in range(run.start_epoch, cfg.train.epochs + 1):
-            row = None if run.stop() else _run_epoch(run, epoch, writer)
-            if row is None:  # stopped by a signal, state saved
-                name = signal.Signals(run.stop.signal).name
-                if run.main:
-                    print(f"stopped by {name} in epoch {epoch}; saved {run.last_path}. Resume with: "
-                          f"python train.py --config <the same config and overrides> --resume auto", flush=True)
-                break
+        for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
+            row = None if run.pause_flags()[1] else run_epoch(run, epoch, log)
+            if row is None:
+                _stopped(run, epoch)
     finally:
         run.stop.uninstall()
-        if writer is not None:
-            writer.close()
-        if run.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if log is not None:
+            log.close()
+        distributed.shutdown()
     return row
 
 
-def _run_epoch(run, epoch, writer):
-    cfg, model = run.cfg, run.model
-    started = time.time()
-    prepare_flgc(model, cfg, epoch)
-    start_step = run.start_step if epoch == run.start_epoch else 0
-    before = run.epoch_start_assignments if start_step else assignments(model)
-    state = run.epoch_state if start_step else None
-    lr = run.optimizer.param_groups[0]["lr"]
-    run.train_batches.set_epoch(epoch, start_step)
-    interval = cfg.train.checkpoint_steps
-    on_step = None
-    if interval:
-        def on_step(step, epoch_state):
-            if step % interval == 0 and step < len(run.train_batches):
-                run.save_step(epoch, step, epoch_state, before)
-    progress = _progress(cfg, len(run.train_batches), epoch) if run.main else None
-    if progress is not None:
-        progress.update(start_step)
-    try:
-        state, steps = train_one_epoch(model, run.train_batches, run.optimizer, cfg, epoch, progress, state,
-                                       run.stop, on_step, run.network)
-    finally:
-        if progress is not None:
-            progress.close()
-    if steps < len(run.train_batches):
-        run.save_step(epoch, steps, state, before)
-        return None
-    run.scheduler.step()
-    stats = state.stats()
-    per_layer = reassignments(before, assignments(model))
-    mflops, params = flops.count(model)
-    evaluated = epoch % cfg.train.eval_interval == 0 or epoch == cfg.train.epochs
-    test = {"accuracy": None, "loss": None}
-    if evaluated and run.main:
-        test = evaluate(model, run.test_batches)
-    improved = evaluated and run.main and test["accuracy"] > run.best_accuracy
-    if improved:
-        run.best_accuracy = test["accuracy"]
-    row = {"epoch": epoch, **stats, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-           "best_accuracy": run.best_accuracy, "lr": lr, "mflops": mflops, "params": params,
-           "reassign_inputs": sum(v[0] for v in per_layer.values()),
-           "reassign_filters": sum(v[1] for v in per_layer.values()),
-           "reassign_per_layer": per_layer, "epoch_time_s": round(time.time() - started, 2),
-           "amp": resolve_amp(run.cfg.train.amp, run.device)}
-    if run.main:
-        payload = run.payload(epoch, metrics=_scalars(row))
-        checkpoint.save(run.last_path, payload)
-        if improved:
-            checkpoint.save(os.path.join(cfg.out_dir, "best.pt"), payload)
-        with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for key, value in _scalars(row).items():
-            if key != "epoch" and value is not None:
-                writer.add_scalar(key, value, epoch)
-        if cfg.flgc.log_per_layer:
-            for name, (moved_inputs, moved_filters) in per_layer.items():
-                writer.add_scalar(f"reassign_per_layer/{name}/inputs", moved_inputs, epoch)
-                writer.add_scalar(f"reassign_per_layer/{name}/filters", moved_filters, epoch)
-        plots = cfg.flgc.plot_interval
-        if plots and flgc_layers(model) and (epoch % plots == 0 or epoch == cfg.train.epochs):
-            from .plots import group_figure
-            writer.add_figure("groups", group_figure(model), epoch)
-        writer.flush()
-        print(summary_line(row, cfg.train.epochs), flush=True)
-    run.barrier()
-    return row
-
-
-def _scalars(row):
-    return {k: v for k, v in row.items() if v is None or isinstance(v, (int, float))}
-
-
-def summary_line(row, epochs):
-    test = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2f}%"
-    line = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.2f}%  "
-            f"test {test}  best {row['best_accuracy']:.2f}%  lr {row['lr']:.4g}  {row['mflops']:.2f} MMac")
-    if row["reassign_per_layer"]:
-        line += (f"  reg {row['regularizer']:.4f}  reassigned: {row['reassign_inputs']} inputs, "
-                 f"{row['reassign_filters']} filters")
-    return line + f"  {row['epoch_time_s']:.1f}s"
+def _stopped(run, epoch):
+    """Say where the run stopped (as the resume message will count it) and raise Interrupted."""
+    name = signal.Signals(run.stop.signal).name
+    if run.main and run.saved_at is None:
+        print(f"stopped by {name} before the first epoch ended; nothing was saved", flush=True)
+    elif run.main:
+        print(f"stopped by {name} {position(*run.saved_at, len(run.train_batches))}; saved {run.last_path}. "
+              f"Resume with: python train.py --config <the same config and overrides> --resume auto", flush=True)
+    raise Interrupted(run.stop.signal)

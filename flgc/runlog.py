@@ -1,8 +1,10 @@
-"""The run log of a training run directory: metrics.jsonl, one JSON object per epoch."""
+"""The run directory's logs: metrics.jsonl (one JSON object per epoch), TensorBoard scalars and
+figures, and the one-line summary printed per epoch; and reading metrics.jsonl back."""
 import json
 import os
 
 from .errors import UsageError
+from .layer import FLGConv2d
 
 METRICS = "metrics.jsonl"
 
@@ -25,3 +27,59 @@ def read_metrics(run_dir):
                 raise UsageError(f"{path} line {number} is not a JSON object")
             rows.append(row)
     return rows
+
+
+def scalars(row):
+    """The entries of a metrics row that are numbers (or None): what TensorBoard and checkpoints keep."""
+    return {k: v for k, v in row.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+
+
+def summary_line(row, epochs):
+    test = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2f}%"
+    line = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.2f}%  "
+            f"test {test}  best {row['best_accuracy']:.2f}%  lr {row['lr']:.4g}  {row['mflops']:.2f} MMac")
+    if row["reassign_per_layer"]:
+        line += (f"  reg {row['regularizer']:.4f}  reassigned: {row['reassign_inputs']} inputs, "
+                 f"{row['reassign_filters']} filters")
+    return line + f"  {row['epoch_time_s']:.1f}s"
+
+
+class RunLog:
+    """Writes one run's logs; only the main process of a run makes one. TensorBoard's event file is
+    opened on the first row, so a run that trains nothing leaves none."""
+
+    def __init__(self, out_dir, epochs, log_per_layer=False, plot_interval=0):
+        self.out_dir, self.epochs = out_dir, epochs
+        self.log_per_layer, self.plot_interval = log_per_layer, plot_interval
+        self.writer = None
+
+    def _tensorboard(self):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.out_dir)
+        return self.writer
+
+    def write(self, row, model):
+        """Append `row` to metrics.jsonl, log its numbers (and, when due, the group figure of
+        `model`) to TensorBoard, and print the summary line."""
+        epoch = row["epoch"]
+        with open(os.path.join(self.out_dir, METRICS), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        writer = self._tensorboard()
+        for key, value in scalars(row).items():
+            if key != "epoch" and value is not None:
+                writer.add_scalar(key, value, epoch)
+        if self.log_per_layer:
+            for name, (moved_inputs, moved_filters) in row["reassign_per_layer"].items():
+                writer.add_scalar(f"reassign_per_layer/{name}/inputs", moved_inputs, epoch)
+                writer.add_scalar(f"reassign_per_layer/{name}/filters", moved_filters, epoch)
+        due = self.plot_interval and (epoch % self.plot_interval == 0 or epoch == self.epochs)
+        if due and any(isinstance(m, FLGConv2d) for m in model.modules()):
+            from .plots import group_figure
+            writer.add_figure("groups", group_figure(model), epoch)
+        writer.flush()
+        print(summary_line(row, self.epochs), flush=True)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()

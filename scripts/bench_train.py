@@ -4,8 +4,14 @@ python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp 
 python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
 python scripts/bench_train.py [--settings] --only NAME [...]
 python scripts/bench_train.py --projections [--threads 2] [--batch 128] [--repeats 10] [--json]
-Random inputs at batch 128, channels_last, CPU; the variants are timed in interleaved rounds and the
-medians reported. flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no
+python scripts/bench_train.py --device cuda [--batch 512] [--modes eager,graphs] [--repeats 30] [--json]
+Random inputs at batch 128, channels_last, CPU by default; the variants are timed in interleaved
+rounds and the medians reported. A step is the engine's: its objective (network, cross-entropy,
+group regularizer, under train.amp autocast) then backward and the SGD step. On CUDA every step is
+timed with CUDA events after warm-up steps (which also compile), and each variant runs in each
+--mode: eager, inductor (torch.compile) and graphs (torch.compile mode="reduce-overhead": forward
+and backward replayed as CUDA graphs; train.compile=cudagraphs).
+flgc8-frozen is FLGC8 after flgc.freeze_epoch (assignments fixed, no
 straight-through path, masked dense conv); flgc8-frozen-grouped computes each frozen FLGC layer as a
 grouped conv on gathered channels instead (flgc.frozen_compute=grouped).
 --settings instead times the dense model under each step setting (memory layout, bf16 autocast,
@@ -17,16 +23,19 @@ shapes in a batch-128 step, dense and as torch's uniform 8-group conv, next to t
 the dense model: their share of the step and the ceiling of what grouping them can save.
 """
 import json
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 
-from flgc import bench, config
+from flgc import config
 from flgc.builders import build_model
 from flgc.cli import ArgumentParser, run
-from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp
+from flgc.engine import autocast, compiled, flgc_layers, objective, resolve_amp
 from flgc.errors import UsageError
 from flgc.models.mobilenetv2 import InvertedResidual
+from flgc.optim import build_optimizer
 from flgc.regularizer import group_regularizer
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
@@ -35,31 +44,58 @@ VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"],
 
 
 SETTINGS = {"fp32 channels_last": dict(amp="none"), "fp32 contiguous": dict(amp="none", channels_last=False),
-            "bf16 channels_last": dict(amp="bf16"), "fp32 channels_last compile": dict(amp="none", compile=True)}
+            "bf16 channels_last": dict(amp="bf16"), "fp32 channels_last compile": dict(amp="none", compile="inductor")}
+MODES = {"eager": "none", "inductor": "inductor", "graphs": "cudagraphs"}
 
 
-def stepper(name, overrides, batch, amp, channels_last=True, compile=False):
+def stepper(name, overrides, batch, amp, channels_last=True, compile="none", device=torch.device("cpu")):
+    """One training step of a variant as the engine makes it, on random inputs."""
     cfg = config.from_dict({}, config.parse_overrides(overrides + [f"train.amp={amp}"]))
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(cfg).to(memory_format=layout).train()
+    model = build_model(cfg).to(device, memory_format=layout).train()
     if "frozen" in name:
         for _, layer in flgc_layers(model):
             layer.freeze(grouped=cfg.flgc.frozen_compute == "grouped")
-    optimizer = build_optimizer(model, cfg)
-    images = torch.randn(batch, 3, 32, 32).to(memory_format=layout)
-    labels = torch.randint(0, 10, (batch,))
-    autocast = _autocast(cfg, images.device)
-    network = torch.compile(model) if compile else model
+    optimizer = build_optimizer(model, cfg.train, cfg.flgc)
+    images = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=layout)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    reg = cfg.flgc.regularizer
+    precision = None if resolve_amp(amp, device) == "none" else (lambda: autocast(amp, device))
+    loss_fn = compiled(objective(model, torch.nn.CrossEntropyLoss(), lambda: reg.weight * group_regularizer(model, reg.kind),
+                                 precision), compile)
 
     def step():
-        with autocast:
-            loss = F.cross_entropy(network(images), labels)
-        loss = loss.float() + cfg.flgc.regularizer.weight * group_regularizer(model, cfg.flgc.regularizer.kind)
+        total = loss_fn(images, labels)[0]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
     return step
+
+
+def seconds(step, device):
+    """Time of one call of step: CUDA events on a GPU (the device's time for the work the call
+    queued, measured from an idle device), perf_counter on the CPU."""
+    if device.type != "cuda":
+        begin = time.perf_counter()
+        step()
+        return time.perf_counter() - begin
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def interleaved_medians(steps, repeats, device, warmup=3):
+    """{name: median seconds per call}: `warmup` untimed calls each (compilation, graph capture),
+    then rounds that time every step once."""
+    for _ in range(warmup):
+        _ = [step() for step in steps.values()]
+    rounds = [{name: seconds(step, device) for name, step in steps.items()} for _ in range(repeats)]
+    return {name: statistics.median(r[name] for r in rounds) for name in steps}
 
 
 def projection_steppers(batch, groups=8):
@@ -93,6 +129,9 @@ def projection_steppers(batch, groups=8):
 def main():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--modes", default=None, help="comma list of eager, inductor, graphs (CUDA only); "
+                        "default eager on CPU, eager,graphs on CUDA")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
@@ -105,24 +144,40 @@ def main():
     if args.threads < 1 or args.batch < 1 or args.repeats < 1:
         raise UsageError("--threads, --batch and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
-    if args.projections and (args.settings or args.only):
-        raise UsageError("--projections times its own fixed rows; it takes neither --settings nor --only")
+    device, modes = check(args)
     if args.projections:
         steps = projection_steppers(args.batch)
         key, what = "timed", f"fwd + bwd, batch {args.batch}, {args.threads} threads, fp32, channels_last"
-        return report(bench.interleaved_medians(steps, args.repeats, warmup=2), key, what, args)
-    names = SETTINGS if args.settings else VARIANTS
-    if args.only is not None and args.only not in names:
-        raise UsageError(f"--only {args.only!r}: allowed: {', '.join(repr(n) for n in names)}")
-    names = [args.only] if args.only else list(names)
+        return report(interleaved_medians(steps, args.repeats, device), key, what, args)
+    names = [args.only] if args.only else list(SETTINGS if args.settings else VARIANTS)
     if args.settings:
         steps = {name: stepper("dense", VARIANTS["dense"], args.batch, **SETTINGS[name]) for name in names}
         key, what = "setting", f"dense model, batch {args.batch}, {args.threads} threads"
     else:
-        steps = {name: stepper(name, VARIANTS[name], args.batch, args.amp) for name in names}
-        amp = resolve_amp(args.amp, torch.device("cpu"))
-        key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {amp}"
-    report(bench.interleaved_medians(steps, args.repeats, warmup=2), key, what, args)  # warm-up compiles
+        steps = {f"{name} {mode}" if len(modes) > 1 else name:
+                 stepper(name, VARIANTS[name], args.batch, args.amp, compile=MODES[mode], device=device)
+                 for name in names for mode in modes}
+        amp = resolve_amp(args.amp, device)
+        where = f"{torch.cuda.get_device_name()}, CUDA events" if device.type == "cuda" else f"{args.threads} threads"
+        key, what = "variant", f"batch {args.batch}, {where}, channels_last, amp {amp}"
+    report(interleaved_medians(steps, args.repeats, device), key, what, args)  # warm-up compiles
+
+
+def check(args):
+    """(device, modes) of the arguments; bad combinations raise UsageError."""
+    if args.projections and (args.settings or args.only):
+        raise UsageError("--projections times its own fixed rows; it takes neither --settings nor --only")
+    names = SETTINGS if args.settings else VARIANTS
+    if args.only is not None and args.only not in names:
+        raise UsageError(f"--only {args.only!r}: allowed: {', '.join(repr(n) for n in names)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.device == "cuda" and (args.settings or args.projections):
+        raise UsageError("--settings and --projections time CPU settings; use them with --device cpu")
+    modes = (args.modes or ("eager,graphs" if args.device == "cuda" else "eager")).split(",")
+    if not set(modes) <= set(MODES) or (args.device == "cpu" and "graphs" in modes):
+        raise UsageError(f"--modes {args.modes}: allowed: eager, inductor, graphs (graphs on CUDA only)")
+    return torch.device(args.device), modes
 
 
 def report(medians, key, what, args):

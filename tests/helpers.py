@@ -1,35 +1,18 @@
 """Shared test helpers: tiny generated CIFAR-10 data and running the entry points."""
 import os
-import pickle
 import subprocess
 import sys
 
-import numpy as np
+from flgc.data import write_random_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a directory holding cifar-10-batches-py/ (real CIFAR-10 or a re-encoded copy) for the real-data test
 CIFAR10_ROOT = os.environ.get("FLGC_CIFAR10_ROOT")
-LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def write_tiny_cifar(root, per_batch=16, test=40, seed=0):
     """Random images in the CIFAR-10 python layout (5 train batches + test batch + meta)."""
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(folder, exist_ok=True)
-
-    def write(name, count):
-        entry = {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, count).tolist()}
-        with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump(entry, f)
-
-    for i in range(1, 6):
-        write(f"data_batch_{i}", per_batch)
-    write("test_batch", test)
-    with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({"label_names": LABELS, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
-    return root
+    return write_random_cifar(root, per_batch, test, seed)
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):

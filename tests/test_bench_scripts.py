@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and keep their JSON contract."""
 import json
 
+import torch
 from helpers import run_cli, write_tiny_cifar
 
 
@@ -29,3 +30,14 @@ def test_bench_train_variants_settings_and_one_row():
                                                     "projections, 8 groups"]
     bad = run_cli("scripts/bench_train.py", "--only", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "allowed" in bad.stderr
+
+
+def test_bench_train_modes_and_devices():
+    out = last_json(run_cli("scripts/bench_train.py", "--only", "flgc8", "--modes", "eager,inductor", "--batch", "2",
+                            "--repeats", "1", "--json"))
+    assert [r["variant"] for r in out["results"]] == ["flgc8 eager", "flgc8 inductor"]
+    bad = run_cli("scripts/bench_train.py", "--modes", "graphs")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "graphs on CUDA only" in bad.stderr
+    if not torch.cuda.is_available():
+        bad = run_cli("scripts/bench_train.py", "--device", "cuda")
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no CUDA device" in bad.stderr

@@ -5,6 +5,7 @@ import torchvision.transforms.functional as TF
 
 from flgc import config
 from flgc.data import Batches, augment_params
+from flgc.errors import UsageError
 
 
 def per_image_reference(image, top, left, flipped, cfg):
@@ -26,17 +27,52 @@ def test_training_batches_equal_the_reference_transforms_per_image(size, channel
     batches.set_epoch(2)
     generator = torch.Generator().manual_seed(5 * 100_003 + 2)  # the draws Batches documents
     order = torch.randperm(50, generator=generator)
-    flips = 0
+    draws = augment_params(50, generator, cfg.crop_padding, cfg.flip)
+    flips, steps = 0, 0
     for step, (x, y) in enumerate(batches):
         index = order[step * 16:(step + 1) * 16]
-        top, left, flipped = augment_params(len(index), generator, cfg.crop_padding, cfg.flip)
+        top, left, flipped = (d[step * 16:(step + 1) * 16] for d in draws)
         assert torch.equal(y, labels[index])
         assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         for i, k in enumerate(index):
             want = per_image_reference(images[k], int(top[i]), int(left[i]), bool(flipped[i]), cfg)
             torch.testing.assert_close(x[i], want, rtol=0, atol=1e-5)
         flips += int(flipped.sum())
-    assert 0 < flips < 50  # both branches were exercised
+        steps += 1
+    assert steps == 3 and 0 < flips < 48  # the partial 4th batch is dropped; both branches exercised
+
+
+def test_training_batches_have_one_shape_and_shards_split_the_global_batch():
+    cfg = config.from_dict({}).data
+    images = torch.randint(0, 256, (70, 32, 32, 3), dtype=torch.uint8)
+    whole = Batches(images, torch.arange(70), cfg, 16, train=True, seed=1)
+    shapes = {tuple(x.shape) for x, _ in whole}
+    assert len(whole) == 4 and shapes == {(16, 3, 32, 32)}
+    halves = [Batches(images, torch.arange(70), cfg, 16, train=True, seed=1, shard=(r, 2)) for r in range(2)]
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *halves):
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1) and torch.equal(x[1::2], x1)
+    with pytest.raises(UsageError, match="exceeds the 70 training images"):
+        Batches(images, torch.arange(70), cfg, 128, train=True)
+
+
+def test_an_epoch_is_drawn_once_and_a_later_start_step_skips_exactly():
+    cfg = config.from_dict({}).data
+    images = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
+    batches = Batches(images, torch.arange(64), cfg, 8, train=True, seed=3)
+    batches.set_epoch(4)
+    full = list(batches)
+    batches.set_epoch(4, start_step=5)
+    assert batches.draws() is batches.draws()
+    rest = list(batches)
+    assert len(rest) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(full[5:], rest))
+    batches.set_epoch(5)
+    assert not torch.equal(next(iter(batches))[1], full[0][1])
+
+
+def test_evaluation_keeps_every_image():
+    cfg = config.from_dict({}).data
+    images = torch.randint(0, 256, (70, 8, 8, 3), dtype=torch.uint8)
+    assert [len(y) for _, y in Batches(images, torch.arange(70), cfg, 32, train=False)] == [32, 32, 6]
 
 
 def test_evaluation_batches_are_the_images_in_order_normalised():

@@ -11,6 +11,7 @@ import torch
 from helpers import ROOT, run_cli, write_tiny_cifar
 
 from flgc import checkpoint, config, engine
+from flgc.errors import UsageError
 
 
 def tiny_cfg(tmp_path, out, *overrides):
@@ -39,38 +40,90 @@ def test_resume_after_an_epoch_is_bit_exact(tmp_path):
     assert_identical(parameters(tmp_path / "straight" / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
 
 
+def sigterm_after(adds, monkeypatch):
+    """Send this process SIGTERM from inside the training loop after `adds` steps in all."""
+    calls = {"n": 0}
+    add = engine.EpochSums.add
+
+    def counting(self, *args):
+        add(self, *args)
+        calls["n"] += 1
+        if calls["n"] == adds:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(engine.EpochSums, "add", counting)
+
+
 def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch, capsys):
     engine.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
-    calls = {"n": 0}
-
-    def stop_later(self):
-        calls["n"] += 1
-        if calls["n"] >= 9:  # once per epoch start and per step (5 a epoch): epoch 2, after step 2
-            self.signal = signal.SIGTERM
-        return self.signal is not None
-
-    monkeypatch.setattr(engine.StopRequest, "__call__", stop_later)
-    engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"))
-    assert "stopped by SIGTERM in epoch 2" in capsys.readouterr().out
+    sigterm_after(7, monkeypatch)  # 5 steps an epoch: epoch 2, after its step 2
+    with pytest.raises(engine.Interrupted) as stopped:
+        engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"))
+    assert stopped.value.code == 143
+    assert "stopped by SIGTERM in epoch 2 after step 2 of 5" in capsys.readouterr().out
     saved = checkpoint.load(str(tmp_path / "split" / "last.pt"))
     assert saved["epoch"] == 1 and saved["step"] == 2
     monkeypatch.undo()
     engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
+    assert "resumed from" in capsys.readouterr().out.splitlines()[0]
     assert_identical(parameters(tmp_path / "straight" / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
     rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(rows[-1])["train_loss"] == pytest.approx(json.loads(straight[-1])["train_loss"])
+    assert json.loads(rows[-1])["train_loss"] == json.loads(straight[-1])["train_loss"]
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
+    sigterm_after(3, monkeypatch)
+    with pytest.raises(engine.Interrupted):
+        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    stop = capsys.readouterr().out
+    monkeypatch.undo()
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"), resume="auto")
+    resume = capsys.readouterr().out
+    assert "stopped by SIGTERM in epoch 1 after step 3 of 5" in stop
+    assert "resumed from" in resume and resume.splitlines()[0].endswith("in epoch 1 after step 3 of 5")
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").iterdir()}
+    capsys.readouterr()
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1", "threads=1"), resume="auto")
+    assert "is complete: 1 of 1 epochs trained; nothing to do" in capsys.readouterr().out
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").iterdir()}
+    assert after == before
+
+
+@pytest.mark.parametrize("override", ["data.train_subset=40", "flgc.gradient=reference_masked", "flgc.regularizer.weight=0.5",
+                                      "train.lr=0.2", "train.schedule=cosine",
+                                      "train.label_smoothing=0.1", "seed=1"])
+def test_resume_that_would_change_what_was_trained_is_refused(tmp_path, override):
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    last = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(UsageError, match=f"cannot resume .* with {override.split('=')[0]}="):
+        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", override), resume="auto")
+    assert (tmp_path / "run" / "last.pt").read_bytes() == last
+
+
+def test_extended_run_keeps_config_yaml_describing_the_checkpoint(tmp_path):
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", "threads=1", "train.checkpoint_steps=2"), resume="auto")
+    saved = checkpoint.load(str(tmp_path / "run" / "last.pt"))
+    described = config.load(str(tmp_path / "run" / "config.yaml"))
+    assert saved["epoch"] == 2 and config.to_dict(described) == saved["config"]
+
+
+@pytest.mark.parametrize("every, saves, window", [(50, 0, "between steps 1 and 5 of 5"), (2, 2, "between steps 1 and 2 of 5")])
+def test_nan_loss_names_epoch_and_step_window_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, every, saves, window):
     engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
     good = (tmp_path / "run" / "last.pt").read_bytes()
-    monkeypatch.setattr(engine.F, "cross_entropy", lambda logits, labels: logits.sum() * float("nan"))
-    with pytest.raises(engine.Diverged, match="epoch 2 step 0"):
-        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, logits, labels: logits.sum() * float("nan"))
+    with pytest.raises(engine.Diverged, match=f"epoch 2 {window}"):
+        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", f"train.finite_check_steps={every}",
+                            f"train.checkpoint_steps={saves}"), resume="auto")
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
     write_tiny_cifar(str(tmp_path / "data"), per_batch=16, test=16)
     args = ["train.py", "--config", "configs/mbv2_flgc8.yaml", f"out_dir={tmp_path / 'run'}",
@@ -85,7 +138,7 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
         time.sleep(0.2)
     child.send_signal(signal.SIGTERM)
     out, err = child.communicate(timeout=120)
-    assert child.returncode == 0, err
+    assert child.returncode == 143, err
     assert "Resume with" in out and "--resume auto" in out
     assert checkpoint.load(str(tmp_path / "run" / "last.pt"))["epoch"] >= 1
     resumed = run_cli(*args[:-1], "train.epochs=3", "--resume", "auto")
@@ -129,6 +182,13 @@ def update_deviation(start, one, other):
     return float(torch.tensor(ratios).quantile(0.9))
 
 
+def torchrun(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     """One step with a global batch of 16: torchrun with 2 gloo processes (8 images each, BatchNorm
@@ -141,10 +201,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     for name, extra in (("one", ["threads=1"]), ("control", ["threads=2", "train.channels_last=false"])):
         result = run_cli("train.py", *common, *extra, f"out_dir={tmp_path / name}")
         assert result.returncode == 0, result.stderr
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_port=29533", "train.py", *common, "threads=1", f"out_dir={tmp_path / 'two'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    double = torchrun(*common, "threads=1", f"out_dir={tmp_path / 'two'}")
     assert double.returncode == 0, double.stderr[-3000:]
     cfg = config.load("configs/mbv2_flgc8.yaml")
     torch.manual_seed(cfg.seed)
@@ -155,3 +212,43 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     assert torch.equal(one["features.0.1.num_batches_tracked"], two["features.0.1.num_batches_tracked"])
     noise = update_deviation(start, one, control)
     assert update_deviation(start, one, two) <= 2 * noise + 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_processes_train_through_and_resume_past_the_freeze_epoch(tmp_path):
+    """freeze() turns the logits' gradients off after DDP was built with them: the wrapper is built
+    again, in the run that crosses flgc.freeze_epoch and in one resumed after it."""
+    write_tiny_cifar(str(tmp_path / "data"), per_batch=16, test=16)
+    common = ["--config", "configs/mbv2_flgc8.yaml", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false",
+              "train.batch_size=16", "train.progress=false", "data.train_subset=32", "threads=1",
+              "flgc.freeze_epoch=2", f"out_dir={tmp_path / 'run'}"]
+    crossing = torchrun(*common, "train.epochs=2")
+    assert crossing.returncode == 0, crossing.stderr[-3000:]
+    frozen = checkpoint.load(str(tmp_path / "run" / "last.pt"))["model"]
+    resumed = torchrun(*common, "train.epochs=3", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = checkpoint.load(str(tmp_path / "run" / "last.pt"))
+    assert final["epoch"] == 3
+    logits = [k for k in frozen if k.endswith("group_logits")]
+    assert logits and all(torch.equal(frozen[k], final["model"][k]) for k in logits)
+    assert not torch.equal(frozen["classifier.weight"], final["model"]["classifier.weight"])
+
+
+def test_a_checkpoint_of_the_per_epoch_schedule_resumes_at_the_right_lr(tmp_path):
+    """Checkpoints written before the per-step schedule hold a MultiStepLR state that counts epochs."""
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))  # milestones [1]: lr x0.1 from epoch 2
+    path = tmp_path / "run" / "last.pt"
+    saved = checkpoint.load(str(path))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    old = torch.optim.lr_scheduler.MultiStepLR(optimizer, [1], 0.1)
+    optimizer.step()
+    old.step()
+    saved["scheduler"] = old.state_dict()
+    for group in saved["optimizer"]["param_groups"]:
+        group["lr"] = 0.01
+    checkpoint.save(str(path), {k: v for k, v in saved.items() if k != "format_version"})
+    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 2 and rows[-1]["lr"] == pytest.approx(0.01)
+    assert checkpoint.load(str(path))["scheduler"]["last_epoch"] == 10  # 5 steps an epoch
