@@ -11,8 +11,9 @@ import copy
 import json
 
 import torch
+import yardsticks
 
-from flgc import bench, checkpoint, deploy, flops
+from flgc import checkpoint, deploy, export, flops
 from flgc.cli import ArgumentParser, run
 from flgc.errors import UsageError
 from flgc.models import MobileNetV2
@@ -36,7 +37,7 @@ def training_models(checkpoint_path):
     if checkpoint_path:
         payload = checkpoint.load(checkpoint_path)
         model = checkpoint.model_from(payload, checkpoint_path).eval()
-        if bench.count_flgc(model) == 0:
+        if yardsticks.count_flgc(model) == 0:
             raise UsageError(f"{checkpoint_path} has no FLGC layers; pass an FLGC checkpoint")
         where = payload["config"]["flgc"]["where"]
         models["flgc8" if where == "project" else "flgc8both"] = model
@@ -48,12 +49,12 @@ def variants(models, batch):
     return {
         "dense": dense,
         "sgc8": deploy.convert(models["sgc8"], batch_size=batch),
-        "flgc8-masked": bench.masked_model(models["flgc8"]),
+        "flgc8-masked": yardsticks.masked_model(models["flgc8"]),
         "flgc8-deployed": deploy.convert(models["flgc8"], batch_size=batch),
-        "flgc8both-masked": bench.masked_model(models["flgc8both"]),
+        "flgc8both-masked": yardsticks.masked_model(models["flgc8both"]),
         "flgc8both-deployed": deploy.convert(models["flgc8both"], batch_size=batch),
-        "flgc8-bound": bench.bound_model(deploy.convert(models["dense"], strategy="conv"), 8, "project"),
-        "flgc8both-bound": bench.bound_model(deploy.convert(models["dense"], strategy="conv"), 8, "both"),
+        "flgc8-bound": yardsticks.mobilenet_bound(deploy.convert(models["dense"], strategy="conv"), 8, "project"),
+        "flgc8both-bound": yardsticks.mobilenet_bound(deploy.convert(models["dense"], strategy="conv"), 8, "both"),
     }
 
 
@@ -101,7 +102,7 @@ def main():
             if "onnxruntime" in runtimes:
                 feed = {"images": x.numpy()}
                 for name, model in built.items():
-                    session = bench.ort_session(bench.onnx_bytes(model, batch), args.threads)
+                    session = yardsticks.ort_session(export.onnx_bytes(model, batch), args.threads)
                     out = session.run(None, feed)[0]
                     error = float((torch.from_numpy(out) - reference[name]).abs().max())
                     if error > 1e-3:
@@ -110,7 +111,7 @@ def main():
             repeats = args.repeats or (40 if batch <= 8 else 10)
             times = {}
             for runtime in sorted({r for _, r in runners}):  # variants interleaved within a runtime
-                times.update(bench.interleaved_medians(
+                times.update(yardsticks.interleaved_medians(
                     {key: fn for key, fn in runners.items() if key[1] == runtime}, repeats))
         for (name, runtime), seconds in times.items():
             mflops, _ = flops.count(built[name], flgc_as_computed=True)
@@ -126,7 +127,7 @@ def main():
 
 def fastest_layout(model, x):
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    times = bench.interleaved_medians({
+    times = yardsticks.interleaved_medians({
         "contiguous": lambda: model(x),
         "channels_last": lambda xl=x.to(memory_format=torch.channels_last): channels_last(xl)},
         repeats=5, warmup=2)
@@ -147,7 +148,7 @@ def print_per_layer(built, batch):
                 inputs.append(h)
                 h = stage(h)
             runners = {i: (lambda s=stage, v=v: s(v)) for i, (stage, v) in enumerate(zip(model.features, inputs))}
-            stage_times[name] = bench.interleaved_medians(runners, repeats=5, warmup=1)
+            stage_times[name] = yardsticks.interleaved_medians(runners, repeats=5, warmup=1)
     print(f"\nper stage, torch, channels_last, batch {batch}, median ms")
     print(f"{'stage':<12}" + "".join(f"{n:>20}" for n in names))
     for i in range(len(built["dense"].features)):

@@ -20,8 +20,9 @@ import json
 
 import torch
 import torch.nn.functional as F
+from yardsticks import interleaved_medians
 
-from flgc import bench, config
+from flgc import config
 from flgc.builders import build_model
 from flgc.cli import ArgumentParser, run
 from flgc.engine import _autocast, build_optimizer, flgc_layers, resolve_amp
@@ -110,7 +111,7 @@ def main():
     if args.projections:
         steps = projection_steppers(args.batch)
         key, what = "timed", f"fwd + bwd, batch {args.batch}, {args.threads} threads, fp32, channels_last"
-        return report(bench.interleaved_medians(steps, args.repeats, warmup=2), key, what, args)
+        return report(interleaved_medians(steps, args.repeats, warmup=2), key, what, args)
     names = SETTINGS if args.settings else VARIANTS
     if args.only is not None and args.only not in names:
         raise UsageError(f"--only {args.only!r}: allowed: {', '.join(repr(n) for n in names)}")
@@ -122,7 +123,7 @@ def main():
         steps = {name: stepper(name, VARIANTS[name], args.batch, args.amp) for name in names}
         amp = resolve_amp(args.amp, torch.device("cpu"))
         key, what = "variant", f"batch {args.batch}, {args.threads} threads, channels_last, amp {amp}"
-    report(bench.interleaved_medians(steps, args.repeats, warmup=2), key, what, args)  # warm-up compiles
+    report(interleaved_medians(steps, args.repeats, warmup=2), key, what, args)  # warm-up compiles
 
 
 def report(medians, key, what, args):
