@@ -136,3 +136,32 @@ def test_rebuild_from_spec_round_trip():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # kernels may differ with the weights' memory layout: float rounding only
         assert torch.allclose(rebuilt(x), deployed(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["blocks", "conv"])
+@pytest.mark.parametrize("half", ["autocast", "bfloat16"])
+def test_deployed_runs_in_bfloat16(strategy, half):
+    torch.manual_seed(0)
+    model = randomise(MobileNetV2(pointwise="flgc", where="both", logit_init_std=1.0), 6)
+    nn.init.normal_(model.classifier.weight)  # logits of order 10, so the tolerance means something
+    deployed = deploy.convert(model, strategy=strategy).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        reference = model(x)
+        if half == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = deployed(x)
+        else:
+            out = deployed.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert float((out.float() - reference).abs().max()) <= 0.02 * float(reference.abs().max())
+
+
+def test_convert_times_on_the_device_it_targets(monkeypatch):
+    from flgc.deploy import timing
+    devices = []
+    monkeypatch.setattr(timing, "seconds", lambda module, x, repeats=5: devices.append(x.device.type) or 0.0)
+    torch.manual_seed(0)
+    deployed = deploy.convert(randomise(MobileNetV2(pointwise="flgc"), 0), device="meta")
+    assert devices and set(devices) == {"meta"}
+    assert next(deployed.parameters()).device.type == "meta"

@@ -105,7 +105,8 @@ class BlockPointwise(nn.Module):
         if self.in_index is not None:
             x = self.in_index(x)
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if exporting or not x.is_contiguous(memory_format=torch.channels_last):
+        # addmm with out= has no gradient: with autograd on, the per-block convs
+        if exporting or torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):
             y = self._sliced_convs(x)
         else:
             y = self._sliced_products(x)
