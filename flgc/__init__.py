@@ -3,9 +3,10 @@
 `from flgc import FLGConv2d` needs nothing else of this repository; the run machinery
 (flgc.config, flgc.data, flgc.engine, flgc.checkpoint, flgc.flops) is imported on demand.
 """
+from .convert import convert_model
 from .layer import FLGConv2d, hard_assignment
 from .regularizer import group_regularizer
 
 __version__ = "0.2.0"
 
-__all__ = ["FLGConv2d", "__version__", "group_regularizer", "hard_assignment"]
+__all__ = ["FLGConv2d", "__version__", "convert_model", "group_regularizer", "hard_assignment"]

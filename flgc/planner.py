@@ -87,6 +87,8 @@ def take_rows(matrix, index, fill=0.0):
 def positions(compute_out, wanted):
     """For every channel of `wanted` (original ids, -1 = any), its position in compute order; None
     when that is the identity (no gather needed)."""
+    if list(wanted) == list(compute_out):
+        return None
     position = {c: i for i, c in enumerate(compute_out) if c >= 0}
     index = [position[c] if c >= 0 else 0 for c in wanted]
     if index == list(range(len(compute_out))):

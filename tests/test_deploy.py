@@ -122,7 +122,7 @@ def test_generic_flgc_any_kernel():
     layer = FLGConv2d(6, 5, 3, padding=1, stride=2, groups=3)
     assign(layer, [0, 0, 2, 2, 2, 0], [1, 0, 0, 2, 2])
     model = randomise(nn.Sequential(layer, nn.BatchNorm2d(5), nn.ReLU6()), 4)
-    deployed = deploy.convert(model, input_size=(6, 7, 7))
+    deployed = deploy.convert(model, strategy="conv", input_size=(6, 7, 7))
     assert isinstance(deployed[0], GroupedConv)
     assert max_difference(model, deployed, torch.randn(2, 6, 7, 7)) <= TOLERANCE
 

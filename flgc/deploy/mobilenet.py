@@ -17,7 +17,7 @@ from ..planner import Plan, plan_pointwise, take_rows
 from .folding import folded, groups_of, plain_conv
 from .modules import BlockPointwise, ChannelGather
 from .pointwise import build_pointwise
-from .timing import fastest
+from .timing import fastest, input_shapes
 
 
 def is_grouped(conv):
@@ -128,20 +128,9 @@ def _expand_blocks(expand, weight, bias, layout):
     return module
 
 
-def block_inputs(model, input_size):
-    """{block name: input shape C x H x W} of every inverted residual of model."""
-    sizes = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: sizes.__setitem__(name, tuple(inp[0].shape[1:])))
-             for name, m in model.named_modules() if isinstance(m, InvertedResidual)]
-    with torch.no_grad():
-        model(torch.zeros(1, *input_size))
-    for hook in hooks:
-        hook.remove()
-    return sizes
-
-
 def convert_blocks(model, input_size, batch_size, strategy, channels_last, device):
     """{path: deployed Sequential} replacing the conv of every inverted residual of model."""
-    sizes = block_inputs(model, input_size)
+    blocks = [name for name, module in model.named_modules() if isinstance(module, InvertedResidual)]
+    sizes = input_shapes(model, blocks, input_size)
     return {name + ".conv": convert_block(module, sizes[name], batch_size, strategy, channels_last, device)
             for name, module in model.named_modules() if isinstance(module, InvertedResidual)}

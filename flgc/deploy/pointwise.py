@@ -42,7 +42,8 @@ def build_pointwise(plan, weight, bias, in_channels, out_channels, in_index=None
     weight = weight if weight.dim() == 4 else weight[:, :, None, None]
     gathers = (in_index is not None, out_index is not None)
     if plan.strategy == "blocks":
-        module = _blocks_module(plan, weight, in_channels, len(wanted), *gathers)
+        gathered = in_channels if in_index is None else len(in_index)  # its gather reads any channels
+        module = _blocks_module(plan, weight, gathered, len(wanted), *gathers)
     else:
         module = _grouped_module(plan, weight, in_channels, len(wanted), *gathers, geometry)
     with torch.no_grad():
