@@ -76,9 +76,7 @@ def mobilenet_bound(dense_deployed, groups, where):
 def generic_bound(dense_deployed, paths, groups):
     """The deployed dense network with the convs at `paths` (those FLGC replaces) as SliceConv."""
     for path in paths:
-        parent, _, name = path.rpartition(".")
-        owner = dense_deployed.get_submodule(parent) if parent else dense_deployed
-        setattr(owner, name, SliceConv(getattr(owner, name), groups))
+        dense_deployed.set_submodule(path, SliceConv(dense_deployed.get_submodule(path), groups))
     return dense_deployed
 
 
@@ -100,3 +98,25 @@ def ort_session(model_bytes, threads):
 
 def count_flgc(model):
     return sum(isinstance(m, FLGConv2d) for m in model.modules())
+
+
+def uniform_groups(model, paths, groups):
+    """model with the convs at `paths` as torch's standard grouped conv (G equal groups, new weights)."""
+    for path in paths:
+        conv = model.get_submodule(path)
+        model.set_submodule(path, nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                            conv.padding, conv.dilation, groups, bias=conv.bias is not None))
+    return model
+
+
+def balanced_structure(model, seed=0):
+    """Every FLGC layer of model a random balanced structure (in/G channels and out/G filters per
+    group), as a uniform initial assignment gives: one-hot logits of a shuffled round-robin."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FLGConv2d):
+                for logits in (m.input_group_logits, m.output_group_logits):
+                    groups = torch.randperm(len(logits), generator=generator) % m.groups
+                    logits.copy_(nn.functional.one_hot(groups, m.groups) * 3.0)
+    return model

@@ -10,8 +10,7 @@ contiguous, with the per-layer kernel chosen by timing on the target device:
 The result has the model's own forward; convert records the replaced modules as a plain-data spec
 (model.deploy_spec) so a checkpoint can rebuild it: rebuild(model, spec).
 """
-from .folding import fold_batchnorm
 from .modules import BlockPointwise, ChannelGather, GroupedConv, rebuild
-from .network import STRATEGIES, convert
+from .network import STRATEGIES, convert, fold_batchnorm
 
 __all__ = ["BlockPointwise", "ChannelGather", "GroupedConv", "STRATEGIES", "convert", "fold_batchnorm", "rebuild"]

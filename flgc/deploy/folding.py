@@ -98,11 +98,3 @@ def fold_sequences(model, skip=()):
                     set_module(model, path, replacement)
                     done[path] = replacement
     return done
-
-
-def fold_batchnorm(model):
-    """A copy of `model` with BatchNorm folded into the conv before it, FLGC layers kept (masked)."""
-    model = copy.deepcopy(model).cpu().float().eval()
-    with torch.no_grad():
-        fold_sequences(model)
-    return model

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..layer import FLGConv2d
 from ..planner import Plan, plan_pointwise, take_rows
-from .folding import dense_weight, fold_bn, groups_of, is_depthwise, plain_conv
+from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
 from .pointwise import build_pointwise
 from .timing import fastest, input_shapes
 
@@ -80,6 +80,7 @@ class Graph:
             if isinstance(module, (nn.Conv2d, FLGConv2d)) and calls[node.target] == 1 and self._plain_call(node):
                 self.units[node] = Unit(node.target, module)
         self.folded_bns = {}  # BN node -> its path (becomes Identity)
+        self.bn_pairs = []  # (conv unit, the BatchNorm2d folded into it)
         self.calls = calls
 
     def module(self, node):
@@ -99,6 +100,7 @@ class Graph:
                 unit.weight, unit.bias = fold_bn(unit.weight, unit.bias, bn)
                 unit.changed = True
                 self.folded_bns[node] = node.target
+                self.bn_pairs.append((unit, bn))
 
     def elementwise(self, node):
         if node in self.folded_bns:
@@ -223,5 +225,18 @@ def deploy(model, input_size, batch_size, strategy, channels_last, device):
     for chain in chains:
         route(*chain)
     replacements = {unit.path: build(unit) for unit in graph.units.values() if unit.changed}
+    replacements.update({path: nn.Identity() for path in graph.folded_bns.values()})
+    return replacements
+
+
+def fold_pairs(model):
+    """{path: module} folding every BatchNorm2d that directly follows a conv (FLGC kept, masked),
+    following the dataflow; None where the model does not trace."""
+    traced = trace(model)
+    if traced is None:
+        return None
+    graph = Graph(model, traced)
+    graph.fold_batchnorms()
+    replacements = {unit.path: folded_conv(unit.conv, bn) for unit, bn in graph.bn_pairs}
     replacements.update({path: nn.Identity() for path in graph.folded_bns.values()})
     return replacements

@@ -23,6 +23,18 @@ def _remaining_flgc(model):
     return done
 
 
+def fold_batchnorm(model):
+    """A copy of `model` (CPU, fp32, eval) with every BatchNorm folded into the conv before it, FLGC
+    layers kept in their training form (masked dense weight)."""
+    model = copy.deepcopy(model).cpu().float().eval()
+    with torch.no_grad():
+        replacements = graph.fold_pairs(model)
+        for path, module in (replacements or {}).items():
+            set_module(model, path, module)
+        fold_sequences(model)
+    return model
+
+
 def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size=(3, 32, 32), device="cpu"):
     """Inference form of `model` (a copy, eval mode, fp32, on `device`); model.deploy_spec describes it.
 

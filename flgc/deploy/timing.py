@@ -5,41 +5,41 @@ import time
 import torch
 
 
-def _synchronize(device):
+def _synchronize(device):  # CUDA runs asynchronously: wait for the kernels
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def seconds(module, x, repeats=5):
-    """Best wall time of module(x) over `repeats` calls after one warm-up, on x's device (CUDA:
-    synchronised, so the time is the kernels', not the launch's)."""
-    with torch.no_grad():
-        module(x)
-        _synchronize(x.device)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(x)
-            _synchronize(x.device)
-            best = min(best, time.perf_counter() - start)
-    return best
+def _seconds_once(module, x):
+    start = time.perf_counter()
+    module(x)
+    _synchronize(x.device)
+    return time.perf_counter() - start
 
 
-def fastest(options, input_shapes, batch_size, device, channels_last):
-    """The option (nn.Module, CPU) that runs fastest on `device` for a batch of inputs of its shape
-    (input_shapes: one C x H x W per option, or one for all) in the given memory layout. Each is
-    timed on a copy; the option is returned as given."""
+def fastest(options, input_shapes, batch_size, device, channels_last, repeats=5):
+    """The option (nn.Module) that runs fastest on `device` for a batch of inputs of its shape
+    (input_shapes: one C x H x W per option, or one for all) in the given memory layout: best time
+    of `repeats` rounds that call every option once after a warm-up (CUDA: synchronised, so the
+    time is the kernels'). Each is timed on a copy; the option is returned as given."""
     device = torch.device(device)
     if not isinstance(input_shapes, list):
         input_shapes = [input_shapes] * len(options)
-    times = []
+    calls = []
     for option, shape in zip(options, input_shapes):
         x = torch.randn(batch_size, *shape, device=device)
         candidate = copy.deepcopy(option).to(device)
         if channels_last:
             x, candidate = x.to(memory_format=torch.channels_last), candidate.to(memory_format=torch.channels_last)
-        times.append(seconds(candidate, x))
-    return options[times.index(min(times))]
+        calls.append((candidate, x))
+    best = [float("inf")] * len(options)
+    with torch.no_grad():
+        for candidate, x in calls:
+            _seconds_once(candidate, x)
+        for _ in range(repeats):
+            for k, (candidate, x) in enumerate(calls):
+                best[k] = min(best[k], _seconds_once(candidate, x))
+    return options[best.index(min(best))]
 
 
 def input_shapes(model, paths, input_size):
