@@ -24,6 +24,7 @@ import yardsticks
 import flgc
 from flgc import checkpoint, deploy, export, flops
 from flgc.cli import ArgumentParser, run
+from flgc.convert import assign_balanced, pointwise_convs
 from flgc.errors import UsageError
 from flgc.models import MobileNetV2
 
@@ -32,13 +33,16 @@ DEFAULT_BATCHES = {"mobilenetv2_cifar": "1,128", "resnet50": "1,32"}
 DEFAULT_SIZES = {"mobilenetv2_cifar": 32, "resnet50": 224}
 
 
-def randomise_bn(model, seed):
-    generator = torch.Generator().manual_seed(seed)
+def calibrate_bn(model, size, seed):
+    """BatchNorm statistics from one batch of random images, so that folding has real work to do
+    and ONNX Runtime's outputs are checked against non-trivial ones."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: this one batch
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+        model.train()(torch.randn(2, 3, size, size))
     return model.eval()
 
 
@@ -46,7 +50,7 @@ def mobilenet_models(checkpoint_path):
     torch.manual_seed(0)
     models = {"dense": MobileNetV2(), "sgc8": MobileNetV2(pointwise="group"),
               "flgc8": MobileNetV2(pointwise="flgc"), "flgc8both": MobileNetV2(pointwise="flgc", where="both")}
-    models = {name: randomise_bn(m, i) for i, (name, m) in enumerate(models.items())}
+    models = {name: calibrate_bn(m, 32, i) for i, (name, m) in enumerate(models.items())}
     if checkpoint_path:
         payload = checkpoint.load(checkpoint_path)
         model = checkpoint.model_from(payload, checkpoint_path).eval()
@@ -79,11 +83,11 @@ def mobilenet_variants(models, batch, convert):
 def resnet_models():
     import torchvision
     torch.manual_seed(0)
-    dense = randomise_bn(torchvision.models.resnet50(weights=None), 0)
-    select = flgc.convert.pointwise_convs(GROUPS)
+    dense = calibrate_bn(torchvision.models.resnet50(weights=None), 64, 0)
+    select = pointwise_convs(GROUPS)
     paths = [name for name, m in dense.named_modules() if isinstance(m, nn.Conv2d) and select(name, m)]
     sgc = yardsticks.uniform_groups(copy.deepcopy(dense), paths, GROUPS)
-    flgc8 = yardsticks.balanced_structure(flgc.convert_model(copy.deepcopy(dense), groups=GROUPS), seed=0)
+    flgc8 = assign_balanced(flgc.convert_model(copy.deepcopy(dense), groups=GROUPS), seed=0)
     return {"dense": dense, "sgc8": sgc, "flgc8": flgc8.eval(), "paths": paths}
 
 

@@ -19,10 +19,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=1, help="batch size kernels are chosen for")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = parser.parse_args()
-    if os.path.exists(args.out) and not args.force:
-        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if os.path.exists(args.out) and not args.force:
+        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     payload = checkpoint.load(args.checkpoint)
     model = checkpoint.model_from(payload, args.checkpoint).eval()
     if payload.get("deploy_spec") is None:

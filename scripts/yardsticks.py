@@ -107,16 +107,3 @@ def uniform_groups(model, paths, groups):
         model.set_submodule(path, nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                                             conv.padding, conv.dilation, groups, bias=conv.bias is not None))
     return model
-
-
-def balanced_structure(model, seed=0):
-    """Every FLGC layer of model a random balanced structure (in/G channels and out/G filters per
-    group), as a uniform initial assignment gives: one-hot logits of a shuffled round-robin."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, FLGConv2d):
-                for logits in (m.input_group_logits, m.output_group_logits):
-                    groups = torch.randperm(len(logits), generator=generator) % m.groups
-                    logits.copy_(nn.functional.one_hot(groups, m.groups) * 3.0)
-    return model

@@ -7,6 +7,7 @@ from test_deploy import TOLERANCE, max_difference, randomise
 
 import flgc
 from flgc import FLGConv2d, deploy, flops
+from flgc.convert import assign_balanced
 from flgc.deploy import BlockPointwise, GroupedConv
 from flgc.engine import assignments, reassignments
 from flgc.models import MobileNetV2
@@ -68,24 +69,12 @@ def test_regularizer_and_reassignment_tracking_work_on_the_result():
     assert sum(v[0] for v in changed.values()) == 3 and len(changed) == len(layers)
 
 
-def uniform(model, seed=0):
-    """Every FLGC layer a random balanced structure (in/G channels and out/G filters per group)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, FLGConv2d):
-                for logits in (m.input_group_logits, m.output_group_logits):
-                    groups = torch.randperm(len(logits), generator=generator) % m.groups
-                    logits.copy_(nn.functional.one_hot(groups, m.groups) * 3.0)
-    return model
-
-
 def test_flop_count_is_that_of_the_learned_structure():
     size = (3, 64, 64)
     dense = torchvision_model("resnet50")
     dense_macs = {name: macs for name, _, macs in flops.module_macs(dense, size)}
     pointwise_macs = sum(dense_macs[name] for name in pointwise(dense))
-    converted = uniform(flgc.convert_model(torchvision_model("resnet50"), groups=8))
+    converted = assign_balanced(flgc.convert_model(torchvision_model("resnet50"), groups=8))
     mflops, params = flops.count(converted, size)
     assert mflops * 1e6 == pytest.approx(sum(dense_macs.values()) - pointwise_macs * 7 / 8)
     assert mflops < flops.count(dense, size)[0]
@@ -128,3 +117,10 @@ def test_rebuild_from_spec_and_count_the_deployed_form():
         assert torch.allclose(rebuilt(x), deployed(x), atol=1e-6)
     deployed_macs, _ = flops.count(deployed, (3, 32, 32))
     assert deployed_macs < flops.count(torchvision_model("resnet50"), (3, 32, 32))[0]
+
+
+def test_assign_balanced_gives_every_group_its_share():
+    model = assign_balanced(flgc.convert_model(MobileNetV2(), groups=8), seed=3)
+    for layer in (m for m in model.modules() if isinstance(m, FLGConv2d)):
+        in_sizes, out_sizes = layer.group_sizes()
+        assert set(in_sizes.tolist()) == {layer.in_channels // 8} and set(out_sizes.tolist()) == {layer.out_channels // 8}
