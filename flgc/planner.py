@@ -46,7 +46,7 @@ def _block_plan(in_members, out_members, active, dead):
 
 
 def _padded_plan(in_members, out_members, active, dead):
-    """'conv': equal-size groups, padded with zero weights; dead filters join the first group."""
+    """Equal-size groups, padded with zero weights; dead filters join the first group."""
     outs = {g: out_members[g] + (dead if g == active[0] else []) for g in active}
     cmax = max(len(in_members[g]) for g in active)
     omax = max(len(outs[g]) for g in active)
@@ -58,7 +58,7 @@ def _padded_plan(in_members, out_members, active, dead):
 
 
 def plan_pointwise(gin, gout, groups, strategy, order_key=None):
-    """Plan a grouped conv ('blocks' or 'conv') whose input order is free (chosen here, delivered by
+    """Plan a grouped conv ('blocks', or 'conv' / 'matmul': padded groups) whose input order is free (chosen here, delivered by
     the producer). gin / gout: group of every input channel / filter (LongTensors).
 
     Input channels of groups without filters are left out (pruned); filters of groups without inputs
@@ -72,7 +72,9 @@ def plan_pointwise(gin, gout, groups, strategy, order_key=None):
         return Plan(strategy, [-1], dead, [(0, 1, 0, len(dead))] if dead else [], 1)
     if strategy == "blocks":
         return _block_plan(in_members, out_members, active, dead)
-    return _padded_plan(in_members, out_members, active, dead)
+    plan = _padded_plan(in_members, out_members, active, dead)
+    plan.strategy = strategy  # 'conv' or 'matmul': the same padded groups, computed either way
+    return plan
 
 
 def take_rows(matrix, index, fill=0.0):

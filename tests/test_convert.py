@@ -80,7 +80,8 @@ def test_flop_count_is_that_of_the_learned_structure():
     assert mflops < flops.count(dense, size)[0]
 
 
-@pytest.mark.parametrize("name, strategy", [("resnet50", "conv"), ("resnet50", "blocks"), ("resnet50", "auto"),
+@pytest.mark.parametrize("name, strategy", [("resnet50", "conv"), ("resnet50", "blocks"), ("resnet50", "matmul"),
+                                            ("resnet50", "auto"),
                                             ("mobilenet_v2", "conv"), ("mobilenet_v2", "auto")])
 def test_deployed_equals_the_training_form_with_non_uniform_groups(name, strategy):
     torch.manual_seed(1)

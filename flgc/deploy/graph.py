@@ -9,7 +9,8 @@ emits them so: rows of a dense conv permuted) or the FLGC producer makes (the co
 permuted), so no gather runs. Where the graph does not allow it (an input from a residual sum, an
 output into one) a gather runs: x[:, index], once. Each FLGC layer's kernel ('blocks': one product
 per group, 'conv': one grouped conv with groups padded to equal size, 'dense': zeros outside the
-groups) is the fastest measured on the target device for its input shape and batch size.
+groups, 'matmul': the padded groups as one batched product) is the fastest measured on the target
+device for its input shape, batch size and memory layout.
 """
 
 import torch
@@ -142,10 +143,10 @@ def _pointwise(conv):
 
 
 def plan_for(unit, strategy):
-    """Plan of an FLGC unit for 'blocks' / 'conv' / 'dense' (kept inputs only when delivered)."""
+    """Plan of an FLGC unit for 'blocks' / 'conv' / 'matmul' / 'dense' (kept inputs only when delivered)."""
     gin, gout, groups = groups_of(unit.conv)
-    if strategy == "blocks" and not _pointwise(unit.conv):
-        strategy = "conv"  # one product per group is a 1x1, stride-1 kernel
+    if strategy in ("blocks", "matmul") and not _pointwise(unit.conv):
+        strategy = "conv"  # products on channel slices compute a 1x1, stride-1 conv
     if strategy != "dense":
         return plan_pointwise(gin, gout, groups, strategy)
     kept = sorted(h for h in plan_pointwise(gin, gout, groups, "blocks").layout if h >= 0)
@@ -179,7 +180,7 @@ def build(unit):
 def choose(unit, strategy, shape, batch_size, device, channels_last):
     """Set unit.plan: the given strategy, or for 'auto' the fastest kernel timed on `device`."""
     plans = {}
-    for name in (("blocks", "conv", "dense") if strategy == "auto" else (strategy,)):
+    for name in (("blocks", "conv", "matmul", "dense") if strategy == "auto" else (strategy,)):
         plan = plan_for(unit, name)
         plans.setdefault(plan.strategy, plan)
     if len(plans) == 1:

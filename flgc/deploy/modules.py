@@ -22,20 +22,41 @@ class ChannelGather(nn.Module):
 
 
 class GroupedConv(nn.Module):
-    """Standard grouped conv over groups padded to equal size, between optional channel gathers."""
+    """Standard grouped conv over groups padded to equal size, between optional channel gathers.
+
+    With `matmul` (1x1, stride 1, no padding only), an NCHW input is computed as one batched matrix
+    product (G x out/G x in/G weights times N x G x in/G x HW inputs): torch's CPU grouped conv on
+    NCHW runs one im2col conv per group and concatenates them.
+    """
 
     def __init__(self, in_channels, out_channels, conv_in, conv_out, groups, kernel_size=1, stride=1,
-                 padding=0, dilation=1, in_gather=False, out_gather=False):
+                 padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv = nn.Conv2d(conv_in, conv_out, kernel_size, stride, padding, dilation, groups, bias=True)
         self.in_index = ChannelGather(conv_in) if in_gather else None
         self.out_index = ChannelGather(out_channels) if out_gather else None
+        pointwise = self.conv.kernel_size == (1, 1) and self.conv.stride == (1, 1) and self.conv.padding == (0, 0)
+        if matmul and not pointwise:
+            raise ValueError("GroupedConv matmul needs a 1x1 conv with stride 1 and no padding")
+        self.matmul = matmul
+
+    def _grouped_matmul(self, x):
+        n, c, h, w = x.shape
+        g, out = self.conv.groups, self.conv.out_channels
+        dtype = _compute_dtype(x)
+        weight = self.conv.weight.to(dtype).view(g, out // g, c // g)
+        y = torch.matmul(weight, x.to(dtype).reshape(n, g, c // g, h * w))
+        return (y + self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
 
     def forward(self, x):
         if self.in_index is not None:
             x = self.in_index(x)
-        x = self.conv(x)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if self.matmul and not exporting and x.is_contiguous():
+            x = self._grouped_matmul(x)
+        else:
+            x = self.conv(x)
         return self.out_index(x) if self.out_index is not None else x
 
     def spec(self):
@@ -44,7 +65,7 @@ class GroupedConv(nn.Module):
                 "conv_in": c.in_channels, "conv_out": c.out_channels, "groups": c.groups,
                 "kernel_size": list(c.kernel_size), "stride": list(c.stride), "padding": list(c.padding),
                 "dilation": list(c.dilation), "in_gather": self.in_index is not None,
-                "out_gather": self.out_index is not None}
+                "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {})}
 
 
 def _compute_dtype(x):

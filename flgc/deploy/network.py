@@ -10,7 +10,7 @@ from .mobilenet import convert_blocks
 from .modules import set_module, spec_of
 from .pointwise import generic_flgc
 
-STRATEGIES = ("auto", "blocks", "conv", "dense")
+STRATEGIES = ("auto", "blocks", "conv", "matmul", "dense")
 
 
 def _remaining_flgc(model):
