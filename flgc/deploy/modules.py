@@ -47,7 +47,7 @@ class GroupedConv(nn.Module):
         dtype = _compute_dtype(x)
         weight = self.conv.weight.to(dtype).view(g, out // g, c // g)
         y = torch.matmul(weight, x.to(dtype).reshape(n, g, c // g, h * w))
-        return (y + self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
+        return y.add_(self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
 
     def forward(self, x):
         if self.in_index is not None:
