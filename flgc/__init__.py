@@ -1,5 +1,7 @@
 """Fully Learnable Group Convolution for PyTorch.
 
+`flgc.convert_model(model, groups=8)` turns the 1x1 convs of any network into FLGC layers;
+`flgc.deploy.convert(model)` gives its inference form.
 `from flgc import FLGConv2d` needs nothing else of this repository; the run machinery
 (flgc.config, flgc.data, flgc.engine, flgc.checkpoint, flgc.flops) is imported on demand.
 """
