@@ -4,8 +4,9 @@ import copy
 import torch
 
 from ..layer import FLGConv2d
-from . import graph
 from .folding import fold_sequences
+from .graph import deploy as deploy_graph
+from .graph import fold_pairs
 from .mobilenet import convert_blocks
 from .modules import set_module, spec_of
 from .pointwise import generic_flgc
@@ -28,7 +29,7 @@ def fold_batchnorm(model):
     layers kept in their training form (masked dense weight)."""
     model = copy.deepcopy(model).cpu().float().eval()
     with torch.no_grad():
-        replacements = graph.fold_pairs(model)
+        replacements = fold_pairs(model)
         for path, module in (replacements or {}).items():
             set_module(model, path, module)
         fold_sequences(model)
@@ -48,7 +49,7 @@ def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size
     with torch.no_grad():
         replacements = convert_blocks(model, input_size, **options)
         if not replacements:
-            replacements = graph.deploy(model, input_size, **options) or {}
+            replacements = deploy_graph(model, input_size, **options) or {}
         for path, module in replacements.items():
             set_module(model, path, module)
         replacements.update(fold_sequences(model, skip=set(replacements)))
