@@ -16,6 +16,7 @@ the uniform-group MACs without any gather; it is not a valid model.
 """
 import copy
 import json
+import sys
 
 import torch
 import torch.nn as nn
@@ -130,7 +131,8 @@ def parse(argv):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); allowed: cpu")
     if args.device == "cuda" and "onnxruntime" in args.runtimes:
-        args.runtimes.remove("onnxruntime")  # this benchmark's ONNX Runtime sessions are CPU only
+        args.runtimes.remove("onnxruntime")
+        print("note: ONNX Runtime is timed on CPU only; --device cuda times torch", file=sys.stderr)
     return args
 
 
