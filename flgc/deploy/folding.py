@@ -92,7 +92,8 @@ def fold_sequences(model, skip=()):
             continue
         children = list(sequence)
         for i, (module, bn) in enumerate(zip(children[:-1], children[1:])):
-            if isinstance(bn, nn.BatchNorm2d) and isinstance(module, (nn.Conv2d, FLGConv2d)):
+            if isinstance(bn, nn.BatchNorm2d) and (isinstance(module, FLGConv2d) or (
+                    isinstance(module, nn.Conv2d) and module.padding_mode == "zeros")):
                 for index, replacement in ((i, folded_conv(module, bn)), (i + 1, nn.Identity())):
                     path = f"{name}.{index}" if name else str(index)
                     set_module(model, path, replacement)

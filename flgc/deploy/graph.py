@@ -78,7 +78,9 @@ class Graph:
         self.units = {}
         for node in self.nodes:
             module = self.module(node)
-            if isinstance(module, (nn.Conv2d, FLGConv2d)) and calls[node.target] == 1 and self._plain_call(node):
+            rebuildable = isinstance(module, FLGConv2d) or (
+                isinstance(module, nn.Conv2d) and module.padding_mode == "zeros")  # rebuilt with zero padding
+            if rebuildable and calls[node.target] == 1 and self._plain_call(node):
                 self.units[node] = Unit(node.target, module)
         self.folded_bns = {}  # BN node -> its path (becomes Identity)
         self.bn_pairs = []  # (conv unit, the BatchNorm2d folded into it)
