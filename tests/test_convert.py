@@ -125,3 +125,13 @@ def test_assign_balanced_gives_every_group_its_share():
     for layer in (m for m in model.modules() if isinstance(m, FLGConv2d)):
         in_sizes, out_sizes = layer.group_sizes()
         assert set(in_sizes.tolist()) == {layer.in_channels // 8} and set(out_sizes.tolist()) == {layer.out_channels // 8}
+
+
+def test_our_mobilenet_converted_everywhere_deploys_exactly():
+    """Expand, projection, shortcut and last 1x1 convs all FLGC: the inverted residual rewrite and
+    the generic path together."""
+    torch.manual_seed(0)
+    model = randomise(flgc.convert_model(MobileNetV2(), groups=8, logit_init_std=1.0), 5)
+    deployed = deploy.convert(model, strategy="auto")
+    assert not any(isinstance(m, (FLGConv2d, nn.BatchNorm2d)) for m in deployed.modules())
+    assert max_difference(model, deployed, torch.randn(2, 3, 32, 32)) <= TOLERANCE
