@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
+from .planner import channel_gather, plan_pointwise
+
 GRADIENTS = ("straight_through", "reference_masked")
 
 
@@ -108,7 +110,6 @@ class FLGConv2d(nn.Module):
             self._build_grouped()
 
     def _build_grouped(self):
-        from .deploy import plan_pointwise  # the planner of the deployed form, shared
         plan = plan_pointwise(self.input_groups().cpu(), self.output_groups().cpu(), self.groups, "conv")
         layout, rows = torch.tensor(plan.layout), torch.tensor(plan.compute_out)
         width = len(layout) // plan.groups
@@ -127,7 +128,6 @@ class FLGConv2d(nn.Module):
     def _grouped_forward(self, x):
         weight = self.weight[self._rows[:, None], self._columns] * self._valid[:, :, None, None]
         bias = self.bias[self._rows] if self.bias is not None else None
-        from .deploy import channel_gather
         y = F.conv2d(channel_gather(x, self._in_index), weight, bias, self.stride, self.padding,
                      self.dilation, self._active_groups)
         return channel_gather(y, self._out_index)

@@ -1,136 +1,254 @@
-"""Inference speed of dense, SGC8 and FLGC8 MobileNetV2 (training form, deployed, and the bound).
+"""Inference speed of dense, standard-group and FLGC networks: training form, deployed, and the bound.
 
-python scripts/bench_inference.py [--threads 2] [--batch-sizes 1,128] [--checkpoint CKPT] [--json]
+python scripts/bench_inference.py [--model mobilenetv2_cifar|resnet50] [--size N] [--threads 2]
+    [--batch-sizes 1,128] [--device cpu|cuda] [--checkpoint CKPT] [--json]
 
-All variants are built in one process with fixed seeds (FLGC structures from random N(0,1) logits,
-i.e. non-uniform, or the flgc8 structure from --checkpoint), BN folded, and timed in interleaved
-rounds; the table shows medians. torch runs each variant in its faster memory layout (measured);
-ONNX Runtime runs NCHW with all graph optimisations.
+All variants are built in one process with fixed seeds, BN folded, and timed in interleaved rounds;
+the table shows medians (CPU: wall time; CUDA: CUDA events after warm-up).
+- mobilenetv2_cifar (32x32): dense, sgc8, flgc8 / flgc8both masked and deployed, and their bounds;
+  FLGC structures from random N(0,1) logits (non-uniform), or the flgc8 structure from --checkpoint.
+- resnet50 (torchvision, no weights, --size 224): G=8 on every 1x1 conv of the bottlenecks; dense,
+  sgc8 (torch's uniform groups), flgc8-masked, flgc8-deployed, flgc8-bound; FLGC structures random
+  and balanced (in/G channels and out/G filters per group), as the uniform initial assignment.
+torch runs each variant in its faster memory layout (measured); ONNX Runtime (CPU only) runs NCHW
+with all graph optimisations. The bound computes each grouped 1x1 as a dense conv over in/G channels:
+the uniform-group MACs without any gather; it is not a valid model.
 """
 import copy
 import json
+import sys
 
 import torch
+import torch.nn as nn
+import yardsticks
 
-from flgc import bench, checkpoint, deploy, flops
+import flgc
+from flgc import checkpoint, deploy, export, flops
 from flgc.cli import ArgumentParser, run
+from flgc.convert import assign_balanced, pointwise_convs
 from flgc.errors import UsageError
 from flgc.models import MobileNetV2
 
+GROUPS = 8
+DEFAULT_BATCHES = {"mobilenetv2_cifar": "1,128", "resnet50": "1,32"}
+DEFAULT_SIZES = {"mobilenetv2_cifar": 32, "resnet50": 224}
 
-def randomise_bn(model, seed):
-    generator = torch.Generator().manual_seed(seed)
+
+def calibrate_bn(model, size, seed):
+    """BatchNorm statistics from one batch of random images, so that folding has real work to do
+    and ONNX Runtime's outputs are checked against non-trivial ones."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: this one batch
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+        model.train()(torch.randn(2, 3, size, size))
     return model.eval()
 
 
-def training_models(checkpoint_path):
+def mobilenet_models(checkpoint_path):
     torch.manual_seed(0)
     models = {"dense": MobileNetV2(), "sgc8": MobileNetV2(pointwise="group"),
               "flgc8": MobileNetV2(pointwise="flgc"), "flgc8both": MobileNetV2(pointwise="flgc", where="both")}
-    models = {name: randomise_bn(m, i) for i, (name, m) in enumerate(models.items())}
+    models = {name: calibrate_bn(m, 32, i) for i, (name, m) in enumerate(models.items())}
     if checkpoint_path:
         payload = checkpoint.load(checkpoint_path)
         model = checkpoint.model_from(payload, checkpoint_path).eval()
-        if bench.count_flgc(model) == 0:
+        if yardsticks.count_flgc(model) == 0:
             raise UsageError(f"{checkpoint_path} has no FLGC layers; pass an FLGC checkpoint")
         where = payload["config"]["flgc"]["where"]
         models["flgc8" if where == "project" else "flgc8both"] = model
     return models
 
 
-def variants(models, batch):
-    dense = deploy.convert(models["dense"], batch_size=batch)
+def both_layouts(convert, model):
+    """{layout: deployed model with its kernels timed in that layout}."""
+    return {layout: convert(model, channels_last=layout == "channels_last") for layout in ("channels_last", "contiguous")}
+
+
+def mobilenet_variants(models, batch, convert):
+    dense = convert(models["dense"])
     return {
         "dense": dense,
-        "sgc8": deploy.convert(models["sgc8"], batch_size=batch),
-        "flgc8-masked": bench.masked_model(models["flgc8"]),
-        "flgc8-deployed": deploy.convert(models["flgc8"], batch_size=batch),
-        "flgc8both-masked": bench.masked_model(models["flgc8both"]),
-        "flgc8both-deployed": deploy.convert(models["flgc8both"], batch_size=batch),
-        "flgc8-bound": bench.bound_model(deploy.convert(models["dense"], strategy="conv"), 8, "project"),
-        "flgc8both-bound": bench.bound_model(deploy.convert(models["dense"], strategy="conv"), 8, "both"),
+        "sgc8": convert(models["sgc8"]),
+        "flgc8-masked": yardsticks.masked_model(models["flgc8"]),
+        "flgc8-deployed": both_layouts(convert, models["flgc8"]),
+        "flgc8both-masked": yardsticks.masked_model(models["flgc8both"]),
+        "flgc8both-deployed": both_layouts(convert, models["flgc8both"]),
+        "flgc8-bound": yardsticks.mobilenet_bound(convert(models["dense"], strategy="conv"), GROUPS, "project"),
+        "flgc8both-bound": yardsticks.mobilenet_bound(convert(models["dense"], strategy="conv"), GROUPS, "both"),
     }
 
 
-def main():
+def resnet_models():
+    import torchvision
+    torch.manual_seed(0)
+    dense = calibrate_bn(torchvision.models.resnet50(weights=None), 64, 0)
+    select = pointwise_convs(GROUPS)
+    paths = [name for name, m in dense.named_modules() if isinstance(m, nn.Conv2d) and select(name, m)]
+    sgc = yardsticks.uniform_groups(copy.deepcopy(dense), paths, GROUPS)
+    flgc8 = assign_balanced(flgc.convert_model(copy.deepcopy(dense), groups=GROUPS), seed=0)
+    return {"dense": dense, "sgc8": sgc, "flgc8": flgc8.eval(), "paths": paths}
+
+
+def resnet_variants(models, batch, convert):
+    return {
+        "dense": convert(models["dense"]),
+        "sgc8": convert(models["sgc8"]),
+        "flgc8-masked": yardsticks.masked_model(models["flgc8"]),
+        "flgc8-deployed": both_layouts(convert, models["flgc8"]),
+        "flgc8-bound": yardsticks.generic_bound(convert(models["dense"]), models["paths"], GROUPS),
+    }
+
+
+def parse(argv):
     parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="mobilenetv2_cifar", choices=sorted(DEFAULT_SIZES))
+    parser.add_argument("--size", type=int, default=0, help="input height and width (default: 32 | 224)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-sizes", default="1,128")
-    parser.add_argument("--checkpoint", help="take the flgc8 (or flgc8both) structure from this checkpoint")
-    parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default: 40 at batch 1, 10 at 128)")
+    parser.add_argument("--batch-sizes", default="", help="comma list (default: 1,128 | 1,32)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--checkpoint", help="mobilenetv2_cifar: take the flgc8 (or flgc8both) structure from this checkpoint")
+    parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default: 40 at batch <= 8, else 10)")
     parser.add_argument("--runtimes", default="torch,onnxruntime",
-                        help="comma list of torch, onnxruntime, compile (torch.compile, inductor)")
+                        help="comma list of torch, onnxruntime (CPU only), compile (torch.compile, inductor)")
     parser.add_argument("--per-layer", action="store_true",
-                        help="also time every stage of dense / bound / deployed (torch) at the largest batch")
+                        help="mobilenetv2_cifar: also time every stage of dense / bound / deployed (torch) at the largest batch")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.size = args.size or DEFAULT_SIZES[args.model]
     try:
-        batches = [int(b) for b in args.batch_sizes.split(",")]
+        args.batches = [int(b) for b in (args.batch_sizes or DEFAULT_BATCHES[args.model]).split(",")]
     except ValueError:
-        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,128") from None
-    runtimes = args.runtimes.split(",")
-    if args.threads < 1 or any(b < 1 for b in batches) or not set(runtimes) <= {"torch", "onnxruntime", "compile"}:
-        raise UsageError("--threads and batch sizes must be >= 1; runtimes: torch, onnxruntime, compile")
+        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
+    args.runtimes = args.runtimes.split(",")
+    if args.threads < 1 or args.size < 8 or args.repeats < 0 or any(b < 1 for b in args.batches) \
+            or not set(args.runtimes) <= {"torch", "onnxruntime", "compile"}:
+        raise UsageError("--threads, --repeats >= 0 and batch sizes >= 1, --size >= 8; runtimes: torch, onnxruntime, compile")
+    if args.model != "mobilenetv2_cifar" and (args.checkpoint or args.per_layer):
+        raise UsageError("--checkpoint and --per-layer apply to --model mobilenetv2_cifar only")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); allowed: cpu")
+    if args.device == "cuda" and "onnxruntime" in args.runtimes:
+        args.runtimes.remove("onnxruntime")
+        print("note: ONNX Runtime is timed on CPU only; --device cuda times torch", file=sys.stderr)
+    return args
+
+
+def torch_runners(built, x, device):
+    """{(name, "torch"): callable} in each variant's faster memory layout, and {name: layout}.
+    A deployed variant comes as {layout: model} (kernels chosen for that layout): the faster pair runs."""
+    runners, layouts = {}, {}
+    for name, model in built.items():
+        forms = model if isinstance(model, dict) else {"contiguous": model, "channels_last": model}
+        layouts[name] = fastest_layout(forms, x, device)
+        model = forms[layouts[name]].to(device)
+        if layouts[name] == "channels_last":
+            model, xl = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        else:
+            xl = x
+        runners[(name, "torch")] = (lambda m=model, xl=xl: m(xl))
+    return runners, layouts
+
+
+def compile_runners(built, x):
+    runners = {}
+    for name, model in built.items():
+        model = model["channels_last"] if isinstance(model, dict) else model
+        compiled = torch.compile(copy.deepcopy(model).to(x.device, memory_format=torch.channels_last))
+        xl = x.to(memory_format=torch.channels_last)
+        compiled(xl)  # compile outside the timing
+        runners[(name, "torch.compile")] = (lambda m=compiled, xl=xl: m(xl))
+    return runners
+
+
+def ort_runners(built, x, reference, threads, size):
+    runners, feed = {}, {"images": x.cpu().numpy()}
+    for name, model in built.items():
+        session = yardsticks.ort_session(export.onnx_bytes(nchw(model), x.shape[0], (3, size, size)), threads)
+        error = float((torch.from_numpy(session.run(None, feed)[0]) - reference[name].cpu()).abs().max())
+        if error > 1e-3 * max(1.0, float(reference[name].abs().max())):
+            raise RuntimeError(f"{name}: ONNX Runtime output differs by {error}")
+        runners[(name, "onnxruntime")] = (lambda s=session: s.run(None, feed))
+    return runners
+
+
+def measure(built, batch, args):
+    """Rows {variant, runtime, batch, ms, mflops, layout} of every variant and runtime at one batch."""
+    device = torch.device(args.device)
+    x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(batch)).to(device)
+    runners, layouts = {}, {}
+    with torch.no_grad():
+        reference = {name: nchw(m).to(device)(x) for name, m in built.items()}
+        if "torch" in args.runtimes:
+            found, layouts = torch_runners(built, x, device)
+            runners.update(found)
+        if "compile" in args.runtimes:
+            runners.update(compile_runners(built, x))
+        if "onnxruntime" in args.runtimes:
+            runners.update(ort_runners(built, x, reference, args.threads, args.size))
+        repeats = args.repeats or (40 if batch <= 8 else 10)
+        times = {}
+        for runtime in sorted({r for _, r in runners}):  # variants interleaved within a runtime
+            times.update(yardsticks.interleaved_medians(
+                {key: fn for key, fn in runners.items() if key[1] == runtime}, repeats, cuda=device.type == "cuda"))
+    rows = []
+    for (name, runtime), seconds in times.items():
+        model = built[name][layouts[name]] if isinstance(built[name], dict) and name in layouts else nchw(built[name])
+        mflops, _ = flops.count(countable(model.cpu()), (3, args.size, args.size), flgc_as_computed=True)
+        rows.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3, "mflops": mflops,
+                     "layout": "nchw" if runtime == "onnxruntime" else layouts.get(name, "channels_last")})
+    return rows
+
+
+def main(argv=None):
+    args = parse(argv)
     torch.set_num_threads(args.threads)
-    models = training_models(args.checkpoint)
+    if args.model == "resnet50":
+        models, variants = resnet_models(), resnet_variants
+    else:
+        models, variants = mobilenet_models(args.checkpoint), mobilenet_variants
     results = []
-    for batch in batches:
-        built = variants(models, batch)
-        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
-        runners, layouts = {}, {}
-        with torch.no_grad():
-            reference = {name: m(x) for name, m in built.items()}
-            if "torch" in runtimes:
-                for name, model in built.items():
-                    layouts[name] = fastest_layout(model, x)
-                    xl = x.to(memory_format=torch.channels_last) if layouts[name] == "channels_last" else x
-                    model = model.to(memory_format=torch.channels_last) if layouts[name] == "channels_last" else model
-                    runners[(name, "torch")] = (lambda m=model, xl=xl: m(xl))
-            if "compile" in runtimes:
-                for name, model in built.items():
-                    compiled = torch.compile(copy.deepcopy(model).to(memory_format=torch.channels_last))
-                    xl = x.to(memory_format=torch.channels_last)
-                    compiled(xl)  # compile outside the timing
-                    runners[(name, "torch.compile")] = (lambda m=compiled, xl=xl: m(xl))
-                    layouts.setdefault(name, "channels_last")
-            if "onnxruntime" in runtimes:
-                feed = {"images": x.numpy()}
-                for name, model in built.items():
-                    session = bench.ort_session(bench.onnx_bytes(model, batch), args.threads)
-                    out = session.run(None, feed)[0]
-                    error = float((torch.from_numpy(out) - reference[name]).abs().max())
-                    if error > 1e-3:
-                        raise RuntimeError(f"{name}: ONNX Runtime output differs by {error}")
-                    runners[(name, "onnxruntime")] = (lambda s=session: s.run(None, feed))
-            repeats = args.repeats or (40 if batch <= 8 else 10)
-            times = {}
-            for runtime in sorted({r for _, r in runners}):  # variants interleaved within a runtime
-                times.update(bench.interleaved_medians(
-                    {key: fn for key, fn in runners.items() if key[1] == runtime}, repeats))
-        for (name, runtime), seconds in times.items():
-            mflops, _ = flops.count(built[name], flgc_as_computed=True)
-            results.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3,
-                            "mflops": mflops,
-                            "layout": "nchw" if runtime == "onnxruntime" else layouts.get(name, "channels_last")})
+    for batch in args.batches:
+        def convert(model, strategy="auto", channels_last=True, batch=batch):
+            return deploy.convert(model, batch_size=batch, strategy=strategy, channels_last=channels_last,
+                                  input_size=(3, args.size, args.size), device=args.device).cpu()
+        results += measure(variants(models, batch, convert), batch, args)
     print_table(results)
     if args.per_layer:
-        print_per_layer(variants(models, max(batches)), max(batches))
+        batch = max(args.batches)
+        print_per_layer(mobilenet_variants(models, batch, lambda m, strategy="auto", channels_last=True: deploy.convert(
+            m, batch_size=batch, strategy=strategy, channels_last=channels_last)), batch)
     if args.json:
-        print(json.dumps({"threads": args.threads, "results": results}))
+        print(json.dumps({"model": args.model, "size": args.size, "device": args.device, "threads": args.threads,
+                          "results": results}))
 
 
-def fastest_layout(model, x):
-    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    times = bench.interleaved_medians({
-        "contiguous": lambda: model(x),
+def fastest_layout(forms, x, device):
+    """"contiguous" or "channels_last": which of forms[layout] runs faster in its layout."""
+    channels_last = copy.deepcopy(forms["channels_last"]).to(device, memory_format=torch.channels_last)
+    contiguous = forms["contiguous"].to(device)
+    times = yardsticks.interleaved_medians({
+        "contiguous": lambda: contiguous(x),
         "channels_last": lambda xl=x.to(memory_format=torch.channels_last): channels_last(xl)},
-        repeats=5, warmup=2)
+        repeats=3, warmup=1, cuda=device.type == "cuda")
     return min(times, key=times.get)
+
+
+def countable(model):
+    """A copy whose 'matmul' grouped convs run their nn.Conv2d (the same MACs), which the FLOP
+    counter's conv hooks see."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, deploy.GroupedConv):
+            module.matmul = False
+    return model
+
+
+def nchw(model):
+    """The NCHW form of a variant (for ONNX, FLOPs and the reference output)."""
+    return model["contiguous"] if isinstance(model, dict) else model
 
 
 def print_per_layer(built, batch):
@@ -141,13 +259,14 @@ def print_per_layer(built, batch):
     stage_times = {}
     with torch.no_grad():
         for name in names:
-            model = built[name].to(memory_format=torch.channels_last)
+            model = built[name]["channels_last"] if isinstance(built[name], dict) else built[name]
+            model = model.to(memory_format=torch.channels_last)
             inputs, h = [], x
             for stage in model.features:
                 inputs.append(h)
                 h = stage(h)
             runners = {i: (lambda s=stage, v=v: s(v)) for i, (stage, v) in enumerate(zip(model.features, inputs))}
-            stage_times[name] = bench.interleaved_medians(runners, repeats=5, warmup=1)
+            stage_times[name] = yardsticks.interleaved_medians(runners, repeats=5, warmup=1)
     print(f"\nper stage, torch, channels_last, batch {batch}, median ms")
     print(f"{'stage':<12}" + "".join(f"{n:>20}" for n in names))
     for i in range(len(built["dense"].features)):
@@ -156,12 +275,12 @@ def print_per_layer(built, batch):
 
 
 def print_table(results):
-    print(f"{'variant':<20} {'runtime':<12} {'batch':>5} {'ms':>9} {'x dense':>8} {'MMac':>7}  layout")
+    print(f"{'variant':<20} {'runtime':<14} {'batch':>5} {'ms':>9} {'x dense':>8} {'MMac':>8}  layout")
     for r in results:
         dense = next(d for d in results if d["variant"] == "dense" and d["runtime"] == r["runtime"]
                      and d["batch"] == r["batch"])
-        print(f"{r['variant']:<20} {r['runtime']:<12} {r['batch']:>5} {r['ms']:>9.2f} "
-              f"{dense['ms'] / r['ms']:>8.2f} {r['mflops']:>7.2f}  {r['layout']}")
+        print(f"{r['variant']:<20} {r['runtime']:<14} {r['batch']:>5} {r['ms']:>9.2f} "
+              f"{dense['ms'] / r['ms']:>8.2f} {r['mflops']:>8.2f}  {r['layout']}")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ shapes in a batch-128 step, dense and as torch's uniform 8-group conv, next to t
 the dense model: their share of the step and the ceiling of what grouping them can save.
 """
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from yardsticks import interleaved_medians
 
 from flgc import config
 from flgc.builders import build_model
@@ -71,31 +70,6 @@ def stepper(name, overrides, batch, amp, channels_last=True, compile="none", dev
         total.backward()
         optimizer.step()
     return step
-
-
-def seconds(step, device):
-    """Time of one call of step: CUDA events on a GPU (the device's time for the work the call
-    queued, measured from an idle device), perf_counter on the CPU."""
-    if device.type != "cuda":
-        begin = time.perf_counter()
-        step()
-        return time.perf_counter() - begin
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    step()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
-
-
-def interleaved_medians(steps, repeats, device, warmup=3):
-    """{name: median seconds per call}: `warmup` untimed calls each (compilation, graph capture),
-    then rounds that time every step once."""
-    for _ in range(warmup):
-        _ = [step() for step in steps.values()]
-    rounds = [{name: seconds(step, device) for name, step in steps.items()} for _ in range(repeats)]
-    return {name: statistics.median(r[name] for r in rounds) for name in steps}
 
 
 def projection_steppers(batch, groups=8):
@@ -148,7 +122,7 @@ def main():
     if args.projections:
         steps = projection_steppers(args.batch)
         key, what = "timed", f"fwd + bwd, batch {args.batch}, {args.threads} threads, fp32, channels_last"
-        return report(interleaved_medians(steps, args.repeats, device), key, what, args)
+        return report(interleaved_medians(steps, args.repeats, warmup=3, cuda=device.type == "cuda"), key, what, args)
     names = [args.only] if args.only else list(SETTINGS if args.settings else VARIANTS)
     if args.settings:
         steps = {name: stepper("dense", VARIANTS["dense"], args.batch, **SETTINGS[name]) for name in names}
@@ -160,7 +134,7 @@ def main():
         amp = resolve_amp(args.amp, device)
         where = f"{torch.cuda.get_device_name()}, CUDA events" if device.type == "cuda" else f"{args.threads} threads"
         key, what = "variant", f"batch {args.batch}, {where}, channels_last, amp {amp}"
-    report(interleaved_medians(steps, args.repeats, device), key, what, args)  # warm-up compiles
+    report(interleaved_medians(steps, args.repeats, warmup=3, cuda=device.type == "cuda"), key, what, args)  # warm-up compiles
 
 
 def check(args):

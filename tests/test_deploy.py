@@ -42,7 +42,7 @@ def max_difference(model, deployed, x):
 
 @pytest.mark.parametrize("kind, where, strategy", [
     ("dense", "project", "auto"), ("group", "project", "auto"), ("group", "both", "conv"),
-    ("flgc", "project", "blocks"), ("flgc", "project", "conv"), ("flgc", "both", "auto"),
+    ("flgc", "project", "blocks"), ("flgc", "project", "conv"), ("flgc", "project", "matmul"), ("flgc", "both", "auto"),
     ("flgc", "expand", "blocks")])
 def test_whole_network_equality(kind, where, strategy):
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def block_structures(draw):
     where = draw(st.sampled_from(["project", "both", "expand"] if expansion > 1 else ["project"]))
     groups = draw(st.integers(1, min(hidden, cout, cin if where != "project" else hidden, 5)))
     stride = draw(st.sampled_from([1, 2]))
-    strategy = draw(st.sampled_from(["blocks", "conv", "auto"]))
+    strategy = draw(st.sampled_from(["blocks", "conv", "matmul", "auto"]))
     # skewed draws make empty groups common
     pick = st.integers(0, groups - 1) if draw(st.booleans()) else st.sampled_from([0, groups - 1])
     proj = (draw(st.lists(pick, min_size=hidden, max_size=hidden)), draw(st.lists(pick, min_size=cout, max_size=cout)))
@@ -122,7 +122,7 @@ def test_generic_flgc_any_kernel():
     layer = FLGConv2d(6, 5, 3, padding=1, stride=2, groups=3)
     assign(layer, [0, 0, 2, 2, 2, 0], [1, 0, 0, 2, 2])
     model = randomise(nn.Sequential(layer, nn.BatchNorm2d(5), nn.ReLU6()), 4)
-    deployed = deploy.convert(model, input_size=(6, 7, 7))
+    deployed = deploy.convert(model, strategy="conv", input_size=(6, 7, 7))
     assert isinstance(deployed[0], GroupedConv)
     assert max_difference(model, deployed, torch.randn(2, 6, 7, 7)) <= TOLERANCE
 
@@ -136,3 +136,45 @@ def test_rebuild_from_spec_round_trip():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # kernels may differ with the weights' memory layout: float rounding only
         assert torch.allclose(rebuilt(x), deployed(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy, layout", [("blocks", torch.channels_last), ("conv", torch.channels_last),
+                                              ("matmul", torch.contiguous_format)])
+@pytest.mark.parametrize("half", ["autocast", "bfloat16"])
+def test_deployed_runs_in_bfloat16(strategy, layout, half):
+    torch.manual_seed(0)
+    model = randomise(MobileNetV2(pointwise="flgc", where="both", logit_init_std=1.0), 6)
+    nn.init.normal_(model.classifier.weight)  # logits of order 10, so the tolerance means something
+    deployed = deploy.convert(model, strategy=strategy).to(memory_format=layout)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=layout)
+    with torch.no_grad():
+        reference = model(x)
+        if half == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = deployed(x)
+        else:
+            out = deployed.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert float((out.float() - reference).abs().max()) <= 0.02 * float(reference.abs().max())
+
+
+def test_convert_times_on_the_device_it_targets(monkeypatch):
+    from flgc.deploy import timing
+    devices = []
+    monkeypatch.setattr(timing, "_seconds_once", lambda module, x: devices.append(x.device.type) or 0.0)
+    torch.manual_seed(0)
+    deployed = deploy.convert(randomise(MobileNetV2(pointwise="flgc"), 0), device="meta")
+    assert devices and set(devices) == {"meta"}
+    assert next(deployed.parameters()).device.type == "meta"
+
+
+def test_matmul_kernel_is_a_batched_product_and_round_trips():
+    torch.manual_seed(0)
+    model = randomise(MobileNetV2(pointwise="flgc", logit_init_std=1.0), 7)
+    deployed = deploy.convert(model, strategy="matmul")
+    grouped = [m for m in deployed.modules() if isinstance(m, GroupedConv)]
+    assert grouped and all(m.matmul and m.spec()["matmul"] for m in grouped)
+    rebuilt = deploy.rebuild(MobileNetV2(pointwise="flgc"), deployed.deploy_spec)
+    rebuilt.load_state_dict(deployed.state_dict())
+    assert all(m.matmul for m in rebuilt.modules() if isinstance(m, GroupedConv))
+    assert max_difference(model, rebuilt, torch.randn(2, 3, 32, 32)) <= TOLERANCE

@@ -33,9 +33,19 @@ class InvertedResidual(nn.Module):
                    nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
                    project_conv(hidden, out_channels), nn.BatchNorm2d(out_channels)]
         self.conv = nn.Sequential(*layers)
+        roles = (["expand", "expand_bn", None] if expansion != 1 else []) + [
+            "depthwise", "depthwise_bn", None, "project", "project_bn"]
+        self._part_index = {name: index for index, name in enumerate(roles) if name}
         self.residual = stride == 1
         self.shortcut = (conv_bn(in_channels, out_channels, act=False)
                          if self.residual and in_channels != out_channels else nn.Identity())
+
+    def parts(self):
+        """The block's layers by role: expand, expand_bn (None when expansion is 1), depthwise,
+        depthwise_bn, project, project_bn (the state_dict keeps its positional conv.N names)."""
+        parts = {"expand": None, "expand_bn": None}
+        parts.update({name: self.conv[index] for name, index in self._part_index.items()})
+        return parts
 
     def forward(self, x):
         out = self.conv(x)

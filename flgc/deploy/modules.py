@@ -1,0 +1,183 @@
+"""The inference modules of deployed networks, and their plain-data spec (stored in checkpoints).
+
+Spec type names are part of the deployed checkpoint format: keep them when renaming anything.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..planner import channel_gather
+
+
+class ChannelGather(nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.register_buffer("index", torch.zeros(size, dtype=torch.long))
+
+    def forward(self, x):
+        return channel_gather(x, self.index)
+
+    def spec(self):
+        return {"type": "ChannelGather", "size": self.index.numel()}
+
+
+class GroupedConv(nn.Module):
+    """Standard grouped conv over groups padded to equal size, between optional channel gathers.
+
+    With `matmul` (1x1, stride 1, no padding only), an NCHW input is computed as one batched matrix
+    product (G x out/G x in/G weights times N x G x in/G x HW inputs): torch's CPU grouped conv on
+    NCHW runs one im2col conv per group and concatenates them.
+    """
+
+    def __init__(self, in_channels, out_channels, conv_in, conv_out, groups, kernel_size=1, stride=1,
+                 padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.conv = nn.Conv2d(conv_in, conv_out, kernel_size, stride, padding, dilation, groups, bias=True)
+        self.in_index = ChannelGather(conv_in) if in_gather else None
+        self.out_index = ChannelGather(out_channels) if out_gather else None
+        pointwise = self.conv.kernel_size == (1, 1) and self.conv.stride == (1, 1) and self.conv.padding == (0, 0)
+        if matmul and not pointwise:
+            raise ValueError("GroupedConv matmul needs a 1x1 conv with stride 1 and no padding")
+        self.matmul = matmul
+
+    def _grouped_matmul(self, x):
+        n, c, h, w = x.shape
+        g, out = self.conv.groups, self.conv.out_channels
+        dtype = _compute_dtype(x)
+        weight = self.conv.weight.to(dtype).view(g, out // g, c // g)
+        y = torch.matmul(weight, x.to(dtype).reshape(n, g, c // g, h * w))
+        return y.add_(self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
+
+    def forward(self, x):
+        if self.in_index is not None:
+            x = self.in_index(x)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if self.matmul and not exporting and x.is_contiguous():
+            x = self._grouped_matmul(x)
+        else:
+            x = self.conv(x)
+        return self.out_index(x) if self.out_index is not None else x
+
+    def spec(self):
+        c = self.conv
+        return {"type": "GroupedConv", "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "conv_in": c.in_channels, "conv_out": c.out_channels, "groups": c.groups,
+                "kernel_size": list(c.kernel_size), "stride": list(c.stride), "padding": list(c.padding),
+                "dilation": list(c.dilation), "in_gather": self.in_index is not None,
+                "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {})}
+
+
+def _compute_dtype(x):
+    """The dtype products run in: autocast's lower precision when it is on for x's device, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class BlockPointwise(nn.Module):
+    """1x1 conv as one matrix product per block of contiguous (input range, output range).
+
+    Blocks with an empty input range output their bias. In channels_last, products are written
+    straight into column slices of one output matrix (no concatenation); when tracing for export,
+    the same computation is written as per-block 1x1 convs and a concatenation. Under autocast the
+    products run in autocast's dtype (addmm with out= is not cast by autocast itself).
+    """
+
+    def __init__(self, in_channels, out_channels, blocks, in_gather=False, out_gather=False):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.blocks = [tuple(b) for b in blocks]
+        self.compute_channels = max((b[3] for b in self.blocks), default=0)
+        for k, (i0, i1, o0, o1) in enumerate(self.blocks):
+            self.register_buffer(f"weight{k}", torch.zeros(i1 - i0, o1 - o0))  # transposed: in x out
+        self.register_buffer("bias", torch.zeros(self.compute_channels))
+        self.in_index = ChannelGather(in_channels) if in_gather else None
+        self.out_index = ChannelGather(out_channels) if out_gather else None
+
+    def weights(self):
+        return [getattr(self, f"weight{k}") for k in range(len(self.blocks))]
+
+    def _sliced_convs(self, x):
+        parts = []
+        for (i0, i1, o0, o1), weight in zip(self.blocks, self.weights()):
+            bias = self.bias[o0:o1]
+            if i1 > i0:
+                parts.append(F.conv2d(x[:, i0:i1], weight.t()[:, :, None, None], bias))
+            else:
+                parts.append(bias[None, :, None, None].expand(x.shape[0], -1, x.shape[2], x.shape[3]))
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def _sliced_products(self, x):
+        dtype = _compute_dtype(x)
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c).to(dtype)
+        bias = self.bias.to(dtype)
+        out = rows.new_empty(rows.shape[0], self.compute_channels)
+        with torch.autocast(x.device.type, enabled=False):
+            for (i0, i1, o0, o1), weight in zip(self.blocks, self.weights()):
+                if i1 > i0:
+                    torch.addmm(bias[o0:o1], rows[:, i0:i1], weight.to(dtype), out=out[:, o0:o1])
+                else:
+                    out[:, o0:o1] = bias[o0:o1]
+        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+    def forward(self, x):
+        if self.in_index is not None:
+            x = self.in_index(x)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        # addmm with out= has no gradient: with autograd on, the per-block convs
+        if exporting or torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):
+            y = self._sliced_convs(x)
+        else:
+            y = self._sliced_products(x)
+        return self.out_index(y) if self.out_index is not None else y
+
+    def spec(self):
+        return {"type": "BlockPointwise", "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "blocks": [list(b) for b in self.blocks], "in_gather": self.in_index is not None,
+                "out_gather": self.out_index is not None}
+
+
+PLAIN = (nn.ReLU6, nn.ReLU, nn.Identity)
+
+
+def spec_of(module):
+    """Plain-data description of a deployed module (rebuilt by from_spec, weights loaded after)."""
+    if isinstance(module, nn.Sequential):
+        return {"type": "Sequential", "children": [spec_of(m) for m in module]}
+    if isinstance(module, nn.Conv2d):
+        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels,
+                "kernel_size": list(module.kernel_size), "stride": list(module.stride),
+                "padding": list(module.padding), "dilation": list(module.dilation),
+                "groups": module.groups, "bias": module.bias is not None}
+    if isinstance(module, PLAIN):
+        return {"type": type(module).__name__}
+    return module.spec()
+
+
+def from_spec(spec):
+    kind, args = spec["type"], {k: v for k, v in spec.items() if k != "type"}
+    if kind == "Sequential":
+        return nn.Sequential(*[from_spec(s) for s in args["children"]])
+    if kind in ("ReLU6", "ReLU"):
+        return getattr(nn, kind)(inplace=True)
+    if kind == "Identity":
+        return nn.Identity()
+    classes = {"Conv2d": nn.Conv2d, "GroupedConv": GroupedConv, "BlockPointwise": BlockPointwise,
+               "ChannelGather": ChannelGather}
+    if kind not in classes:
+        raise ValueError(f"unknown deployed module type {kind!r}")
+    return classes[kind](**args)
+
+
+def set_module(model, path, module):
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def rebuild(model, spec):
+    """Apply the replacements of a deploy spec to a freshly built training model (weights empty)."""
+    for path, module_spec in spec.items():
+        set_module(model, path, from_spec(module_spec))
+    return model.eval()

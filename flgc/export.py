@@ -1,0 +1,50 @@
+"""Export of a (deployed) network to ONNX or TorchScript.
+
+The input is N x C x H x W float32 images (dynamic batch for ONNX), the output the model's logits.
+"""
+import copy
+import io
+import os
+
+import torch
+
+FORMATS = ("onnx", "torchscript")
+
+
+def _exportable(model):
+    return copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+
+
+def onnx_bytes(model, batch, input_size=(3, 32, 32)):
+    """The model exported to ONNX (opset 17, dynamic batch, input "images", output "logits") as bytes."""
+    buffer = io.BytesIO()
+    torch.onnx.export(_exportable(model), (torch.randn(batch, *input_size),), buffer, dynamo=False, opset_version=17,
+                      input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def torchscript(model, batch, input_size=(3, 32, 32)):
+    """The model traced to TorchScript (a ScriptModule, CPU)."""
+    with torch.no_grad():
+        return torch.jit.trace(_exportable(model), torch.randn(batch, *input_size))
+
+
+def export(model, fmt, path, batch=1, input_size=(3, 32, 32)):
+    """Write the model in `fmt` (onnx | torchscript) to path, through a temporary file renamed into
+    place: an existing file is only ever replaced by a complete one."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, ".tmp-" + os.path.basename(path))
+    try:
+        if fmt == "onnx":
+            with open(temp, "wb") as f:
+                f.write(onnx_bytes(model, batch, input_size))
+        else:
+            torchscript(model, batch, input_size).save(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)

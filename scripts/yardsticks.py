@@ -1,0 +1,109 @@
+"""Benchmark yardsticks shared by the scripts/bench_*.py scripts (imported as a sibling module):
+interleaved timing with medians, CUDA-event timing, the speed bound of a grouped 1x1 conv, and
+ONNX Runtime sessions. Not part of the flgc library.
+
+Speed claims are ratios measured side by side in one process, never absolute thresholds in tests.
+"""
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from flgc import FLGConv2d, deploy
+from flgc.models.mobilenetv2 import InvertedResidual
+
+
+def _cuda_timer(run):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _wall_timer(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(runners, repeats, warmup=2, cuda=False):
+    """{name: median seconds} of calling each runner, in rounds that visit every runner once.
+    With cuda, each call is timed with CUDA events (the device's time, host launch included)."""
+    timer = _cuda_timer if cuda else _wall_timer
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    if cuda:
+        torch.cuda.synchronize()
+    samples = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            samples[name].append(timer(run))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+class SliceConv(nn.Module):
+    """Speed yardstick: a dense conv over the first in/G input channels (uniform-G MACs, no gather)
+    with conv's geometry. Not a valid model; it bounds what a G-group conv can cost."""
+
+    def __init__(self, conv, groups):
+        super().__init__()
+        self.width = conv.in_channels // groups
+        self.conv = nn.Conv2d(self.width, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, bias=True)
+
+    def forward(self, x):
+        return self.conv(x[:, :self.width])
+
+
+def mobilenet_bound(dense_deployed, groups, where):
+    """The deployed dense MobileNetV2 with its chosen 1x1 convs (project | expand | both) replaced
+    by SliceConv."""
+    for module in dense_deployed.modules():
+        if isinstance(module, InvertedResidual):
+            layers = module.conv
+            if where in ("project", "both"):
+                layers[len(layers) - 1] = SliceConv(layers[len(layers) - 1], groups)
+            if where in ("expand", "both") and len(layers) == 5 and isinstance(layers[0], nn.Conv2d) \
+                    and layers[0].kernel_size == (1, 1):
+                layers[0] = SliceConv(layers[0], groups)
+    return dense_deployed
+
+
+def generic_bound(dense_deployed, paths, groups):
+    """The deployed dense network with the convs at `paths` (those FLGC replaces) as SliceConv."""
+    for path in paths:
+        dense_deployed.set_submodule(path, SliceConv(dense_deployed.get_submodule(path), groups))
+    return dense_deployed
+
+
+def masked_model(model):
+    """The training form (FLGC masks computed every forward) with BatchNorm folded elsewhere."""
+    return deploy.fold_batchnorm(model)
+
+
+def ort_session(model_bytes, threads):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle ORT threads must not spin on the cores the next (torch) measurement needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def count_flgc(model):
+    return sum(isinstance(m, FLGConv2d) for m in model.modules())
+
+
+def uniform_groups(model, paths, groups):
+    """model with the convs at `paths` as torch's standard grouped conv (G equal groups, new weights)."""
+    for path in paths:
+        conv = model.get_submodule(path)
+        model.set_submodule(path, nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                            conv.padding, conv.dilation, groups, bias=conv.bias is not None))
+    return model
