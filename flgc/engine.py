@@ -325,7 +325,8 @@ class Run:
         if trainable != self.trainable:
             self.loss_fn = None  # drop the old DDP wrapper (and its gradient hooks) first
             reg = self.cfg.flgc.regularizer
-            penalty = (lambda: reg.weight * group_regularizer(self.model, reg.kind)) if reg.weight else None
+            learning = any(not layer.frozen for _, layer in flgc_layers(self.model))  # else the penalty is 0
+            penalty = (lambda: reg.weight * group_regularizer(self.model, reg.kind)) if reg.weight and learning else None
             amp = resolve_amp(self.cfg.train.amp, self.device)
             precision = None if amp == "none" else (lambda: autocast(amp, self.device))
             network = distributed.wrap(self.model)

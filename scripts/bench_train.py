@@ -61,8 +61,9 @@ def stepper(name, overrides, batch, amp, channels_last=True, compile="none", dev
     labels = torch.randint(0, 10, (batch,), device=device)
     reg = cfg.flgc.regularizer
     precision = None if resolve_amp(amp, device) == "none" else (lambda: autocast(amp, device))
-    loss_fn = compiled(objective(model, torch.nn.CrossEntropyLoss(), lambda: reg.weight * group_regularizer(model, reg.kind),
-                                 precision), compile)
+    learning = any(not layer.frozen for _, layer in flgc_layers(model))
+    penalty = (lambda: reg.weight * group_regularizer(model, reg.kind)) if learning else None
+    loss_fn = compiled(objective(model, torch.nn.CrossEntropyLoss(), penalty, precision), compile)
 
     def step():
         total = loss_fn(images, labels)[0]
