@@ -17,7 +17,7 @@ FOLDER = "cifar-10-batches-py"
 SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
-class _UncheckedCIFAR10(CIFAR10):
+class UncheckedCIFAR10(CIFAR10):
     """torchvision's parser, accepting files whose md5 differs from the official archive's."""
 
     def _check_integrity(self):
@@ -51,7 +51,8 @@ def write_random_cifar(root, per_batch=16, test=40, seed=0):
     return root
 
 
-def _files_present(root):
+def files_present(root):
+    """Whether ROOT/cifar-10-batches-py holds every file of the python version of CIFAR-10."""
     names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     return all(os.path.isfile(os.path.join(root, FOLDER, n)) for n in names)
 
@@ -72,7 +73,7 @@ def load_split(data_cfg, train):
     """(images uint8 N x 32 x 32 x 3, labels int64 N) of one split, honouring the data.* keys."""
     root = os.path.expanduser(data_cfg.root)
     where = os.path.join(root, FOLDER)
-    if not _files_present(root):
+    if not files_present(root):
         if not data_cfg.download:
             raise UsageError(f"CIFAR-10 not found: expected the python-version files in {where}/ "
                              f"(from {SOURCE}); set data.download=true or data.root=DIR")
@@ -94,7 +95,7 @@ def load_split(data_cfg, train):
                   file=sys.stderr)
             load_split._warned = True
         try:
-            dataset = _UncheckedCIFAR10(root, train=train, download=False)
+            dataset = UncheckedCIFAR10(root, train=train, download=False)
         except Exception as err:
             bad = _first_unreadable(where, train)
             what, err = (f"file {os.path.join(where, bad[0])}", bad[1]) if bad else (f"files in {where}/", err)

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from . import checkpoint, flops, runlog
 from . import config as config_lib
-from .data import _files_present
+from .data import files_present
 from .errors import UsageError
 from .layer import FLGConv2d
 from .releases import load_manifest, verified
@@ -118,7 +118,7 @@ def structure_row(name, source, kind, cfg, model):
 def evaluate_row(row, model, cfg):
     """Top-1 accuracy on the test set with flgc.engine.evaluate (as eval.py) when the data are at
     hand; returns whether it evaluated."""
-    if not _files_present(os.path.expanduser(cfg.data.root)):
+    if not files_present(os.path.expanduser(cfg.data.root)):
         return False
     from .engine import evaluate, make_batches, prepare_model, select_device
     device = select_device(cfg)
@@ -200,7 +200,7 @@ def _text(value):
 def collect(manifest_path, paths=(), overrides=(), evaluate=True, baseline=None):
     """Published rows, then the manifest's, then those of `paths`; `ratio` = baseline MMac / row MMac."""
     for key, value in overrides:
-        if key == "data.root" and not _files_present(os.path.expanduser(str(value))):
+        if key == "data.root" and not files_present(os.path.expanduser(str(value))):
             raise UsageError(f"data.root={value}: no CIFAR-10 python-version files in {value}/cifar-10-batches-py/")
     local = [local_row(p, overrides, evaluate) for p in paths]  # bad paths fail before anything is said
     entries = load_manifest(manifest_path)

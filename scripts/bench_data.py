@@ -16,7 +16,7 @@ import torch
 
 from flgc import config
 from flgc.cli import ArgumentParser, run
-from flgc.data import Batches, _UncheckedCIFAR10, load_split
+from flgc.data import Batches, UncheckedCIFAR10, load_split
 from flgc.errors import UsageError
 
 
@@ -25,7 +25,7 @@ def reference_loader(cfg, workers):
     from torchvision.datasets import CIFAR10
     transform = T.Compose([T.RandomCrop(32, padding=cfg.data.crop_padding), T.RandomHorizontalFlip(),
                            T.ToTensor(), T.Normalize(cfg.data.mean, cfg.data.std)])
-    dataset_class = CIFAR10 if cfg.data.verify_checksums else _UncheckedCIFAR10
+    dataset_class = CIFAR10 if cfg.data.verify_checksums else UncheckedCIFAR10
     dataset = dataset_class(os.path.expanduser(cfg.data.root), train=True, transform=transform)
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True,
                                        num_workers=workers)
