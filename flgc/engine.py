@@ -17,7 +17,7 @@ from .builders import build_model
 from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
-from .regularizer import group_regularizer
+from .regularizer import group_regularizer, structure_stats
 
 
 class Diverged(Exception):
@@ -125,7 +125,8 @@ def train_one_epoch(model, batches, optimizer, cfg, epoch, progress=None, state=
         with autocast:
             logits = network(images)
             loss = F.cross_entropy(logits, labels)
-        penalty = group_regularizer(model, reg.kind) if reg.weight else torch.zeros(())
+        penalty = (group_regularizer(model, reg.kind, reg.target_mflops, reg.target_fraction) if reg.weight
+                   else torch.zeros(()))
         total = loss.float() + reg.weight * penalty.to(loss.device)
         if not math.isfinite(total.item()):
             raise Diverged(f"loss became {total.item()} at epoch {epoch} step {step}; "
@@ -392,7 +393,7 @@ def _run_epoch(run, epoch, writer):
     if improved:
         run.best_accuracy = test["accuracy"]
     row = {"epoch": epoch, **stats, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-           "best_accuracy": run.best_accuracy, "lr": lr, "mflops": mflops, "params": params,
+           "best_accuracy": run.best_accuracy, "lr": lr, "mflops": mflops, "params": params, **structure_stats(model),
            "reassign_inputs": sum(v[0] for v in per_layer.values()),
            "reassign_filters": sum(v[1] for v in per_layer.values()),
            "reassign_per_layer": per_layer, "epoch_time_s": round(time.time() - started, 2),
