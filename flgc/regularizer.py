@@ -30,7 +30,9 @@ def hard_group_sizes(layer):
     sizes = []
     for logits in (layer.input_group_logits, layer.output_group_logits):
         soft = torch.softmax(logits / layer.temperature, dim=1).sum(dim=0)
-        hard = torch.bincount(logits.detach().argmax(dim=1), minlength=layer.groups).to(soft.dtype)
+        groups = logits.detach().argmax(dim=1)
+        # counted by comparison, not bincount: no host sync (bincount sizes its output from the data on CUDA)
+        hard = (groups[:, None] == torch.arange(layer.groups, device=groups.device)).sum(dim=0).to(soft.dtype)
         sizes.append(hard + (soft - soft.detach()))  # the added term is exactly 0 in value
     return tuple(sizes)
 
