@@ -1,6 +1,7 @@
 """The group-assignment regularizer on the hard structure, its config keys, and the structure statistics."""
 import json
 import os
+import runpy
 
 import pytest
 import torch
@@ -182,3 +183,49 @@ def test_metrics_rows_log_the_structure_statistics(tmp_path, tiny_data):
         row = json.loads(f.readline())
     assert {"empty_input_groups", "empty_filter_groups", "dead_filters", "unread_inputs"} <= set(row)
     assert row["regularizer"] > 0  # the uniform start (62.62 MMac) is above the 62.6 target
+
+
+def _study(monkeypatch, capsys, *args):
+    """Run scripts/learning_study.py in this process; (exit code, stdout, stderr)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "learning_study.py")
+    monkeypatch.setattr("sys.argv", ["learning_study.py", *args])
+    code = 0
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--variants", "flgc8,sgc8"], "unknown variant(s) flgc8; allowed: sgc8"),
+    (["--seeds", "0,x"], "not a comma list of integers"),
+    (["--seeds", "1,1"], "distinct integers >= 0"),
+    (["--seeds", ","], "--seeds is empty"),
+    (["seed=3"], "seed and out_dir are set by the study"),
+])
+def test_study_rejects_bad_arguments_with_one_line(tmp_path, monkeypatch, capsys, args, fragment):
+    code, out, err = _study(monkeypatch, capsys, "--out", str(tmp_path), *args)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_study_table_reports_mean_and_sd_over_finished_seeds(tmp_path, monkeypatch, capsys):
+    def write(seed, accuracy, mflops, empty, epochs=2):
+        directory = tmp_path / "flgc8-balance" / f"seed{seed}"
+        directory.mkdir(parents=True)
+        (directory / "config.yaml").write_text("train:\n  epochs: 2\n")
+        rows = [{"epoch": e + 1, "test_accuracy": accuracy, "mflops": mflops, "empty_input_groups": empty,
+                 "empty_filter_groups": 0, "reassign_inputs": 4 * seed, "reassign_filters": 2,
+                 "reassign_per_layer": {"a": [0, 0]}} for e in range(epochs)]
+        (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(0, 10.0, 62.6, 0)
+    write(1, 14.0, 62.7, 2)
+    write(2, 99.0, 99.0, 9, epochs=1)  # unfinished: left out
+    code, out, _ = _study(monkeypatch, capsys, "--out", str(tmp_path), "--table-only", "--variants",
+                          "flgc8-balance,sgc8")
+    assert code == 0
+    assert "| flgc8-balance | defaults: uniform init, balance | 2 | 12.00 ± 2.83 | 62.650 ± 0.071 | 62.700 | " \
+           "1.0 ± 1.4 (max 2) | 2/2, 2/2 |" in out
+    assert "| sgc8 | standard group conv, G=8 | 0 | not run |" in out
