@@ -10,7 +10,7 @@ def build_model(cfg):
     f = cfg.flgc
     try:
         return create_model(cfg.model.name, num_classes=cfg.model.num_classes, pointwise=f.pointwise,
-                            groups=f.groups, where=f.where, logit_init_std=f.logit_init_std,
+                            groups=f.groups, where=f.where, logit_init_std=f.logit_init_std, init=f.init,
                             gradient=f.gradient)
     except ValueError as err:
         raise UsageError(f"bad model configuration: {err}") from None

@@ -27,8 +27,10 @@ class DataConfig:
 
 @dataclass
 class RegularizerConfig:
-    kind: str = "balance"  # balance | budget | none
-    weight: float = 0.1
+    kind: str = "balance"  # balance | budget | none (formulas: flgc/regularizer.py, README)
+    weight: float = 10.0  # the penalties are relative sizes / excesses; README: The group-assignment regularizer
+    target_mflops: Optional[float] = None  # budget: whole-model MMac ceiling, e.g. 62.6; overrides the fraction
+    target_fraction: Optional[float] = None  # budget: per-layer MAC fraction of the dense layer; null = 1/G
 
 
 @dataclass
@@ -37,6 +39,7 @@ class FLGCConfig:
     groups: int = 8  # G, for group and flgc
     where: str = "project"  # which 1x1 convs: project | expand | both
     gradient: str = "straight_through"  # straight_through | reference_masked (ablation)
+    init: str = "uniform"  # uniform: a random balanced assignment (the SGC cost) | random: argmax of N(0, std^2)
     logit_init_std: float = 0.1  # assignment logits start as N(0, std^2); the reference uses 1
     logit_lr_scale: float = 1.0  # lr of the logits = train.lr * scale
     logit_weight_decay: float = 0.0
@@ -96,6 +99,7 @@ CHOICES = {
     "flgc.pointwise": ("dense", "group", "flgc"),
     "flgc.where": ("project", "expand", "both"),
     "flgc.gradient": ("straight_through", "reference_masked"),
+    "flgc.init": ("uniform", "random"),
     "flgc.regularizer.kind": ("balance", "budget", "none"),
     "train.amp": ("none", "bf16", "fp16", "auto"),
     "flgc.frozen_compute": ("masked", "grouped"),
@@ -202,11 +206,26 @@ def validate(cfg):
         raise UsageError(f"config key train.momentum must be in [0, 1), got {cfg.train.momentum}")
     if not 0 <= cfg.train.label_smoothing < 1:
         raise UsageError(f"config key train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
+    _validate_regularizer(cfg.flgc.regularizer)
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise UsageError("config keys data.mean and data.std must hold 3 values (R, G, B)")
     if any(s <= 0 for s in cfg.data.std):
         raise UsageError(f"config key data.std must hold values > 0, got {cfg.data.std}")
     return cfg
+
+
+def _validate_regularizer(reg):
+    if reg.weight < 0:
+        raise UsageError(f"config key flgc.regularizer.weight must be >= 0, got {reg.weight}")
+    if reg.target_mflops is not None and reg.target_mflops <= 0:
+        raise UsageError(f"config key flgc.regularizer.target_mflops must be > 0 (MMac), got {reg.target_mflops}")
+    if reg.target_fraction is not None and not 0 < reg.target_fraction <= 1:
+        raise UsageError(f"config key flgc.regularizer.target_fraction must be in (0, 1], got {reg.target_fraction}")
+    if reg.target_mflops is not None and reg.target_fraction is not None:
+        raise UsageError("config keys flgc.regularizer.target_mflops and target_fraction exclude each other; set one")
+    if reg.kind != "budget" and (reg.target_mflops is not None or reg.target_fraction is not None):
+        raise UsageError(f"flgc.regularizer.target_mflops / target_fraction need flgc.regularizer.kind=budget, "
+                         f"got kind={reg.kind}")
 
 
 def get(cfg, key):

@@ -19,7 +19,7 @@ from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
 from .optim import build_optimizer, build_scheduler
-from .regularizer import group_regularizer
+from .regularizer import group_regularizer, structure_stats
 from .runlog import RunLog, scalars
 
 
@@ -326,7 +326,11 @@ class Run:
             self.loss_fn = None  # drop the old DDP wrapper (and its gradient hooks) first
             reg = self.cfg.flgc.regularizer
             learning = any(not layer.frozen for _, layer in flgc_layers(self.model))  # else the penalty is 0
-            penalty = (lambda: reg.weight * group_regularizer(self.model, reg.kind)) if reg.weight and learning else None
+            penalty = None
+            if reg.weight and learning:
+                def penalty():
+                    return reg.weight * group_regularizer(self.model, reg.kind, reg.target_mflops, reg.target_fraction)
+                penalty()  # eager once: the whole-model budget measures its MAC weights on first use
             amp = resolve_amp(self.cfg.train.amp, self.device)
             precision = None if amp == "none" else (lambda: autocast(amp, self.device))
             network = distributed.wrap(self.model)
@@ -427,10 +431,10 @@ def epoch_row(run, epoch, sums, before, started):
     improved = evaluated and test["accuracy"] > run.best_accuracy
     if improved:
         run.best_accuracy = test["accuracy"]
-    # per-epoch structure statistics of the FLGC layers (empty groups, dead filters) belong here
     return improved, {
         "epoch": epoch, **sums.stats(), "test_loss": test["loss"], "test_accuracy": test["accuracy"],
         "best_accuracy": run.best_accuracy, "lr": run.epoch_lr, "mflops": mflops, "params": params,
+        **structure_stats(model),
         "reassign_inputs": sum(v[0] for v in per_layer.values()),
         "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
         "epoch_time_s": round(time.time() - started, 2), "amp": resolve_amp(cfg.train.amp, run.device),

@@ -14,6 +14,7 @@ from torch.nn.modules.utils import _pair
 from .planner import channel_gather, plan_pointwise
 
 GRADIENTS = ("straight_through", "reference_masked")
+INITS = ("uniform", "random")
 
 
 def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
@@ -33,6 +34,60 @@ def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
     raise ValueError(f"unknown FLGC gradient {gradient!r}; allowed: {', '.join(GRADIENTS)}")
 
 
+def _softmax_backward(logits, groups, grad_soft, temperature, masked):
+    """Gradient to `logits` of sum(grad_soft * softmax(logits / T)); with `masked`, grad_soft is kept
+    only at each row's argmax entry `groups` (the reference gradient)."""
+    soft = torch.softmax(logits / temperature, dim=1)
+    if masked:
+        grad_soft = grad_soft * _one_hot(groups, logits.shape[1], grad_soft.dtype)
+    return soft * (grad_soft - (grad_soft * soft).sum(dim=1, keepdim=True)) / temperature
+
+
+def _one_hot(groups, count, dtype):
+    return (groups[:, None] == torch.arange(count, device=groups.device)).to(dtype)
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """M[o, i] = [group of filter o == group of input i] in the forward pass; backward is that of
+    M = T S^T with T, S the straight-through one-hot assignments (`hard_assignment`): the gradient on
+    T is grad_M summed over the columns of each input group, on S over the rows of each filter group,
+    each then through the softmax backward. No host sync and no data-dependent shape."""
+
+    @staticmethod
+    def forward(ctx, input_logits, output_logits, temperature, masked, dtype):
+        input_groups, output_groups = input_logits.argmax(dim=1), output_logits.argmax(dim=1)
+        ctx.save_for_backward(input_logits, output_logits, input_groups, output_groups)
+        ctx.temperature, ctx.masked = temperature, masked
+        return (output_groups[:, None] == input_groups[None, :]).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mask):
+        input_logits, output_logits, input_groups, output_groups = ctx.saved_tensors
+        groups = input_logits.shape[1]
+        grad_mask = grad_mask.to(input_logits.dtype)
+        # one-hot matrix products rather than index_add: deterministic sums on every device
+        grad_filters = grad_mask @ _one_hot(input_groups, groups, grad_mask.dtype)
+        grad_inputs = grad_mask.t() @ _one_hot(output_groups, groups, grad_mask.dtype)
+        t, masked = ctx.temperature, ctx.masked
+        return (_softmax_backward(input_logits, input_groups, grad_inputs, t, masked),
+                _softmax_backward(output_logits, output_groups, grad_filters, t, masked), None, None, None)
+
+
+def balanced_logits(rows, groups, std):
+    """N(0, std^2) logits (rows x G) whose row-wise argmax is a random balanced assignment: each group
+    gets rows/G rows (sizes differ by at most 1). Each row's largest draw is swapped into the column of
+    its group, so the logit values are distributed as in the random init. Uses the torch RNG."""
+    logits = torch.randn(rows, groups) * std
+    # which groups receive the rows/G + 1 rows is itself random when G does not divide rows
+    assigned = torch.randperm(groups)[torch.randperm(rows) % groups]
+    index = torch.arange(rows)
+    top = logits.argmax(dim=1)
+    largest, current = logits[index, top].clone(), logits[index, assigned].clone()
+    logits[index, top] = current
+    logits[index, assigned] = largest
+    return logits
+
+
 class FLGConv2d(nn.Module):
     """Conv2d whose dense weight (out x in x kh x kw) is masked by a learned group structure.
 
@@ -43,7 +98,7 @@ class FLGConv2d(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=8, bias=False, logit_init_std=1.0, temperature=1.0,
-                 gradient="straight_through"):
+                 gradient="straight_through", init="uniform"):
         super().__init__()
         if not isinstance(groups, int) or groups < 1:
             raise ValueError(f"FLGConv2d groups must be an integer >= 1, got {groups!r}")
@@ -52,6 +107,8 @@ class FLGConv2d(nn.Module):
                              f"(in={in_channels}, out={out_channels}); allowed: 1..{min(in_channels, out_channels)}")
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown FLGC gradient {gradient!r}; allowed: {', '.join(GRADIENTS)}")
+        if init not in INITS:
+            raise ValueError(f"unknown FLGC init {init!r}; allowed: {', '.join(INITS)}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
@@ -59,8 +116,14 @@ class FLGConv2d(nn.Module):
         self.frozen = False
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.input_group_logits = nn.Parameter(torch.randn(in_channels, groups) * logit_init_std)
-        self.output_group_logits = nn.Parameter(torch.randn(out_channels, groups) * logit_init_std)
+        if init == "uniform":
+            input_logits = balanced_logits(in_channels, groups, logit_init_std)
+            output_logits = balanced_logits(out_channels, groups, logit_init_std)
+        else:
+            input_logits = torch.randn(in_channels, groups) * logit_init_std
+            output_logits = torch.randn(out_channels, groups) * logit_init_std
+        self.input_group_logits = nn.Parameter(input_logits)
+        self.output_group_logits = nn.Parameter(output_logits)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def extra_repr(self):
@@ -137,12 +200,11 @@ class FLGConv2d(nn.Module):
         """The connection mask M = T S^T (out x in), differentiable with respect to the logits."""
         if self.frozen:
             return self.hard_mask()
-        inputs = hard_assignment(self.input_group_logits, self.temperature, self.gradient)
-        filters = hard_assignment(self.output_group_logits, self.temperature, self.gradient)
-        return filters @ inputs.t()
+        return _StraightThroughMask.apply(self.input_group_logits, self.output_group_logits, self.temperature,
+                                          self.gradient == "reference_masked", self.weight.dtype)
 
     def forward(self, x):
         if self.frozen and hasattr(self, "_rows"):
             return self._grouped_forward(x)
-        weight = self.weight * self.mask()[:, :, None, None].to(self.weight.dtype)
+        weight = self.weight * self.mask()[:, :, None, None]
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)

@@ -1,44 +1,121 @@
-"""Penalties on the soft group assignment of FLGConv2d layers, added to the training loss.
+"""Penalties on the hard group structure of FLGConv2d layers, added to the training loss, and the
+structure statistics logged per epoch.
 
-With S (in x G) and T (out x G) the row-wise softmax of a layer's logits, the expected group sizes
-are c = sum_rows S (input channels) and n = sum_rows T (filters).
+Per layer, c_g and n_g are the numbers of input channels and filters whose argmax group is g: the
+real, hard structure. Their gradient is that of the softmax column sums (straight-through:
+value = hard counts, gradient = d/dlogits of sum_rows softmax(logits / T)).
 
-balance: mean over layers of  1/G sum_g [ ((c_g - in/G) / (in/G))^2 + ((n_g - out/G) / (out/G))^2 ]
-budget:  mean over layers of  G * relu( sum_g c_g n_g / (in * out) - 1/G )
+balance: mean over the trainable FLGC layers of
+    1/G sum_g [ ((c_g - in/G) / (in/G))^2 + ((n_g - out/G) / (out/G))^2 ]
+budget, per-layer target fraction f of the dense layer (default f = 1/G, the uniform cost):
+    mean over the trainable FLGC layers of  max(0, sum_g c_g n_g / (f * in * out) - 1)
+budget, whole-model target of T MMac:
+    max(0, (MMac(model) - T) / (T - fixed)), with MMac(model) = fixed + sum_layers kh kw H W sum_g c_g n_g / 1e6
+    and fixed the MMac of every other counted module: the excess of the FLGC layers' MACs over what the
+    target leaves them, relative to that allowance (as the per-layer form is).
 """
+import weakref
+
 import torch
 
+from .errors import UsageError
 from .layer import FLGConv2d
 
 KINDS = ("balance", "budget", "none")
 
 
-def expected_group_sizes(layer):
-    """Expected (softmax) input-channel and filter counts per group, each of length G."""
-    inputs = torch.softmax(layer.input_group_logits / layer.temperature, dim=1).sum(dim=0)
-    filters = torch.softmax(layer.output_group_logits / layer.temperature, dim=1).sum(dim=0)
-    return inputs, filters
+def hard_group_sizes(layer):
+    """(input channels per group, filters per group), float tensors of length G whose value is the hard
+    count and whose gradient is that of the softmax column sums (straight-through)."""
+    sizes = []
+    for logits in (layer.input_group_logits, layer.output_group_logits):
+        soft = torch.softmax(logits / layer.temperature, dim=1).sum(dim=0)
+        groups = logits.detach().argmax(dim=1)
+        # counted by comparison, not bincount: no host sync (bincount sizes its output from the data on CUDA)
+        hard = (groups[:, None] == torch.arange(layer.groups, device=groups.device)).sum(dim=0).to(soft.dtype)
+        sizes.append(hard + (soft - soft.detach()))  # the added term is exactly 0 in value
+    return tuple(sizes)
 
 
 def balance_penalty(layer):
-    inputs, filters = expected_group_sizes(layer)
+    inputs, filters = hard_group_sizes(layer)
     g = layer.groups
     in_target, out_target = layer.in_channels / g, layer.out_channels / g
     return (((inputs - in_target) / in_target) ** 2 + ((filters - out_target) / out_target) ** 2).mean()
 
 
-def budget_penalty(layer):
-    inputs, filters = expected_group_sizes(layer)
-    fraction = (inputs * filters).sum() / (layer.in_channels * layer.out_channels)
-    return layer.groups * torch.relu(fraction - 1.0 / layer.groups)
+def connections(layer):
+    """sum_g c_g n_g of the hard structure, as a tensor with the straight-through gradient."""
+    inputs, filters = hard_group_sizes(layer)
+    return (inputs * filters).sum()
 
 
-def group_regularizer(model, kind):
-    """Mean penalty of `kind` over the trainable FLGC layers of `model` (a scalar tensor, 0 if none)."""
+def budget_penalty(layer, fraction=None):
+    """Relative excess of the layer's connections over `fraction` (default 1/G) of the dense layer."""
+    fraction = 1.0 / layer.groups if fraction is None else fraction
+    return torch.relu(connections(layer) / (fraction * layer.in_channels * layer.out_channels) - 1.0)
+
+
+_MAC_WEIGHTS = weakref.WeakKeyDictionary()
+
+
+def _mac_weights(model):
+    """({FLGC layer: kh kw H_out W_out}, MACs of every other counted module) for one 32x32 image;
+    measured once per model by one forward pass (flgc.flops) and cached."""
+    if model not in _MAC_WEIGHTS:
+        from .flops import module_macs
+        weights, other = {}, 0
+        for _, module, macs in module_macs(model, flgc_as_computed=True):  # FLGC: the dense count
+            if isinstance(module, FLGConv2d):
+                weights[module] = macs // (module.in_channels * module.out_channels)
+            else:
+                other += macs
+        _MAC_WEIGHTS[model] = (weights, other)
+    return _MAC_WEIGHTS[model]
+
+
+def model_mflops(model):
+    """MMac of `model` (the value flgc.flops counts) as a tensor, with the straight-through gradient of
+    the trainable FLGC layers' group sizes."""
+    weights, other = _mac_weights(model)
+    if not weights:
+        return torch.tensor(other / 1e6)
+    return (other + torch.stack([weight * connections(layer) for layer, weight in weights.items()]).sum()) / 1e6
+
+
+def model_budget_penalty(model, target_mflops):
+    """max(0, (MMac - target) / (target - fixed)); the target must exceed the fixed (non-FLGC) MMac."""
+    fixed = _mac_weights(model)[1] / 1e6
+    if target_mflops <= fixed:
+        raise UsageError(f"flgc.regularizer.target_mflops={target_mflops} is at or below the {fixed:.2f} MMac "
+                         f"this model spends outside its FLGC layers; allowed: above that")
+    return torch.relu((model_mflops(model) - target_mflops) / (target_mflops - fixed))
+
+
+def group_regularizer(model, kind, target_mflops=None, target_fraction=None):
+    """The penalty of `kind` on `model` (a scalar tensor, 0 without trainable FLGC layers). budget
+    uses target_mflops (whole model, MMac) if given, else target_fraction (per layer, default 1/G)."""
     if kind not in KINDS:
         raise ValueError(f"unknown regularizer {kind!r}; allowed: {', '.join(KINDS)}")
     layers = [m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen]
     if kind == "none" or not layers:
         return torch.zeros(())
-    penalty = balance_penalty if kind == "balance" else budget_penalty
-    return torch.stack([penalty(layer) for layer in layers]).mean()
+    if kind == "budget" and target_mflops is not None:
+        return model_budget_penalty(model, target_mflops)
+    if kind == "budget":
+        return torch.stack([budget_penalty(layer, target_fraction) for layer in layers]).mean()
+    return torch.stack([balance_penalty(layer) for layer in layers]).mean()
+
+
+def structure_stats(model):
+    """Counts over the FLGC layers of `model` (ints): empty input groups, empty filter groups, dead
+    filters (their group has no input channel), unread input channels (their group has no filter)."""
+    stats = dict.fromkeys(("empty_input_groups", "empty_filter_groups", "dead_filters", "unread_inputs"), 0)
+    for module in model.modules():
+        if isinstance(module, FLGConv2d):
+            inputs, filters = module.group_sizes()
+            stats["empty_input_groups"] += int((inputs == 0).sum())
+            stats["empty_filter_groups"] += int((filters == 0).sum())
+            stats["dead_filters"] += int(filters[inputs == 0].sum())
+            stats["unread_inputs"] += int(inputs[filters == 0].sum())
+    return stats

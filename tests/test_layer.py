@@ -2,7 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flgc import FLGConv2d, group_regularizer, hard_assignment
+from flgc import FLGConv2d, flops, hard_assignment
+from flgc.builders import build_model
+from flgc.config import load, parse_overrides
 
 
 def set_assignment(layer, input_groups, output_groups):
@@ -144,35 +146,6 @@ def test_freeze_fixes_the_assignment_and_stops_logit_gradients():
     assert torch.equal(layer.mask(), before)
 
 
-def test_balance_regularizer_pulls_group_sizes_toward_uniform():
-    torch.manual_seed(8)
-    layer = FLGConv2d(32, 32, 1, groups=4)
-    with torch.no_grad():
-        layer.input_group_logits[:, 0] += 3.0  # most channels start in group 0
-    start = group_regularizer(layer, "balance").item()
-    optimizer = torch.optim.SGD([layer.input_group_logits, layer.output_group_logits], lr=1.0)
-    for _ in range(100):
-        optimizer.zero_grad()
-        group_regularizer(layer, "balance").backward()
-        optimizer.step()
-    assert group_regularizer(layer, "balance").item() < 0.1 * start
-    assert layer.group_sizes()[0].min() > 0
-
-
-def test_budget_regularizer_is_zero_within_budget_and_positive_above():
-    layer = FLGConv2d(8, 8, 1, groups=2)
-    with torch.no_grad():
-        layer.input_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 4 + [[-9.0, 9.0]] * 4))
-        layer.output_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 4 + [[-9.0, 9.0]] * 4))
-    assert group_regularizer(layer, "budget").item() == pytest.approx(0.0, abs=1e-4)
-    with torch.no_grad():
-        layer.input_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 8))
-        layer.output_group_logits.copy_(torch.tensor([[9.0, -9.0]] * 8))
-    # everything in one group: fraction 1, budget 1/2 -> G * (1 - 1/2) = 1
-    assert group_regularizer(layer, "budget").item() == pytest.approx(1.0, abs=1e-3)
-    assert group_regularizer(layer, "none").item() == 0.0
-
-
 def test_frozen_grouped_forward_and_gradients_equal_the_masked_ones():
     torch.manual_seed(9)
     layer = FLGConv2d(10, 7, 1, groups=4, bias=True)
@@ -188,3 +161,84 @@ def test_frozen_grouped_forward_and_gradients_equal_the_masked_ones():
     b.pow(2).sum().backward()
     assert torch.allclose(layer.weight.grad, masked.weight.grad, atol=1e-4)
     assert torch.allclose(layer.bias.grad, masked.bias.grad, atol=1e-4)
+
+
+def reference_mask(layer):
+    """The mask as the one-hot product of straight-through assignments: M = T S^T (the former formula)."""
+    inputs = hard_assignment(layer.input_group_logits, layer.temperature, layer.gradient)
+    filters = hard_assignment(layer.output_group_logits, layer.temperature, layer.gradient)
+    return filters @ inputs.t()
+
+
+@pytest.mark.parametrize("gradient", ["straight_through", "reference_masked"])
+@pytest.mark.parametrize("temperature", [1.0, 0.4])
+def test_mask_and_its_logit_gradients_equal_the_one_hot_product(gradient, temperature):
+    torch.manual_seed(10)
+    layer = FLGConv2d(13, 9, 3, padding=1, groups=4, gradient=gradient, init="random", logit_init_std=0.5)
+    layer.temperature = temperature
+    reference = FLGConv2d(13, 9, 3, padding=1, groups=4, gradient=gradient)
+    reference.load_state_dict(layer.state_dict())
+    reference.temperature = temperature
+    x = torch.randn(2, 13, 5, 5)
+    upstream = torch.randn(2, 9, 5, 5)
+    (layer(x) * upstream).sum().backward()
+    weight = reference.weight * reference_mask(reference)[:, :, None, None]
+    (F.conv2d(x, weight, padding=1) * upstream).sum().backward()
+    assert torch.allclose(layer.mask(), reference_mask(reference), atol=1e-6)
+    for name in ("weight", "input_group_logits", "output_group_logits"):
+        ours, theirs = getattr(layer, name).grad, getattr(reference, name).grad
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7), name
+    assert layer.input_group_logits.grad.abs().sum() > 0
+
+
+def test_mask_is_exactly_zero_one_in_the_weight_dtype():
+    layer = FLGConv2d(8, 8, 1, groups=2).to(torch.bfloat16)
+    mask = layer.mask()
+    assert mask.dtype == torch.bfloat16 and set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("channels, groups", [((96, 24), 8), ((10, 7), 4), ((960, 320), 8), ((5, 5), 5)])
+def test_uniform_init_gives_balanced_groups(channels, groups):
+    torch.manual_seed(11)
+    layer = FLGConv2d(*channels, 1, groups=groups, logit_init_std=0.1)
+    for sizes, count in zip(layer.group_sizes(), channels):
+        assert sizes.sum() == count and sizes.max() - sizes.min() <= 1 and sizes.min() >= count // groups
+
+
+def test_uniform_init_is_the_random_draws_permuted_within_each_row_and_follows_the_seed():
+    torch.manual_seed(12)
+    layer = FLGConv2d(40, 24, 1, groups=8, logit_init_std=0.1)
+    torch.manual_seed(12)
+    draws = torch.randn(40, 8) * 0.1
+    assert torch.equal(layer.input_group_logits.detach().sort(dim=1).values, draws.sort(dim=1).values)
+    torch.manual_seed(12)
+    again = FLGConv2d(40, 24, 1, groups=8, logit_init_std=0.1)
+    assert torch.equal(again.input_group_logits, layer.input_group_logits)
+    torch.manual_seed(13)
+    other = FLGConv2d(40, 24, 1, groups=8, logit_init_std=0.1)
+    assert not torch.equal(other.input_groups(), layer.input_groups())
+
+
+def test_random_init_is_the_plain_normal_draw():
+    torch.manual_seed(14)
+    layer = FLGConv2d(40, 24, 1, groups=8, logit_init_std=0.1, init="random")
+    torch.manual_seed(14)
+    assert torch.equal(layer.input_group_logits.detach(), torch.randn(40, 8) * 0.1)
+    with pytest.raises(ValueError, match="allowed: uniform, random"):
+        FLGConv2d(8, 8, 1, groups=2, init="normal")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mbv2_flgc8_starts_at_exactly_the_sgc8_cost_with_no_empty_group(seed):
+    torch.manual_seed(seed)
+    flgc8 = build_model(load("configs/mbv2_flgc8.yaml"))
+    sgc8 = build_model(load("configs/mbv2_sgc8.yaml"))
+    assert flops.count(flgc8) == flops.count(sgc8)
+    assert flops.count(flgc8)[0] == pytest.approx(62.62, abs=0.005)
+    for module in flgc8.modules():
+        if isinstance(module, FLGConv2d):
+            inputs, filters = module.group_sizes()
+            assert (inputs == module.in_channels // 8).all() and (filters == module.out_channels // 8).all()
+    torch.manual_seed(seed)
+    random = build_model(load("configs/mbv2_flgc8.yaml", parse_overrides(["flgc.init=random"])))
+    assert flops.count(random)[0] != flops.count(sgc8)[0]

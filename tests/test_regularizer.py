@@ -1,0 +1,231 @@
+"""The group-assignment regularizer on the hard structure, its config keys, and the structure statistics."""
+import json
+import os
+import runpy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flgc import config, flops
+from flgc.engine import fit
+from flgc.errors import UsageError
+from flgc.layer import FLGConv2d
+from flgc.models import MobileNetV2
+from flgc.regularizer import group_regularizer, hard_group_sizes, model_mflops, structure_stats
+
+
+def set_assignment(layer, input_groups, output_groups, noise=0.0):
+    """Logits 0.5 at each row's group (plus N(0, noise^2), which breaks the ties between equal rows)."""
+    with torch.no_grad():
+        for logits, groups in ((layer.input_group_logits, input_groups), (layer.output_group_logits, output_groups)):
+            logits.copy_(F.one_hot(torch.tensor(groups), layer.groups) * 0.5 + noise * torch.randn(logits.shape))
+
+
+def balance_formula(layer):
+    """The README's balance formula on the integer hard sizes, in float64."""
+    c, n = (s.double() for s in layer.group_sizes())
+    g = layer.groups
+    m, k = layer.in_channels / g, layer.out_channels / g
+    return float((((c - m) / m) ** 2 + ((n - k) / k) ** 2).mean())
+
+
+def budget_formula(layer, fraction):
+    c, n = (s.double() for s in layer.group_sizes())
+    return max(0.0, float((c * n).sum()) / (fraction * layer.in_channels * layer.out_channels) - 1.0)
+
+
+def test_sizes_are_the_hard_counts_with_a_softmax_gradient():
+    torch.manual_seed(0)
+    layer = FLGConv2d(20, 12, 1, groups=4, init="random", logit_init_std=0.1)
+    inputs, filters = hard_group_sizes(layer)
+    assert torch.equal(inputs, layer.group_sizes()[0].float())
+    assert torch.equal(filters, layer.group_sizes()[1].float())
+    (inputs * torch.arange(4.0)).sum().backward()
+    soft = layer.input_group_logits.detach().clone().requires_grad_(True)
+    (torch.softmax(soft, 1).sum(0) * torch.arange(4.0)).sum().backward()
+    assert torch.allclose(layer.input_group_logits.grad, soft.grad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_penalty_values_at_init_are_the_formulas_on_the_hard_sizes(seed):
+    torch.manual_seed(seed)
+    layers = [FLGConv2d(96, 24, 1, groups=8, init="random", logit_init_std=0.1),
+              FLGConv2d(30, 7, 1, groups=3, init="random", logit_init_std=0.1)]
+    model = torch.nn.Sequential(*layers)
+    balance = sum(balance_formula(m) for m in layers) / 2
+    assert balance > 0.01  # a random init is far from uniform: the penalty sees it
+    assert group_regularizer(model, "balance").item() == pytest.approx(balance, rel=1e-5)
+    for fraction in (None, 0.2):
+        expected = sum(budget_formula(m, fraction or 1 / m.groups) for m in layers) / 2
+        value = group_regularizer(model, "budget", target_fraction=fraction).item()
+        assert value == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def flgc_output_sizes(model):
+    """[(FLGC layer, (H_out, W_out))] of `model` for one 32x32 image."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append((m, o.shape[2:])))
+             for m in model.modules() if isinstance(m, FLGConv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    return sizes
+
+
+def test_whole_model_budget_counts_what_flops_counts():
+    torch.manual_seed(3)
+    model = MobileNetV2(pointwise="flgc", init="random", logit_init_std=0.1)
+    counted = flops.count(model)[0]
+    assert model_mflops(model).item() == pytest.approx(counted, rel=1e-6)
+    fixed = counted - sum(m.macs(*size) / 1e6 for m, size in flgc_output_sizes(model))
+    target = counted - 0.05
+    penalty = group_regularizer(model, "budget", target_mflops=target)
+    assert penalty.item() == pytest.approx(0.05 / (target - fixed), rel=1e-3)
+    penalty.backward()
+    assert any(m.input_group_logits.grad.abs().sum() > 0 for m in model.modules() if isinstance(m, FLGConv2d))
+    assert group_regularizer(model, "budget", target_mflops=counted + 0.05).item() == 0.0
+
+
+def test_whole_model_target_below_the_fixed_part_is_a_usage_error():
+    model = MobileNetV2(pointwise="flgc")
+    with pytest.raises(UsageError, match="target_mflops=10.*outside its FLGC layers"):
+        group_regularizer(model, "budget", target_mflops=10.0)
+
+
+def _optimise(layer, steps, lr=0.1, **options):
+    optimizer = torch.optim.SGD([layer.input_group_logits, layer.output_group_logits], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        group_regularizer(layer, **options).backward()
+        optimizer.step()
+
+
+def test_balance_gradient_moves_a_skewed_structure_to_uniform_sizes():
+    torch.manual_seed(0)
+    layer = FLGConv2d(16, 8, 1, groups=4)
+    # inputs 10/2/2/2, filters 5/1/1/1 (group 0 overfull)
+    set_assignment(layer, [0] * 10 + [1, 1, 2, 2, 3, 3], [0] * 5 + [1, 2, 3], noise=0.05)
+    start = group_regularizer(layer, "balance").item()
+    assert start > 0
+    group_regularizer(layer, "balance").backward()
+    assert layer.input_group_logits.grad.abs().sum() > 0 and layer.output_group_logits.grad.abs().sum() > 0
+    _optimise(layer, 300, kind="balance")
+    assert layer.group_sizes()[0].tolist() == [4, 4, 4, 4]
+    assert layer.group_sizes()[1].tolist() == [2, 2, 2, 2]
+    assert group_regularizer(layer, "balance").item() == 0.0
+
+
+def test_budget_gradient_brings_connections_under_the_target_fraction():
+    torch.manual_seed(1)
+    layer = FLGConv2d(16, 16, 1, groups=4)
+    skewed = [0] * 10 + [1, 1, 2, 2, 3, 3]
+    set_assignment(layer, skewed, skewed, noise=0.05)  # 10*10 + 3 * 2*2 = 112 connections
+    assert layer.connections() == 112
+    _optimise(layer, 300, kind="budget", target_fraction=0.3)  # at most 0.3 * 256 = 76.8
+    assert layer.connections() <= 76
+    assert group_regularizer(layer, "budget", target_fraction=0.3).item() == 0.0
+
+
+def test_whole_model_budget_optimisation_meets_the_target():
+    torch.manual_seed(4)
+    model = MobileNetV2(pointwise="flgc", logit_init_std=0.1, init="random")
+    target = flops.count(model)[0] - 0.3
+    logits = [p for n, p in model.named_parameters() if "group_logits" in n]
+    optimizer = torch.optim.SGD(logits, lr=10.0)
+    for _ in range(40):
+        optimizer.zero_grad()
+        group_regularizer(model, "budget", target_mflops=target).backward()
+        optimizer.step()
+    assert flops.count(model)[0] <= target
+
+
+def test_none_and_unknown_kinds():
+    layer = FLGConv2d(8, 8, 1, groups=2, init="random")
+    assert group_regularizer(layer, "none").item() == 0.0
+    with pytest.raises(ValueError, match="allowed: balance, budget, none"):
+        group_regularizer(layer, "l1")
+
+
+def test_structure_stats_counts_empty_groups_dead_filters_and_unread_inputs():
+    a = FLGConv2d(8, 6, 1, groups=4)
+    set_assignment(a, [0, 0, 0, 0, 0, 1, 1, 3], [0, 0, 1, 2, 2, 2])  # input group 2 empty, filter group 3 empty
+    b = FLGConv2d(4, 4, 1, groups=2)
+    set_assignment(b, [0, 0, 0, 0], [1, 1, 1, 0])  # input group 1 empty: 3 dead filters
+    stats = structure_stats(torch.nn.Sequential(a, b))
+    assert stats == {"empty_input_groups": 2, "empty_filter_groups": 1, "dead_filters": 3 + 3, "unread_inputs": 1}
+    assert structure_stats(MobileNetV2(pointwise="flgc")) == dict.fromkeys(stats, 0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["flgc.regularizer.target_mflops=62.6"], "need flgc.regularizer.kind=budget"),
+    (["flgc.regularizer.kind=budget", "flgc.regularizer.target_mflops=0"], "must be > 0"),
+    (["flgc.regularizer.kind=budget", "flgc.regularizer.target_fraction=1.5"], r"must be in \(0, 1\]"),
+    (["flgc.regularizer.kind=budget", "flgc.regularizer.target_fraction=0.1", "flgc.regularizer.target_mflops=60"],
+     "exclude each other"),
+    (["flgc.regularizer.weight=-1"], "must be >= 0"),
+    (["flgc.init=normal"], "allowed: uniform, random"),
+])
+def test_bad_regularizer_and_init_keys_are_rejected(overrides, message):
+    with pytest.raises(UsageError, match=message):
+        config.load("configs/mbv2_flgc8.yaml", config.parse_overrides(overrides))
+
+
+@pytest.mark.slow  # a whole (tiny-data) training run
+def test_metrics_rows_log_the_structure_statistics(tmp_path, tiny_data):
+    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
+        f"data.root={tiny_data}", "data.verify_checksums=false", f"out_dir={tmp_path / 'run'}", "train.epochs=1",
+        "train.batch_size=40", "train.progress=false", "flgc.regularizer.kind=budget",
+        "flgc.regularizer.target_mflops=62.6"]))
+    fit(cfg)
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+        row = json.loads(f.readline())
+    assert {"empty_input_groups", "empty_filter_groups", "dead_filters", "unread_inputs"} <= set(row)
+    assert row["regularizer"] > 0  # the uniform start (62.62 MMac) is above the 62.6 target
+
+
+def _study(monkeypatch, capsys, *args):
+    """Run scripts/learning_study.py in this process; (exit code, stdout, stderr)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "learning_study.py")
+    monkeypatch.setattr("sys.argv", ["learning_study.py", *args])
+    code = 0
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--variants", "flgc8,sgc8"], "unknown variant(s) flgc8; allowed: sgc8"),
+    (["--seeds", "0,x"], "not a comma list of integers"),
+    (["--seeds", "1,1"], "distinct integers >= 0"),
+    (["--seeds", ","], "--seeds is empty"),
+    (["seed=3"], "seed and out_dir are set by the study"),
+])
+def test_study_rejects_bad_arguments_with_one_line(tmp_path, monkeypatch, capsys, args, fragment):
+    code, out, err = _study(monkeypatch, capsys, "--out", str(tmp_path), *args)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_study_table_reports_mean_and_sd_over_finished_seeds(tmp_path, monkeypatch, capsys):
+    def write(seed, accuracy, mflops, empty, epochs=2):
+        directory = tmp_path / "flgc8-balance" / f"seed{seed}"
+        directory.mkdir(parents=True)
+        (directory / "config.yaml").write_text("train:\n  epochs: 2\n")
+        rows = [{"epoch": e + 1, "test_accuracy": accuracy, "mflops": mflops, "empty_input_groups": empty,
+                 "empty_filter_groups": 0, "reassign_inputs": 4 * seed, "reassign_filters": 2,
+                 "reassign_per_layer": {"a": [0, 0]}} for e in range(epochs)]
+        (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(0, 10.0, 62.6, 0)
+    write(1, 14.0, 62.7, 2)
+    write(2, 99.0, 99.0, 9, epochs=1)  # unfinished: left out
+    code, out, _ = _study(monkeypatch, capsys, "--out", str(tmp_path), "--table-only", "--variants",
+                          "flgc8-balance,sgc8")
+    assert code == 0
+    assert "| flgc8-balance | defaults: uniform init, balance | 2 | 12.00 ± 2.83 | 62.650 ± 0.071 | 62.700 | " \
+           "1.0 ± 1.4 (max 2) | 2/2, 2/2 |" in out
+    assert "| sgc8 | standard group conv, G=8 | 0 | not run |" in out
