@@ -196,7 +196,7 @@ def measure(built, batch, args):
     rows = []
     for (name, runtime), seconds in times.items():
         model = built[name]
-        model = model[layouts[name]] if isinstance(model, dict) and runtime != "onnxruntime" else nchw(model)
+        model = model[layouts.get(name, "channels_last")] if isinstance(model, dict) and runtime != "onnxruntime" else nchw(model)
         mflops, _ = flops.count(countable(model.cpu()), (3, args.size, args.size), flgc_as_computed=True)
         rows.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3, "mflops": mflops,
                      "layout": "nchw" if runtime == "onnxruntime" else layouts.get(name, "channels_last")})
