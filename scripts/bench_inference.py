@@ -195,7 +195,8 @@ def measure(built, batch, args):
                 {key: fn for key, fn in runners.items() if key[1] == runtime}, repeats, cuda=device.type == "cuda"))
     rows = []
     for (name, runtime), seconds in times.items():
-        model = built[name][layouts[name]] if isinstance(built[name], dict) and name in layouts else nchw(built[name])
+        model = built[name]
+        model = model[layouts.get(name, "channels_last")] if isinstance(model, dict) and runtime != "onnxruntime" else nchw(model)
         mflops, _ = flops.count(countable(model.cpu()), (3, args.size, args.size), flgc_as_computed=True)
         rows.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3, "mflops": mflops,
                      "layout": "nchw" if runtime == "onnxruntime" else layouts.get(name, "channels_last")})
