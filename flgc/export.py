@@ -4,9 +4,10 @@ The input is N x C x H x W float32 images (dynamic batch for ONNX), the output t
 """
 import copy
 import io
-import os
 
 import torch
+
+from .fileio import atomic_path
 
 FORMATS = ("onnx", "torchscript")
 
@@ -35,16 +36,9 @@ def export(model, fmt, path, batch=1, input_size=(3, 32, 32)):
     place: an existing file is only ever replaced by a complete one."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, ".tmp-" + os.path.basename(path))
-    try:
+    with atomic_path(path) as temp:
         if fmt == "onnx":
             with open(temp, "wb") as f:
                 f.write(onnx_bytes(model, batch, input_size))
         else:
             torchscript(model, batch, input_size).save(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)

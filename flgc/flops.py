@@ -36,13 +36,24 @@ def _block_pointwise_hook(module, inputs, output):
     module.__flops__ += output.numel() if module.blocks else 0  # bias adds, as ptflops counts them
 
 
+def _grouped_matmul_hook(module, inputs, output):
+    # the matmul path (taken for contiguous NCHW inputs; a gather keeps the layout) bypasses the inner
+    # conv, whose own hook then never fires: count what that conv would have
+    if module.matmul and inputs[0].is_contiguous():
+        conv = module.conv
+        positions = output.shape[0] * output.shape[2] * output.shape[3]
+        module.__flops__ += positions * conv.out_channels * (conv.in_channels // conv.groups + 1)
+
+
 def _hook_for(module, flgc_as_computed):
     """The forward hook that adds `module`'s MACs to module.__flops__, or None for uncounted modules."""
-    from .deploy import BlockPointwise
+    from .deploy import BlockPointwise, GroupedConv
     if isinstance(module, FLGConv2d):
         return _flgc_dense_hook if flgc_as_computed else _flgc_hook
     if isinstance(module, BlockPointwise):
         return _block_pointwise_hook
+    if isinstance(module, GroupedConv):
+        return _grouped_matmul_hook
     if isinstance(module, _BatchNorm):  # SyncBatchNorm and other subclasses count as BatchNorm2d
         return MODULES_MAPPING[nn.BatchNorm2d]
     return MODULES_MAPPING.get(type(module))

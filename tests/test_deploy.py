@@ -178,3 +178,13 @@ def test_matmul_kernel_is_a_batched_product_and_round_trips():
     rebuilt.load_state_dict(deployed.state_dict())
     assert all(m.matmul for m in rebuilt.modules() if isinstance(m, GroupedConv))
     assert max_difference(model, rebuilt, torch.randn(2, 3, 32, 32)) <= TOLERANCE
+
+
+def test_grouped_matmul_counts_the_macs_of_the_conv_it_replaces():
+    from flgc import flops
+    from flgc.deploy.modules import GroupedConv
+    counts = {}
+    for matmul in (False, True):
+        model = nn.Sequential(GroupedConv(64, 64, 64, 64, 8, matmul=matmul))
+        counts[matmul] = sum(macs for _, _, macs in flops.module_macs(model, input_size=(64, 8, 8)))
+    assert counts[True] == counts[False] == 8 * 8 * 64 * (64 // 8 + 1)
