@@ -92,6 +92,78 @@ def model_budget_penalty(model, target_mflops):
     return torch.relu((model_mflops(model) - target_mflops) / (target_mflops - fixed))
 
 
+def _lowering_moves(inputs, filters):
+    """The best single move and the best paired move of one layer's sizes (LongTensors c, n of
+    length G) as (change of sum_g c_g n_g, kind, a, b), or None where no move lowers it without
+    emptying a group. kinds: "input" moves an input channel a->b (change n_b - n_a), "filter" a
+    filter a->b (c_b - c_a), "pair" an input channel a->b with a filter b->a (c_a - c_b + n_b - n_a - 2)."""
+    c, n = inputs[:, None], filters[:, None]
+    off = ~torch.eye(len(inputs), dtype=torch.bool)
+    big = torch.iinfo(torch.long).max
+    candidates = {"input": torch.where(off & (c > 1), n.T - n, big),
+                  "filter": torch.where(off & (n > 1), c.T - c, big),
+                  "pair": torch.where(off & (c > 1) & (n.T > 1), c - c.T + n.T - n - 2, big)}
+    best = []
+    for kinds in (("input", "filter"), ("pair",)):  # a single move changes less of the structure
+        for kind in kinds:
+            change = candidates[kind]
+            flat = int(change.argmin())
+            if change.view(-1)[flat] < 0:
+                best.append((int(change.view(-1)[flat]), kind, *divmod(flat, len(inputs))))
+        if best:
+            return min(best)
+    return None
+
+
+def _reassign(logits, source, destination):
+    """Move the row of group `source` whose logit is closest to that of `destination` (smallest margin)
+    there, by swapping the two logits (its largest goes to `destination`, as the uniform init sets it)."""
+    rows = (logits.argmax(dim=1) == source).nonzero().flatten()
+    row = rows[(logits[rows, source] - logits[rows, destination]).argmin()]
+    logits[row, source], logits[row, destination] = logits[row, destination].clone(), logits[row, source].clone()
+    if logits[row].argmax() != destination:  # equal logits: the first index wins the argmax
+        logits[row, destination] = torch.nextafter(logits[row, source], torch.tensor(float("inf")))
+
+
+def _apply_move(layer, kind, source, destination):
+    if kind in ("input", "pair"):
+        _reassign(layer.input_group_logits.data, source, destination)
+    if kind == "filter":
+        _reassign(layer.output_group_logits.data, source, destination)
+    if kind == "pair":
+        _reassign(layer.output_group_logits.data, destination, source)
+    return 2 if kind == "pair" else 1
+
+
+def check_budget_target(model, target_mflops):
+    """UsageError unless target_mflops is above the MMac `model` spends outside its FLGC layers."""
+    model_budget_penalty(model, target_mflops)
+
+
+@torch.no_grad()
+def project_to_budget(model, target_mflops):
+    """While the hard structure of `model` counts more than `target_mflops` MMac, make the move that
+    lowers it most (a single channel or filter move where one lowers sum_g c_g n_g, else a paired
+    move) in the trainable FLGC layer with the most MACs per connection that has one; no group is ever
+    emptied. Deterministic. Returns the number of input channels and filters moved (a pair is 2);
+    stops early when no layer has a lowering move left."""
+    check_budget_target(model, target_mflops)
+    weights, other = _mac_weights(model)
+    layers = sorted((layer for layer in weights if not layer.frozen), key=lambda layer: -weights[layer])
+    macs = other + sum(weight * int(connections(layer)) for layer, weight in weights.items())
+    moves = 0
+    while macs > target_mflops * 1e6:
+        for layer in layers:
+            move = _lowering_moves(*layer.group_sizes())
+            if move is not None:
+                break
+        else:
+            return moves
+        moves += _apply_move(layer, *move[1:])
+        macs += weights[layer] * move[0]
+    return moves
+
+
 def group_regularizer(model, kind, target_mflops=None, target_fraction=None):
     """The penalty of `kind` on `model` (a scalar tensor, 0 without trainable FLGC layers). budget
     uses target_mflops (whole model, MMac) if given, else target_fraction (per layer, default 1/G)."""
