@@ -13,6 +13,10 @@ budget, whole-model target of T MMac:
     max(0, (MMac(model) - T) / (T - fixed)), with MMac(model) = fixed + sum_layers kh kw H W sum_g c_g n_g / 1e6
     and fixed the MMac of every other counted module: the excess of the FLGC layers' MACs over what the
     target leaves them, relative to that allowance (as the per-layer form is).
+
+project_to_budget moves channels and filters until the hard structure meets a whole-model target:
+from the exactly uniform start no single move changes sum_g c_g n_g, so the penalty's gradient is 0
+there and cannot get under a target below the uniform cost by itself.
 """
 import weakref
 
