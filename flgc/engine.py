@@ -19,7 +19,7 @@ from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
 from .optim import build_optimizer, build_scheduler
-from .regularizer import check_budget_target, group_regularizer, project_to_budget, structure_stats
+from .regularizer import check_budget_target, group_regularizer, project_to_budget, project_to_fraction, structure_stats
 from .runlog import RunLog, scalars
 
 
@@ -319,11 +319,14 @@ class Run:
             self.epoch_start_assignments = state["epoch_start_assignments"]
 
     def project_to_budget(self, moves=True):
-        """With a whole-model budget target: refuse a target the model cannot meet (UsageError) and, with
-        `moves`, move channels and filters until the hard structure is under it; returns the moves made."""
+        """With kind=budget: refuse a whole-model target the model cannot meet (UsageError) and, with
+        `moves`, move channels and filters until the hard structure is under the whole-model target or
+        every layer under its target fraction; returns the moves made."""
         reg = self.cfg.flgc.regularizer
-        if reg.kind != "budget" or reg.target_mflops is None:
+        if reg.kind != "budget" or not moves and reg.target_mflops is None:
             return 0
+        if reg.target_mflops is None:
+            return project_to_fraction(self.model, reg.target_fraction)
         check_budget_target(self.model, reg.target_mflops)
         return project_to_budget(self.model, reg.target_mflops) if moves else 0
 

@@ -168,6 +168,22 @@ def project_to_budget(model, target_mflops):
     return moves
 
 
+@torch.no_grad()
+def project_to_fraction(model, fraction=None):
+    """Per-layer form of project_to_budget: in every trainable FLGC layer, while sum_g c_g n_g exceeds
+    `fraction` (default 1/G) of in * out, make the move that lowers it most (no group emptied).
+    Returns the number of input channels and filters moved."""
+    moves = 0
+    for layer in (m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen):
+        limit = (1.0 / layer.groups if fraction is None else fraction) * layer.in_channels * layer.out_channels
+        while int(connections(layer)) > limit:
+            move = _lowering_moves(*layer.group_sizes())
+            if move is None:
+                break
+            moves += _apply_move(layer, *move[1:])
+    return moves
+
+
 def group_regularizer(model, kind, target_mflops=None, target_fraction=None):
     """The penalty of `kind` on `model` (a scalar tensor, 0 without trainable FLGC layers). budget
     uses target_mflops (whole model, MMac) if given, else target_fraction (per layer, default 1/G)."""

@@ -7,12 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flgc import config, flops
+from flgc import checkpoint, config, flops
 from flgc.engine import fit
 from flgc.errors import UsageError
 from flgc.layer import FLGConv2d
 from flgc.models import MobileNetV2
-from flgc.regularizer import group_regularizer, hard_group_sizes, model_mflops, project_to_budget, structure_stats
+from flgc.regularizer import (
+    connections,
+    group_regularizer,
+    hard_group_sizes,
+    model_mflops,
+    project_to_budget,
+    project_to_fraction,
+    structure_stats,
+)
 from tests.helpers import run_main
 
 
@@ -120,6 +128,19 @@ def test_projection_far_below_the_uniform_cost_never_empties_a_group():
     for m in model.modules():
         if isinstance(m, FLGConv2d):
             assert all(int(s.min()) >= 1 for s in m.group_sizes())
+
+
+def test_per_layer_projection_meets_every_target_fraction():
+    torch.manual_seed(1)
+    model = MobileNetV2(pointwise="flgc")
+    layers = [m for m in model.modules() if isinstance(m, FLGConv2d)]
+    assert project_to_fraction(model) == 0  # the uniform start is at 1/G exactly
+    moves = project_to_fraction(model, 0.12)
+    assert moves > 0
+    for m in layers:
+        assert int(connections(m)) <= 0.12 * m.in_channels * m.out_channels
+        assert all(int(s.min()) >= 1 for s in m.group_sizes())
+    assert project_to_fraction(model, 0.12) == 0
 
 
 def test_projection_makes_no_move_when_the_target_is_above_the_count():
@@ -232,12 +253,16 @@ def test_bad_regularizer_and_init_keys_are_rejected(overrides, message):
         config.load("configs/mbv2_flgc8.yaml", config.parse_overrides(overrides))
 
 
+def _tiny_run_cfg(tmp_path, tiny_data, *overrides):
+    """Config of a tiny-data mbv2_flgc8 run with kind=budget and `overrides`."""
+    return config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
+        f"data.root={tiny_data}", "data.verify_checksums=false", f"out_dir={tmp_path / 'run'}", "train.batch_size=40",
+        "train.progress=false", "flgc.regularizer.kind=budget", *overrides]))
+
+
 @pytest.mark.slow  # a whole (tiny-data) training run
 def test_metrics_rows_log_the_structure_statistics(tmp_path, tiny_data):
-    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
-        f"data.root={tiny_data}", "data.verify_checksums=false", f"out_dir={tmp_path / 'run'}", "train.epochs=1",
-        "train.batch_size=40", "train.progress=false", "flgc.regularizer.kind=budget",
-        "flgc.regularizer.target_mflops=62.6"]))
+    cfg = _tiny_run_cfg(tmp_path, tiny_data, "train.epochs=1", "flgc.regularizer.target_mflops=62.6")
     fit(cfg)
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         row = json.loads(f.readline())
@@ -247,15 +272,22 @@ def test_metrics_rows_log_the_structure_statistics(tmp_path, tiny_data):
 
 @pytest.mark.slow  # a whole (tiny-data) training run
 def test_a_run_with_a_budget_target_logs_mflops_under_it_every_epoch(tmp_path, tiny_data):
-    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
-        f"data.root={tiny_data}", "data.verify_checksums=false", f"out_dir={tmp_path / 'run'}", "train.epochs=2",
-        "train.batch_size=40", "train.progress=false", "flgc.regularizer.kind=budget",
-        "flgc.regularizer.target_mflops=62.5", "train.lr=1.0"]))
+    cfg = _tiny_run_cfg(tmp_path, tiny_data, "train.epochs=2", "flgc.regularizer.target_mflops=62.5", "train.lr=1.0")
     fit(cfg)
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 2 and all(row["mflops"] <= 62.5 for row in rows)
     assert rows[0]["budget_moves"] > 0
+
+
+@pytest.mark.slow  # a whole (tiny-data) training run
+def test_a_run_with_a_target_fraction_ends_every_epoch_under_it(tmp_path, tiny_data):
+    cfg = _tiny_run_cfg(tmp_path, tiny_data, "train.epochs=1", "flgc.regularizer.target_fraction=0.12")
+    row = fit(cfg)
+    assert row["budget_moves"] > 0
+    model = checkpoint.load_model(os.path.join(cfg.out_dir, "last.pt")).model
+    for m in (m for m in model.modules() if isinstance(m, FLGConv2d)):
+        assert int(connections(m)) <= 0.12 * m.in_channels * m.out_channels
 
 
 def _study(monkeypatch, capsys, *args):
