@@ -19,7 +19,7 @@ from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
 from .optim import build_optimizer, build_scheduler
-from .regularizer import group_regularizer, structure_stats
+from .regularizer import check_budget_target, group_regularizer, project_to_budget, project_to_fraction, structure_stats
 from .runlog import RunLog, scalars
 
 
@@ -290,6 +290,7 @@ class Run:
         if state is not None:
             checkpoint.load_weights(self.model, state["model"], resume_from)
         self.model = prepare_model(self.model, cfg, self.device)
+        self.budget_moves = self.project_to_budget() if state is None else self.project_to_budget(moves=False)
         self.train_batches = make_batches(cfg, self.device, train=True, shard=(self.rank, self.world))
         self.test_batches = make_batches(cfg, self.device, train=False)
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
@@ -316,6 +317,18 @@ class Run:
         if self.start_step:
             self.epoch_sums = EpochSums(self.device, state["epoch_sums"])
             self.epoch_start_assignments = state["epoch_start_assignments"]
+
+    def project_to_budget(self, moves=True):
+        """With kind=budget: refuse a whole-model target the model cannot meet (UsageError) and, with
+        `moves`, move channels and filters until the hard structure is under the whole-model target or
+        every layer under its target fraction; returns the moves made."""
+        reg = self.cfg.flgc.regularizer
+        if reg.kind != "budget" or not moves and reg.target_mflops is None:
+            return 0
+        if reg.target_mflops is None:
+            return project_to_fraction(self.model, reg.target_fraction)
+        check_budget_target(self.model, reg.target_mflops)
+        return project_to_budget(self.model, reg.target_mflops) if moves else 0
 
     def loss_function(self):
         """The step's objective over the network as it trains now. DDP and the compiled graph are
@@ -452,7 +465,9 @@ def run_epoch(run, epoch, log):
     sums = train_epoch(run, epoch, before)
     if sums is None:
         return None
+    moves, run.budget_moves = run.budget_moves + run.project_to_budget(), 0  # before counting and saving
     improved, row = epoch_row(run, epoch, sums, before, started)
+    row["budget_moves"] = moves
     run.save(run.payload(epoch, metrics=scalars(row)), best=improved)
     if log is not None:
         log.write(row, run.model)

@@ -13,6 +13,10 @@ budget, whole-model target of T MMac:
     max(0, (MMac(model) - T) / (T - fixed)), with MMac(model) = fixed + sum_layers kh kw H W sum_g c_g n_g / 1e6
     and fixed the MMac of every other counted module: the excess of the FLGC layers' MACs over what the
     target leaves them, relative to that allowance (as the per-layer form is).
+
+project_to_budget moves channels and filters until the hard structure meets a whole-model target:
+from the exactly uniform start no single move changes sum_g c_g n_g, so the penalty's gradient is 0
+there and cannot get under a target below the uniform cost by itself.
 """
 import weakref
 
@@ -90,6 +94,94 @@ def model_budget_penalty(model, target_mflops):
         raise UsageError(f"flgc.regularizer.target_mflops={target_mflops} is at or below the {fixed:.2f} MMac "
                          f"this model spends outside its FLGC layers; allowed: above that")
     return torch.relu((model_mflops(model) - target_mflops) / (target_mflops - fixed))
+
+
+def _lowering_moves(inputs, filters):
+    """The best single move and the best paired move of one layer's sizes (LongTensors c, n of
+    length G) as (change of sum_g c_g n_g, kind, a, b), or None where no move lowers it without
+    emptying a group. kinds: "input" moves an input channel a->b (change n_b - n_a), "filter" a
+    filter a->b (c_b - c_a), "pair" an input channel a->b with a filter b->a (c_a - c_b + n_b - n_a - 2)."""
+    c, n = inputs[:, None], filters[:, None]
+    off = ~torch.eye(len(inputs), dtype=torch.bool)
+    big = torch.iinfo(torch.long).max
+    candidates = {"input": torch.where(off & (c > 1), n.T - n, big),
+                  "filter": torch.where(off & (n > 1), c.T - c, big),
+                  "pair": torch.where(off & (c > 1) & (n.T > 1), c - c.T + n.T - n - 2, big)}
+    best = []
+    for kinds in (("input", "filter"), ("pair",)):  # a single move changes less of the structure
+        for kind in kinds:
+            change = candidates[kind]
+            flat = int(change.argmin())
+            if change.view(-1)[flat] < 0:
+                best.append((int(change.view(-1)[flat]), kind, *divmod(flat, len(inputs))))
+        if best:
+            return min(best)
+    return None
+
+
+def _reassign(logits, source, destination):
+    """Move the row of group `source` whose logit is closest to that of `destination` (smallest margin)
+    there, by swapping the two logits (its largest goes to `destination`, as the uniform init sets it)."""
+    rows = (logits.argmax(dim=1) == source).nonzero().flatten()
+    row = rows[(logits[rows, source] - logits[rows, destination]).argmin()]
+    logits[row, source], logits[row, destination] = logits[row, destination].clone(), logits[row, source].clone()
+    if logits[row].argmax() != destination:  # equal logits: the first index wins the argmax
+        logits[row, destination] = torch.nextafter(logits[row, source], torch.tensor(float("inf")))
+
+
+def _apply_move(layer, kind, source, destination):
+    if kind in ("input", "pair"):
+        _reassign(layer.input_group_logits.data, source, destination)
+    if kind == "filter":
+        _reassign(layer.output_group_logits.data, source, destination)
+    if kind == "pair":
+        _reassign(layer.output_group_logits.data, destination, source)
+    return 2 if kind == "pair" else 1
+
+
+def check_budget_target(model, target_mflops):
+    """UsageError unless target_mflops is above the MMac `model` spends outside its FLGC layers."""
+    model_budget_penalty(model, target_mflops)
+
+
+@torch.no_grad()
+def project_to_budget(model, target_mflops):
+    """While the hard structure of `model` counts more than `target_mflops` MMac, make the move that
+    lowers it most (a single channel or filter move where one lowers sum_g c_g n_g, else a paired
+    move) in the trainable FLGC layer with the most MACs per connection that has one; no group is ever
+    emptied. Deterministic. Returns the number of input channels and filters moved (a pair is 2);
+    stops early when no layer has a lowering move left."""
+    check_budget_target(model, target_mflops)
+    weights, other = _mac_weights(model)
+    layers = sorted((layer for layer in weights if not layer.frozen), key=lambda layer: -weights[layer])
+    macs = other + sum(weight * int(connections(layer)) for layer, weight in weights.items())
+    moves = 0
+    while macs > target_mflops * 1e6:
+        for layer in layers:
+            move = _lowering_moves(*layer.group_sizes())
+            if move is not None:
+                break
+        else:
+            return moves
+        moves += _apply_move(layer, *move[1:])
+        macs += weights[layer] * move[0]
+    return moves
+
+
+@torch.no_grad()
+def project_to_fraction(model, fraction=None):
+    """Per-layer form of project_to_budget: in every trainable FLGC layer, while sum_g c_g n_g exceeds
+    `fraction` (default 1/G) of in * out, make the move that lowers it most (no group emptied).
+    Returns the number of input channels and filters moved."""
+    moves = 0
+    for layer in (m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen):
+        limit = (1.0 / layer.groups if fraction is None else fraction) * layer.in_channels * layer.out_channels
+        while int(connections(layer)) > limit:
+            move = _lowering_moves(*layer.group_sizes())
+            if move is None:
+                break
+            moves += _apply_move(layer, *move[1:])
+    return moves
 
 
 def group_regularizer(model, kind, target_mflops=None, target_fraction=None):

@@ -7,12 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flgc import config, flops
+from flgc import checkpoint, config, flops
 from flgc.engine import fit
 from flgc.errors import UsageError
 from flgc.layer import FLGConv2d
 from flgc.models import MobileNetV2
-from flgc.regularizer import group_regularizer, hard_group_sizes, model_mflops, structure_stats
+from flgc.regularizer import (
+    connections,
+    group_regularizer,
+    hard_group_sizes,
+    model_mflops,
+    project_to_budget,
+    project_to_fraction,
+    structure_stats,
+)
+from tests.helpers import run_main
 
 
 def set_assignment(layer, input_groups, output_groups, noise=0.0):
@@ -94,6 +103,78 @@ def test_whole_model_target_below_the_fixed_part_is_a_usage_error():
         group_regularizer(model, "budget", target_mflops=10.0)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_projection_from_the_uniform_start_meets_the_budget_in_few_moves(seed):
+    torch.manual_seed(seed)
+    model = MobileNetV2(pointwise="flgc")
+    assert flops.count(model)[0] == pytest.approx(62.622, abs=1e-3)
+    before = [(m.input_groups().clone(), m.output_groups().clone()) for m in model.modules() if isinstance(m, FLGConv2d)]
+    moves = project_to_budget(model, 62.6)
+    assert flops.count(model)[0] <= 62.6
+    assert 0 < moves <= 20  # 0.022 MMac at 2,048 MACs a paired move in a 32x32 layer
+    stats = structure_stats(model)
+    assert stats["empty_input_groups"] == stats["empty_filter_groups"] == 0
+    after = [(m.input_groups(), m.output_groups()) for m in model.modules() if isinstance(m, FLGConv2d)]
+    changed = sum(int((a != b).sum()) for old, new in zip(before, after) for a, b in zip(old, new))
+    assert changed == moves  # the count is the channels and filters that changed group
+    assert project_to_budget(model, 62.6) == 0  # already under: nothing more to do
+
+
+def test_projection_far_below_the_uniform_cost_never_empties_a_group():
+    torch.manual_seed(2)
+    model = MobileNetV2(pointwise="flgc")
+    project_to_budget(model, 60.0)
+    assert flops.count(model)[0] <= 60.0
+    for m in model.modules():
+        if isinstance(m, FLGConv2d):
+            assert all(int(s.min()) >= 1 for s in m.group_sizes())
+
+
+def test_per_layer_projection_meets_every_target_fraction():
+    torch.manual_seed(1)
+    model = MobileNetV2(pointwise="flgc")
+    layers = [m for m in model.modules() if isinstance(m, FLGConv2d)]
+    assert project_to_fraction(model) == 0  # the uniform start is at 1/G exactly
+    moves = project_to_fraction(model, 0.12)
+    assert moves > 0
+    for m in layers:
+        assert int(connections(m)) <= 0.12 * m.in_channels * m.out_channels
+        assert all(int(s.min()) >= 1 for s in m.group_sizes())
+    assert project_to_fraction(model, 0.12) == 0
+
+
+def test_projection_makes_no_move_when_the_target_is_above_the_count():
+    torch.manual_seed(0)
+    model = MobileNetV2(pointwise="flgc")
+    logits = [p.clone() for n, p in model.named_parameters() if "group_logits" in n]
+    assert project_to_budget(model, 62.7) == 0
+    assert all(torch.equal(a, p) for a, (n, p) in zip(logits, ((n, p) for n, p in model.named_parameters() if "group_logits" in n)))
+    with pytest.raises(UsageError, match="outside its FLGC layers"):
+        project_to_budget(model, 10.0)
+
+
+def test_projection_moves_the_row_with_the_smallest_margin():
+    torch.manual_seed(0)
+    layer = FLGConv2d(4, 4, 1, groups=2)
+    set_assignment(layer, [0, 0, 1, 1], [0, 0, 0, 1])  # c = (2, 2), n = (3, 1): input channel 0 -> 1 lowers it by 2
+    with torch.no_grad():
+        layer.input_group_logits[1, 1] = 0.4  # of the rows in group 0, row 1 is the closest to group 1
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), layer)
+    target = flops.count(model)[0] - 1e-6  # one connection (1,024 MACs at 32x32) less
+    assert project_to_budget(model, target) == 1
+    assert layer.input_groups().tolist() == [0, 1, 1, 1]
+    assert flops.count(model)[0] <= target
+
+
+def test_train_refuses_a_target_below_the_fixed_part_before_writing_anything(tmp_path, tiny_data, capsys):
+    out = tmp_path / "run"
+    code = run_main("train.py", "--config", "configs/mbv2_flgc8.yaml", f"data.root={tiny_data}", "data.verify_checksums=false",
+                    f"out_dir={out}", "flgc.regularizer.kind=budget", "flgc.regularizer.target_mflops=10")
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "target_mflops=10" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def _optimise(layer, steps, lr=0.1, **options):
     optimizer = torch.optim.SGD([layer.input_group_logits, layer.output_group_logits], lr=lr)
     for _ in range(steps):
@@ -172,17 +253,41 @@ def test_bad_regularizer_and_init_keys_are_rejected(overrides, message):
         config.load("configs/mbv2_flgc8.yaml", config.parse_overrides(overrides))
 
 
+def _tiny_run_cfg(tmp_path, tiny_data, *overrides):
+    """Config of a tiny-data mbv2_flgc8 run with kind=budget and `overrides`."""
+    return config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
+        f"data.root={tiny_data}", "data.verify_checksums=false", f"out_dir={tmp_path / 'run'}", "train.batch_size=40",
+        "train.progress=false", "flgc.regularizer.kind=budget", *overrides]))
+
+
 @pytest.mark.slow  # a whole (tiny-data) training run
 def test_metrics_rows_log_the_structure_statistics(tmp_path, tiny_data):
-    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
-        f"data.root={tiny_data}", "data.verify_checksums=false", f"out_dir={tmp_path / 'run'}", "train.epochs=1",
-        "train.batch_size=40", "train.progress=false", "flgc.regularizer.kind=budget",
-        "flgc.regularizer.target_mflops=62.6"]))
+    cfg = _tiny_run_cfg(tmp_path, tiny_data, "train.epochs=1", "flgc.regularizer.target_mflops=62.6")
     fit(cfg)
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         row = json.loads(f.readline())
     assert {"empty_input_groups", "empty_filter_groups", "dead_filters", "unread_inputs"} <= set(row)
-    assert row["regularizer"] > 0  # the uniform start (62.62 MMac) is above the 62.6 target
+    assert row["budget_moves"] > 0  # the uniform start (62.62 MMac) is above the 62.6 target
+
+
+@pytest.mark.slow  # a whole (tiny-data) training run
+def test_a_run_with_a_budget_target_logs_mflops_under_it_every_epoch(tmp_path, tiny_data):
+    cfg = _tiny_run_cfg(tmp_path, tiny_data, "train.epochs=2", "flgc.regularizer.target_mflops=62.5", "train.lr=1.0")
+    fit(cfg)
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 2 and all(row["mflops"] <= 62.5 for row in rows)
+    assert rows[0]["budget_moves"] > 0
+
+
+@pytest.mark.slow  # a whole (tiny-data) training run
+def test_a_run_with_a_target_fraction_ends_every_epoch_under_it(tmp_path, tiny_data):
+    cfg = _tiny_run_cfg(tmp_path, tiny_data, "train.epochs=1", "flgc.regularizer.target_fraction=0.12")
+    row = fit(cfg)
+    assert row["budget_moves"] > 0
+    model = checkpoint.load_model(os.path.join(cfg.out_dir, "last.pt")).model
+    for m in (m for m in model.modules() if isinstance(m, FLGConv2d)):
+        assert int(connections(m)) <= 0.12 * m.in_channels * m.out_channels
 
 
 def _study(monkeypatch, capsys, *args):
