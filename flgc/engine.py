@@ -136,6 +136,18 @@ class EpochSums:
         return {"train_loss": loss / seen, "regularizer": regularizer / seen, "train_accuracy": 100.0 * correct / seen}
 
 
+def weighted_penalty(model, reg):
+    """penalty() -> weight x the regularizer `reg` (flgc.regularizer config) of `model`'s trainable FLGC
+    layers; None when it is 0 (no weight, or no FLGC layer still learning)."""
+    if not reg.weight or all(layer.frozen for _, layer in flgc_layers(model)):
+        return None
+
+    def penalty():
+        return reg.weight * group_regularizer(model, reg.kind, reg.target_mflops, reg.target_fraction)
+    penalty()  # eager once: the whole-model budget measures its MAC weights on first use, outside any graph
+    return penalty
+
+
 def objective(network, criterion, penalty=None, amp=None):
     """f(images, labels) -> (total loss, criterion loss, penalty, correct predictions): the part of
     a step that train.compile compiles or captures. penalty() is the weighted regularizer."""
@@ -337,13 +349,7 @@ class Run:
         trainable = distributed.trainable(self.model)
         if trainable != self.trainable:
             self.loss_fn = None  # drop the old DDP wrapper (and its gradient hooks) first
-            reg = self.cfg.flgc.regularizer
-            learning = any(not layer.frozen for _, layer in flgc_layers(self.model))  # else the penalty is 0
-            penalty = None
-            if reg.weight and learning:
-                def penalty():
-                    return reg.weight * group_regularizer(self.model, reg.kind, reg.target_mflops, reg.target_fraction)
-                penalty()  # eager once: the whole-model budget measures its MAC weights on first use
+            penalty = weighted_penalty(self.model, self.cfg.flgc.regularizer)
             amp = resolve_amp(self.cfg.train.amp, self.device)
             precision = None if amp == "none" else (lambda: autocast(amp, self.device))
             network = distributed.wrap(self.model)

@@ -31,11 +31,10 @@ from yardsticks import interleaved_medians
 from flgc import config
 from flgc.builders import build_model
 from flgc.cli import ArgumentParser, run
-from flgc.engine import autocast, compiled, flgc_layers, objective, resolve_amp
+from flgc.engine import autocast, compiled, flgc_layers, objective, resolve_amp, weighted_penalty
 from flgc.errors import UsageError
 from flgc.models.mobilenetv2 import InvertedResidual
 from flgc.optim import build_optimizer
-from flgc.regularizer import group_regularizer
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
             "flgc8-frozen": ["flgc.pointwise=flgc", "flgc.logit_init_std=1"],
@@ -59,10 +58,8 @@ def stepper(name, overrides, batch, amp, channels_last=True, compile="none", dev
     optimizer = build_optimizer(model, cfg.train, cfg.flgc)
     images = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=layout)
     labels = torch.randint(0, 10, (batch,), device=device)
-    reg = cfg.flgc.regularizer
     precision = None if resolve_amp(amp, device) == "none" else (lambda: autocast(amp, device))
-    learning = any(not layer.frozen for _, layer in flgc_layers(model))
-    penalty = (lambda: reg.weight * group_regularizer(model, reg.kind)) if learning else None
+    penalty = weighted_penalty(model, cfg.flgc.regularizer)
     loss_fn = compiled(objective(model, torch.nn.CrossEntropyLoss(), penalty, precision), compile)
 
     def step():
