@@ -82,6 +82,23 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
 
 
+def run_captured(path, *argv):
+    """run_main with stdout and stderr captured (for fixtures wider than one test, where capsys is not
+    available); a Result. torch's thread count is restored afterwards."""
+    import contextlib
+    import io
+    import types
+
+    import torch
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_main(path, *argv)
+    finally:
+        torch.set_num_threads(threads)
+    return Result(code, types.SimpleNamespace(out=out.getvalue(), err=err.getvalue()))
+
+
 def assert_usage_error(result, *fragments):
     """Exit code 2 and exactly one stderr line that holds every fragment."""
     assert result.returncode == 2, result.stderr

@@ -1,12 +1,12 @@
-"""The entry points on tiny data written in the CIFAR-10 layout: training through the real command line
-(one process per run), everything else in this process through each script's main(argv)."""
+"""The entry points on tiny data written in the CIFAR-10 layout, in this process through each script's main;
+one smoke test runs the real command line."""
 import json
 import os
 import shutil
 
 import pytest
 import torch
-from helpers import ROOT, assert_usage_error, run_cli
+from helpers import ROOT, assert_usage_error, run_captured, run_cli
 
 TINY = ["train.batch_size=16", "train.eval_batch_size=20", "data.verify_checksums=false",
         "train.progress=false", "threads=2"]
@@ -17,7 +17,7 @@ def config_path(name):
 
 
 def train(config, out_dir, data, *extra):
-    return run_cli("train.py", "--config", config_path(config), f"out_dir={out_dir}",
+    return run_captured("train.py", "--config", config_path(config), f"out_dir={out_dir}",
                    f"data.root={data}", *TINY, *extra)
 
 
