@@ -2,10 +2,12 @@
 machinery, and nothing in the repository edits sys.path."""
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
+import pytest
 from helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "flgc")
@@ -129,4 +131,21 @@ def test_import_flgc_is_light_and_gives_the_public_api():
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], cwd=tempfile.gettempdir(), capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_pip_install_gives_the_package_with_its_subpackages(tmp_path):
+    """`pip install .` (here into a target directory, without dependencies) holds flgc, flgc.models and
+    flgc.deploy, and they import from another directory without the repository."""
+    source, target = tmp_path / "source", tmp_path / "site"  # a copy: the build writes build/ next to pyproject.toml
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "runs", "data", "__pycache__"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--target", str(target), str(source)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    code = ("import flgc, flgc.models, flgc.deploy, torch; assert flgc.__file__.startswith({target!r});"
+            "m = flgc.create_model('mobilenetv2_cifar', pointwise='flgc', groups=8);"
+            "assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10); assert callable(flgc.deploy.convert)")
+    result = subprocess.run([sys.executable, "-c", code.format(target=str(target))], cwd=tmp_path, capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(target)))
     assert result.returncode == 0, result.stderr
