@@ -1,14 +1,55 @@
-"""Fully Learnable Group Convolution for PyTorch.
+"""Fully Learnable Group Convolution (Wang et al., CVPR 2019) for PyTorch.
 
-`flgc.convert_model(model, groups=8)` turns the 1x1 convs of any network into FLGC layers;
-`flgc.deploy.convert(model)` gives its inference form.
-`from flgc import FLGConv2d` needs nothing else of this repository; the run machinery
-(flgc.config, flgc.data, flgc.engine, flgc.checkpoint, flgc.flops) is imported on demand.
+The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, output N x C_out x H' x W'):
+
+- ``FLGConv2d(in_channels, out_channels, kernel_size, groups=8, ...)``: a convolution whose input
+  channels and filters are each assigned to one of ``groups`` groups by learnable logits
+  (``input_group_logits``: C_in x G, ``output_group_logits``: C_out x G); a filter sees only the input
+  channels of its group. ``layer.macs(H', W')`` is the multiply-accumulate count of one image under the
+  learned hard structure; ``layer.freeze()`` fixes the assignment.
+- ``hard_assignment(logits, temperature, gradient)``: the one-hot (rows x G) assignment with its gradient.
+- ``group_regularizer(model, kind)``: a scalar tensor to add to the loss, the mean over the trainable
+  FLGC layers of ``balance_penalty`` or ``budget_penalty`` (kind "balance", "budget" or "none");
+  ``expected_group_sizes(layer)`` gives the soft channel and filter counts per group (two tensors of length G).
+- ``convert_model(model, groups=8, select=None)``: turns the chosen nn.Conv2d layers of any network
+  (default: every 1x1 conv whose channels G divides) into FLGConv2d in place, keeping weights and geometry.
+- ``create_model(name, **kwargs)`` / ``model_names()``: registered networks (``mobilenetv2_cifar``: input
+  N x 3 x 32 x 32, output N x num_classes logits); ``build_model(cfg)``: the network a flgc.config.Config
+  describes.
+- ``load_model(path, overrides=())``: a checkpoint written by train.py (or scripts/deploy.py) as
+  ``Loaded(model, config, payload)``, the model on CPU.
+- ``flgc.deploy.convert(model, batch_size=1)``: the inference form of a trained network, computing only
+  in-group connections (BatchNorm folded; a copy in eval mode).
+
+``import flgc`` loads only the layer, the regularizer, the conversion and the model registry; the run
+machinery (flgc.config, flgc.data, flgc.engine, flgc.checkpoint, flgc.flops) and flgc.deploy load when
+first used.
 """
+import importlib
+
+from .builders import build_model
 from .convert import convert_model
 from .layer import FLGConv2d, hard_assignment
-from .regularizer import group_regularizer
+from .models import create_model, model_names, register_model
+from .regularizer import balance_penalty, budget_penalty, expected_group_sizes, group_regularizer
 
 __version__ = "0.2.0"
 
-__all__ = ["FLGConv2d", "__version__", "convert_model", "group_regularizer", "hard_assignment"]
+# name -> module that defines it, imported on first access (these pull in yaml, or the deploy package)
+_LAZY = {"load_model": "flgc.checkpoint", "Loaded": "flgc.checkpoint", "deploy": None}
+
+__all__ = ["FLGConv2d", "Loaded", "__version__", "balance_penalty", "budget_penalty", "build_model", "convert_model",
+           "create_model", "deploy", "expected_group_sizes", "group_regularizer", "hard_assignment", "load_model",
+           "model_names", "register_model"]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'flgc' has no attribute {name!r}")
+    if _LAZY[name] is None:
+        return importlib.import_module(f"{__name__}.{name}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

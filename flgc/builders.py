@@ -4,7 +4,8 @@ from .models import create_model, model_names
 
 
 def build_model(cfg):
-    """The network described by a Config; bad structure settings raise UsageError."""
+    """The network described by a Config (cfg.model and cfg.flgc; see flgc.config), freshly initialised on
+    CPU: create_model with the config's keys. Bad structure settings raise UsageError."""
     if cfg.model.name not in model_names():
         raise UsageError(f"unknown model {cfg.model.name!r}; allowed: {', '.join(model_names())}")
     f = cfg.flgc

@@ -23,15 +23,38 @@ def run_cli(*args, cwd=ROOT, timeout=600):
 
 
 def load_script(path):
-    """The module of a repository entry point (e.g. "eval.py", "scripts/plot_groups.py"), imported by path."""
-    import importlib.util
+    """The module of a repository entry point (e.g. "eval.py", "scripts/plot_groups.py"), imported by path.
+
+    Modules next to the script that it imports by bare name (as `python scripts/x.py` finds them) are
+    loaded first under that name, so the script runs here as on the command line."""
     name = "script_" + os.path.splitext(path)[0].replace("/", "_")
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
+        full = os.path.join(ROOT, path)
+        _load_siblings(full)
+        sys.modules[name] = _module_from_file(name, full)
     return sys.modules[name]
+
+
+def _module_from_file(name, path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_siblings(path):
+    import ast
+    directory = os.path.dirname(path)
+    tree = ast.parse(open(path).read(), path)
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        for module in names:
+            sibling = os.path.join(directory, module + ".py")
+            if module not in sys.modules and os.path.isfile(sibling):
+                _load_siblings(sibling)
+                sys.modules[module] = _module_from_file(module, sibling)
 
 
 def run_main(path, *argv):
@@ -51,3 +74,42 @@ def run_main(path, *argv):
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
     return 0
+
+
+class Result:
+    """An in-process entry-point run, shaped like subprocess.CompletedProcess: returncode, stdout, stderr."""
+    def __init__(self, returncode, captured):
+        self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
+
+
+def run_captured(path, *argv):
+    """run_main with stdout and stderr captured (for fixtures wider than one test, where capsys is not
+    available); a Result. torch's thread count is restored afterwards."""
+    import contextlib
+    import io
+    import types
+
+    import torch
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_main(path, *argv)
+    finally:
+        torch.set_num_threads(threads)
+    return Result(code, types.SimpleNamespace(out=out.getvalue(), err=err.getvalue()))
+
+
+def assert_usage_error(result, *fragments):
+    """Exit code 2 and exactly one stderr line that holds every fragment."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def last_json(result):
+    """The JSON object on the last stdout line of a successful run."""
+    import json
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,12 +1,12 @@
-"""The entry points on tiny data written in the CIFAR-10 layout: training through the real command line
-(one process per run), everything else in this process through each script's main(argv)."""
+"""The entry points on tiny data written in the CIFAR-10 layout, in this process through each script's main;
+one smoke test runs the real command line."""
 import json
 import os
 import shutil
 
 import pytest
 import torch
-from helpers import ROOT, run_cli, run_main
+from helpers import ROOT, assert_usage_error, run_captured, run_cli
 
 TINY = ["train.batch_size=16", "train.eval_batch_size=20", "data.verify_checksums=false",
         "train.progress=false", "threads=2"]
@@ -17,34 +17,8 @@ def config_path(name):
 
 
 def train(config, out_dir, data, *extra):
-    return run_cli("train.py", "--config", config_path(config), f"out_dir={out_dir}",
+    return run_captured("train.py", "--config", config_path(config), f"out_dir={out_dir}",
                    f"data.root={data}", *TINY, *extra)
-
-
-class Result:
-    def __init__(self, returncode, captured):
-        self.returncode, self.stdout, self.stderr = returncode, captured.out, captured.err
-
-
-@pytest.fixture
-def call(capsys):
-    """call(script, *argv): the entry point's main in this process; exit code and captured output."""
-    capsys.readouterr()
-    threads = torch.get_num_threads()
-
-    def run(script, *argv):
-        code = run_main(script, *argv)
-        return Result(code, capsys.readouterr())
-    yield run
-    torch.set_num_threads(threads)  # a `threads=N` key must not change the tests that follow
-
-
-def assert_usage_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

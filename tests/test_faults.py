@@ -157,6 +157,7 @@ for i in range(10**6):
 """
 
 
+@pytest.mark.slow
 def test_kill_during_save_never_leaves_a_corrupt_file(tmp_path):
     path = tmp_path / "last.pt"
     for delay in (0.35, 0.5, 0.65, 0.8, 0.95):

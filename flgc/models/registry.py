@@ -11,11 +11,17 @@ def register_model(name):
 
 
 def model_names():
+    """The registered model names, sorted (e.g. ["mobilenetv2_cifar"])."""
     return sorted(_MODELS)
 
 
 def create_model(name, **kwargs):
-    """The network registered as `name`, built with kwargs; KeyError names the allowed ones."""
+    """The network registered as `name`, built with kwargs; KeyError names the allowed ones.
+
+    mobilenetv2_cifar(num_classes=10, pointwise="dense" | "group" | "flgc", groups=8,
+    where="project" | "expand" | "both", **FLGConv2d options) maps images N x 3 x 32 x 32 (normalised
+    floats) to logits N x num_classes; `pointwise` and `groups` set the kind of the chosen 1x1 convs.
+    """
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; allowed: {', '.join(model_names())}")
     return _MODELS[name](**kwargs)
