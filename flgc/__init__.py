@@ -8,9 +8,14 @@ The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, out
   channels of its group. ``layer.macs(H', W')`` is the multiply-accumulate count of one image under the
   learned hard structure; ``layer.freeze()`` fixes the assignment.
 - ``hard_assignment(logits, temperature, gradient)``: the one-hot (rows x G) assignment with its gradient.
-- ``group_regularizer(model, kind)``: a scalar tensor to add to the loss, the mean over the trainable
-  FLGC layers of ``balance_penalty`` or ``budget_penalty`` (kind "balance", "budget" or "none");
-  ``expected_group_sizes(layer)`` gives the soft channel and filter counts per group (two tensors of length G).
+- ``group_regularizer(model, kind, target_fraction=None)``: a scalar tensor to add
+  to the loss (kind "balance", "budget" or "none"), computed on the hard group sizes with a
+  straight-through gradient: ``hard_group_sizes(layer)`` gives the channel and filter counts per group
+  (two float tensors of length G); ``balance_penalty`` / ``budget_penalty`` are the per-layer terms;
+  ``structure_stats(model)`` counts empty groups and dead filters. The whole-model MMac target lives in
+  ``flgc.budget``: ``regularizer_penalty(model, kind, target_mflops)`` and
+  ``project_to_budget(model, target_mflops)``, which moves channels and filters until the learned
+  structure costs at most ``target_mflops`` MMac.
 - ``convert_model(model, groups=8, select=None)``: turns the chosen nn.Conv2d layers of any network
   (default: every 1x1 conv whose channels G divides) into FLGConv2d in place, keeping weights and geometry.
 - ``create_model(name, **kwargs)`` / ``model_names()``: registered networks (``mobilenetv2_cifar``: input
@@ -31,16 +36,17 @@ from .builders import build_model
 from .convert import convert_model
 from .layer import FLGConv2d, hard_assignment
 from .models import create_model, model_names, register_model
-from .regularizer import balance_penalty, budget_penalty, expected_group_sizes, group_regularizer
+from .regularizer import balance_penalty, budget_penalty, group_regularizer, hard_group_sizes, structure_stats
 
 __version__ = "0.2.0"
 
 # name -> module that defines it, imported on first access (these pull in yaml, or the deploy package)
-_LAZY = {"load_model": "flgc.checkpoint", "Loaded": "flgc.checkpoint", "deploy": None}
+_LAZY = {"load_model": "flgc.checkpoint", "Loaded": "flgc.checkpoint", "project_to_budget": "flgc.budget",
+         "deploy": None}
 
 __all__ = ["FLGConv2d", "Loaded", "__version__", "balance_penalty", "budget_penalty", "build_model", "convert_model",
-           "create_model", "deploy", "expected_group_sizes", "group_regularizer", "hard_assignment", "load_model",
-           "model_names", "register_model"]
+           "create_model", "deploy", "group_regularizer", "hard_assignment", "hard_group_sizes", "load_model",
+           "model_names", "project_to_budget", "register_model", "structure_stats"]
 
 
 def __getattr__(name):

@@ -14,12 +14,13 @@ import torch
 
 from . import checkpoint, distributed, flops
 from . import config as config_lib
+from .budget import check_budget_target, project_to_budget, regularizer_penalty
 from .builders import build_model
 from .data import Batches, load_split
 from .errors import UsageError
 from .layer import FLGConv2d
 from .optim import build_optimizer, build_scheduler
-from .regularizer import check_budget_target, group_regularizer, project_to_budget, project_to_fraction, structure_stats
+from .regularizer import project_to_fraction, structure_stats
 from .runlog import RunLog, scalars
 
 
@@ -143,7 +144,7 @@ def weighted_penalty(model, reg):
         return None
 
     def penalty():
-        return reg.weight * group_regularizer(model, reg.kind, reg.target_mflops, reg.target_fraction)
+        return reg.weight * regularizer_penalty(model, reg.kind, reg.target_mflops, reg.target_fraction)
     penalty()  # eager once: the whole-model budget measures its MAC weights on first use, outside any graph
     return penalty
 

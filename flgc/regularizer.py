@@ -18,11 +18,8 @@ project_to_budget moves channels and filters until the hard structure meets a wh
 from the exactly uniform start no single move changes sum_g c_g n_g, so the penalty's gradient is 0
 there and cannot get under a target below the uniform cost by itself.
 """
-import weakref
-
 import torch
 
-from .errors import UsageError
 from .layer import FLGConv2d
 
 KINDS = ("balance", "budget", "none")
@@ -60,43 +57,7 @@ def budget_penalty(layer, fraction=None):
     return torch.relu(connections(layer) / (fraction * layer.in_channels * layer.out_channels) - 1.0)
 
 
-_MAC_WEIGHTS = weakref.WeakKeyDictionary()
-
-
-def _mac_weights(model):
-    """({FLGC layer: kh kw H_out W_out}, MACs of every other counted module) for one 32x32 image;
-    measured once per model by one forward pass (flgc.flops) and cached."""
-    if model not in _MAC_WEIGHTS:
-        from .flops import module_macs
-        weights, other = {}, 0
-        for _, module, macs in module_macs(model, flgc_as_computed=True):  # FLGC: the dense count
-            if isinstance(module, FLGConv2d):
-                weights[module] = macs // (module.in_channels * module.out_channels)
-            else:
-                other += macs
-        _MAC_WEIGHTS[model] = (weights, other)
-    return _MAC_WEIGHTS[model]
-
-
-def model_mflops(model):
-    """MMac of `model` (the value flgc.flops counts) as a tensor, with the straight-through gradient of
-    the trainable FLGC layers' group sizes."""
-    weights, other = _mac_weights(model)
-    if not weights:
-        return torch.tensor(other / 1e6)
-    return (other + torch.stack([weight * connections(layer) for layer, weight in weights.items()]).sum()) / 1e6
-
-
-def model_budget_penalty(model, target_mflops):
-    """max(0, (MMac - target) / (target - fixed)); the target must exceed the fixed (non-FLGC) MMac."""
-    fixed = _mac_weights(model)[1] / 1e6
-    if target_mflops <= fixed:
-        raise UsageError(f"flgc.regularizer.target_mflops={target_mflops} is at or below the {fixed:.2f} MMac "
-                         f"this model spends outside its FLGC layers; allowed: above that")
-    return torch.relu((model_mflops(model) - target_mflops) / (target_mflops - fixed))
-
-
-def _lowering_moves(inputs, filters):
+def lowering_moves(inputs, filters):
     """The best single move and the best paired move of one layer's sizes (LongTensors c, n of
     length G) as (change of sum_g c_g n_g, kind, a, b), or None where no move lowers it without
     emptying a group. kinds: "input" moves an input channel a->b (change n_b - n_a), "filter" a
@@ -129,7 +90,7 @@ def _reassign(logits, source, destination):
         logits[row, destination] = torch.nextafter(logits[row, source], torch.tensor(float("inf")))
 
 
-def _apply_move(layer, kind, source, destination):
+def apply_move(layer, kind, source, destination):
     if kind in ("input", "pair"):
         _reassign(layer.input_group_logits.data, source, destination)
     if kind == "filter":
@@ -137,35 +98,6 @@ def _apply_move(layer, kind, source, destination):
     if kind == "pair":
         _reassign(layer.output_group_logits.data, destination, source)
     return 2 if kind == "pair" else 1
-
-
-def check_budget_target(model, target_mflops):
-    """UsageError unless target_mflops is above the MMac `model` spends outside its FLGC layers."""
-    model_budget_penalty(model, target_mflops)
-
-
-@torch.no_grad()
-def project_to_budget(model, target_mflops):
-    """While the hard structure of `model` counts more than `target_mflops` MMac, make the move that
-    lowers it most (a single channel or filter move where one lowers sum_g c_g n_g, else a paired
-    move) in the trainable FLGC layer with the most MACs per connection that has one; no group is ever
-    emptied. Deterministic. Returns the number of input channels and filters moved (a pair is 2);
-    stops early when no layer has a lowering move left."""
-    check_budget_target(model, target_mflops)
-    weights, other = _mac_weights(model)
-    layers = sorted((layer for layer in weights if not layer.frozen), key=lambda layer: -weights[layer])
-    macs = other + sum(weight * int(connections(layer)) for layer, weight in weights.items())
-    moves = 0
-    while macs > target_mflops * 1e6:
-        for layer in layers:
-            move = _lowering_moves(*layer.group_sizes())
-            if move is not None:
-                break
-        else:
-            return moves
-        moves += _apply_move(layer, *move[1:])
-        macs += weights[layer] * move[0]
-    return moves
 
 
 @torch.no_grad()
@@ -177,23 +109,22 @@ def project_to_fraction(model, fraction=None):
     for layer in (m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen):
         limit = (1.0 / layer.groups if fraction is None else fraction) * layer.in_channels * layer.out_channels
         while int(connections(layer)) > limit:
-            move = _lowering_moves(*layer.group_sizes())
+            move = lowering_moves(*layer.group_sizes())
             if move is None:
                 break
-            moves += _apply_move(layer, *move[1:])
+            moves += apply_move(layer, *move[1:])
     return moves
 
 
-def group_regularizer(model, kind, target_mflops=None, target_fraction=None):
-    """The penalty of `kind` on `model` (a scalar tensor, 0 without trainable FLGC layers). budget
-    uses target_mflops (whole model, MMac) if given, else target_fraction (per layer, default 1/G)."""
+def group_regularizer(model, kind, target_fraction=None):
+    """The penalty of `kind` on `model` (a scalar tensor, 0 without trainable FLGC layers); budget is
+    per layer, with target_fraction of the dense layer (default 1/G). The whole-model MMac target is
+    flgc.budget.regularizer_penalty."""
     if kind not in KINDS:
         raise ValueError(f"unknown regularizer {kind!r}; allowed: {', '.join(KINDS)}")
     layers = [m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen]
     if kind == "none" or not layers:
         return torch.zeros(())
-    if kind == "budget" and target_mflops is not None:
-        return model_budget_penalty(model, target_mflops)
     if kind == "budget":
         return torch.stack([budget_penalty(layer, target_fraction) for layer in layers]).mean()
     return torch.stack([balance_penalty(layer) for layer in layers]).mean()

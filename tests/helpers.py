@@ -3,6 +3,9 @@ import os
 import subprocess
 import sys
 
+import torch
+import torch.nn as nn
+
 from flgc.data import write_random_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,3 +116,27 @@ def last_json(result):
     import json
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# deployment equality: max |logit difference| allowed between a training model and its deployed form (fp32)
+TOLERANCE = 1e-4
+
+
+def randomise(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+    return model.eval()
+
+
+def max_difference(model, deployed, x):
+    with torch.no_grad():
+        reference = model(x)
+        plain = deployed(x)
+        channels_last = deployed.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    return max(float((reference - plain).abs().max()), float((reference - channels_last).abs().max()))

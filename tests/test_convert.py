@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from test_deploy import TOLERANCE, max_difference, randomise
+from helpers import TOLERANCE, max_difference, randomise
 
 import flgc
 from flgc import FLGConv2d, deploy, flops
@@ -56,7 +56,7 @@ def test_select_that_flgc_cannot_express_is_refused():
 
 
 def test_regularizer_and_reassignment_tracking_work_on_the_result():
-    model = flgc.convert_model(torchvision_model("resnet50"), groups=8)
+    model = flgc.convert_model(torchvision_model("resnet50"), groups=8, init="random")
     penalty = flgc.group_regularizer(model, "balance")
     penalty.backward()
     layers = [m for m in model.modules() if isinstance(m, FLGConv2d)]
@@ -85,7 +85,7 @@ def test_flop_count_is_that_of_the_learned_structure():
                                             ("mobilenet_v2", "conv"), ("mobilenet_v2", "auto")])
 def test_deployed_equals_the_training_form_with_non_uniform_groups(name, strategy):
     torch.manual_seed(1)
-    model = randomise(flgc.convert_model(torchvision_model(name), groups=8, logit_init_std=1.0), 2)
+    model = randomise(flgc.convert_model(torchvision_model(name), groups=8, logit_init_std=1.0, init="random"), 2)
     sizes = {tuple(int(s) for s in m.group_sizes()[0]) for m in model.modules() if isinstance(m, FLGConv2d)}
     assert any(len(set(s)) > 1 for s in sizes)  # non-uniform structures
     deployed = deploy.convert(model, strategy=strategy, input_size=(3, 32, 32))
@@ -97,7 +97,7 @@ def test_permutations_fold_into_the_neighbouring_dense_convs():
     """ResNet-50: conv3 reads conv2's output in its group order and conv1's output is read by conv2
     in conv1's compute order: neither gathers. conv1 (reading the residual sum) gathers its input."""
     torch.manual_seed(0)
-    model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0), 3)
+    model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0, init="random"), 3)
     deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
     for block in (m for m in deployed.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)):
         assert isinstance(block.conv3, GroupedConv) and block.conv3.in_index is None
@@ -107,7 +107,7 @@ def test_permutations_fold_into_the_neighbouring_dense_convs():
 
 def test_rebuild_from_spec_and_count_the_deployed_form():
     torch.manual_seed(0)
-    model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0), 4)
+    model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0, init="random"), 4)
     deployed = deploy.convert(model, strategy="blocks", input_size=(3, 32, 32))
     assert any(isinstance(m, BlockPointwise) for m in deployed.modules())
     fresh = flgc.convert_model(torchvision_model("resnet50"), groups=8)
@@ -131,7 +131,7 @@ def test_our_mobilenet_converted_everywhere_deploys_exactly():
     """Expand, projection, shortcut and last 1x1 convs all FLGC: the inverted residual rewrite and
     the generic path together."""
     torch.manual_seed(0)
-    model = randomise(flgc.convert_model(MobileNetV2(), groups=8, logit_init_std=1.0), 5)
+    model = randomise(flgc.convert_model(MobileNetV2(), groups=8, logit_init_std=1.0, init="random"), 5)
     deployed = deploy.convert(model, strategy="auto")
     assert not any(isinstance(m, (FLGConv2d, nn.BatchNorm2d)) for m in deployed.modules())
     assert max_difference(model, deployed, torch.randn(2, 3, 32, 32)) <= TOLERANCE

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import TOLERANCE, max_difference, randomise
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -11,33 +12,11 @@ from flgc.models import MobileNetV2
 from flgc.models.mobilenetv2 import InvertedResidual
 from flgc.models.pointwise import pointwise_conv
 
-TOLERANCE = 1e-4
-
-
-def randomise(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
-    return model.eval()
-
 
 def assign(layer, inputs, filters):
     with torch.no_grad():
         layer.input_group_logits.copy_(nn.functional.one_hot(torch.tensor(inputs), layer.groups) * 3.0)
         layer.output_group_logits.copy_(nn.functional.one_hot(torch.tensor(filters), layer.groups) * 3.0)
-
-
-def max_difference(model, deployed, x):
-    with torch.no_grad():
-        reference = model(x)
-        plain = deployed(x)
-        channels_last = deployed.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
-    return max(float((reference - plain).abs().max()), float((reference - channels_last).abs().max()))
 
 
 @pytest.mark.parametrize("kind, where, strategy", [

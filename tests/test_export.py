@@ -1,11 +1,10 @@
-"""Deploy and export through the command line; ONNX Runtime and TorchScript parity <= 1e-4."""
+"""Deploy and export through the entry points (in this process); ONNX Runtime and TorchScript parity <= 1e-4."""
 import json
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
-from test_deploy import randomise
+from helpers import randomise
 
 from flgc import checkpoint, config
 from flgc.builders import build_model
@@ -23,28 +22,28 @@ def trained(tmp_path_factory):
     return path, model
 
 
-def test_deploy_then_eval_matches_the_training_checkpoint(trained, tiny_data, tmp_path):
+def test_deploy_then_eval_matches_the_training_checkpoint(trained, tiny_data, tmp_path, call):
     path, _ = trained
     out = tmp_path / "deployed.pt"
-    result = run_cli("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
+    result = call("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
     assert result.returncode == 0, result.stderr
     reports = []
     for ckpt in (path, out):
-        evaluated = run_cli("eval.py", "--checkpoint", str(ckpt), f"data.root={tiny_data}",
+        evaluated = call("eval.py", "--checkpoint", str(ckpt), f"data.root={tiny_data}",
                             "data.verify_checksums=false", "--json")
         assert evaluated.returncode == 0, evaluated.stderr
         reports.append(json.loads(evaluated.stdout.strip().splitlines()[-1]))
     assert reports[0]["accuracy"] == reports[1]["accuracy"]
     assert reports[0]["loss"] == pytest.approx(reports[1]["loss"], abs=1e-4)
-    again = run_cli("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
+    again = call("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-def test_onnx_runtime_parity(trained, tmp_path):
+def test_onnx_runtime_parity(trained, tmp_path, call):
     import onnxruntime as ort
     path, model = trained
     out = tmp_path / "model.onnx"
-    result = run_cli("scripts/export.py", "--checkpoint", str(path), "--format", "onnx", "--out", str(out))
+    result = call("scripts/export.py", "--checkpoint", str(path), "--format", "onnx", "--out", str(out))
     assert result.returncode == 0, result.stderr
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 5):
@@ -55,10 +54,10 @@ def test_onnx_runtime_parity(trained, tmp_path):
         assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_torchscript_parity(trained, tmp_path):
+def test_torchscript_parity(trained, tmp_path, call):
     path, model = trained
     out = tmp_path / "model.ts"
-    result = run_cli("scripts/export.py", "--checkpoint", str(path), "--format", "torchscript", "--out", str(out))
+    result = call("scripts/export.py", "--checkpoint", str(path), "--format", "torchscript", "--out", str(out))
     assert result.returncode == 0, result.stderr
     loaded = torch.jit.load(str(out))
     x = torch.randn(2, 3, 32, 32)

@@ -6,22 +6,15 @@ import runpy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_main
 
 from flgc import checkpoint, config, flops
+from flgc.budget import model_mflops, project_to_budget, regularizer_penalty
 from flgc.engine import fit
 from flgc.errors import UsageError
 from flgc.layer import FLGConv2d
 from flgc.models import MobileNetV2
-from flgc.regularizer import (
-    connections,
-    group_regularizer,
-    hard_group_sizes,
-    model_mflops,
-    project_to_budget,
-    project_to_fraction,
-    structure_stats,
-)
-from tests.helpers import run_main
+from flgc.regularizer import connections, group_regularizer, hard_group_sizes, project_to_fraction, structure_stats
 
 
 def set_assignment(layer, input_groups, output_groups, noise=0.0):
@@ -90,17 +83,17 @@ def test_whole_model_budget_counts_what_flops_counts():
     assert model_mflops(model).item() == pytest.approx(counted, rel=1e-6)
     fixed = counted - sum(m.macs(*size) / 1e6 for m, size in flgc_output_sizes(model))
     target = counted - 0.05
-    penalty = group_regularizer(model, "budget", target_mflops=target)
+    penalty = regularizer_penalty(model, "budget", target_mflops=target)
     assert penalty.item() == pytest.approx(0.05 / (target - fixed), rel=1e-3)
     penalty.backward()
     assert any(m.input_group_logits.grad.abs().sum() > 0 for m in model.modules() if isinstance(m, FLGConv2d))
-    assert group_regularizer(model, "budget", target_mflops=counted + 0.05).item() == 0.0
+    assert regularizer_penalty(model, "budget", target_mflops=counted + 0.05).item() == 0.0
 
 
 def test_whole_model_target_below_the_fixed_part_is_a_usage_error():
     model = MobileNetV2(pointwise="flgc")
     with pytest.raises(UsageError, match="target_mflops=10.*outside its FLGC layers"):
-        group_regularizer(model, "budget", target_mflops=10.0)
+        regularizer_penalty(model, "budget", target_mflops=10.0)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -217,7 +210,7 @@ def test_whole_model_budget_optimisation_meets_the_target():
     optimizer = torch.optim.SGD(logits, lr=10.0)
     for _ in range(40):
         optimizer.zero_grad()
-        group_regularizer(model, "budget", target_mflops=target).backward()
+        regularizer_penalty(model, "budget", target_mflops=target).backward()
         optimizer.step()
     assert flops.count(model)[0] <= target
 
