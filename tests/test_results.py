@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
     for name in ("mbv2_sgc8", "mbv2_flgc8"):
         cfg = config.load(os.path.join(ROOT, "configs", f"{name}.yaml"), config.parse_overrides([
             f"out_dir={base / name}", f"data.root={data}", "data.verify_checksums=false", "train.epochs=1",
-            "train.batch_size=20", "train.progress=false", "flgc.logit_init_std=0.001"]))
+            "train.batch_size=20", "train.progress=false", "flgc.logit_init_std=0.001", "flgc.init=random"]))
         engine.fit(cfg)
         paths[name] = base / name
     manifest = base / "manifest.json"
