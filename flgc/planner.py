@@ -8,8 +8,10 @@ import torch
 def channel_gather(x, index):
     """x[:, index] keeping a channels_last tensor channels_last (a gather on its N*H*W x C view)."""
     if x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing():
+        # torch.gather walks the rows once; index_select along dim 1 is slower on this view
         n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, c).index_select(1, index)
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+        rows = torch.gather(rows, 1, index.expand(rows.shape[0], -1))
         return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
     return x.index_select(1, index)
 

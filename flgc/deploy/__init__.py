@@ -7,10 +7,13 @@ contiguous, with the per-layer kernel chosen by timing on the target device:
 - any other network that torch.fx traces: see flgc.deploy.graph;
 - anything else: every FLGConv2d becomes a padded grouped conv between channel gathers.
 
-The result has the model's own forward; convert records the replaced modules as a plain-data spec
-(model.deploy_spec) so a checkpoint can rebuild it: rebuild(model, spec).
+The result has the model's own forward, except where FLGC channel orders were carried across
+residual sums (flgc.deploy.orders): then it is an fx.GraphModule of the edited dataflow. convert
+records the replaced modules and any dataflow edits as a plain-data spec (model.deploy_spec) so a
+checkpoint can rebuild it: rebuild(model, spec).
 """
-from .modules import BlockPointwise, ChannelGather, GroupedConv, rebuild
-from .network import STRATEGIES, convert, fold_batchnorm
+from .modules import BlockPointwise, ChannelGather, GroupedConv, PermutedAdd
+from .network import STRATEGIES, convert, fold_batchnorm, rebuild
 
-__all__ = ["BlockPointwise", "ChannelGather", "GroupedConv", "STRATEGIES", "convert", "fold_batchnorm", "rebuild"]
+__all__ = ["BlockPointwise", "ChannelGather", "GroupedConv", "PermutedAdd", "STRATEGIES", "convert", "fold_batchnorm",
+           "rebuild"]

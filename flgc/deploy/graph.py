@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..layer import FLGConv2d
 from ..planner import Plan, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
+from .orders import carry_orders, worth_carrying
 from .pointwise import build_pointwise
 from .timing import fastest, input_shapes
 
@@ -55,6 +56,8 @@ class Unit:
         self.in_order = self.out_order = self.plan = None
         self.delivered = False  # FLGC: its input arrives in plan.layout order (no input gather)
         self.out_free = False  # FLGC: its output may stay in compute order (a dense consumer permutes)
+        self.free = False  # FLGC outside any chain: its compute order may travel on (flgc.deploy.orders)
+        self.in_source = None  # FLGC reading a tensor held in this channel order (None: original order)
         self.changed = isinstance(conv, FLGConv2d)
 
     @property
@@ -156,11 +159,18 @@ def plan_for(unit, strategy):
     return Plan("dense", layout, list(range(unit.conv.out_channels)), None)
 
 
+def _gather_index(layout, source_order):
+    """Positions, in a tensor held in source_order (None: original order), of the channels of layout
+    (-1: a padding channel, read from position 0 under zero weights)."""
+    position = {c: i for i, c in enumerate(source_order)} if source_order is not None else None
+    return torch.as_tensor([0 if h < 0 else (h if position is None else position[h]) for h in layout])
+
+
 def build(unit):
     """The inference module of a unit with its plan, orders and folded weights."""
     weight, bias = unit.weight, unit.bias
     if unit.flgc and unit.plan.strategy != "dense":
-        in_index = None if unit.delivered else torch.as_tensor(unit.plan.layout).clamp(min=0)
+        in_index = None if unit.delivered else _gather_index(unit.plan.layout, unit.in_source)
         in_channels = len(unit.plan.layout) if unit.delivered else unit.conv.in_channels
         return build_pointwise(unit.plan, weight, bias, in_channels, unit.conv.out_channels, in_index=in_index,
                                geometry=unit.conv, out_order=unit.out_order)
@@ -210,8 +220,8 @@ def route(producer, depthwise, consumer):
 
 
 def deploy(model, input_size, batch_size, strategy, channels_last, device):
-    """{path: inference module} for a model torch.fx traces (BN folded, FLGC as contiguous groups),
-    or None where it does not trace."""
+    """For a model torch.fx traces (BN folded, FLGC as contiguous groups): ({path: inference module},
+    the traced fx graph, the recorded graph edits of flgc.deploy.orders); None where it does not trace."""
     traced = trace(model)
     if traced is None:
         return None
@@ -221,15 +231,20 @@ def deploy(model, input_size, batch_size, strategy, channels_last, device):
     for producer, _, consumer in chains:
         consumer.delivered = consumer.delivered or consumer.flgc
         producer.out_free = producer.flgc and not consumer.flgc
+    producers = {producer for producer, _, _ in chains}
+    for node, unit in graph.units.items():
+        if unit.flgc and unit not in producers and worth_carrying(graph, node):
+            unit.free = unit.out_free = True
     flgc_units = [unit for unit in graph.units.values() if unit.flgc]
     shapes = input_shapes(model, [unit.path for unit in flgc_units], input_size)
     for unit in flgc_units:
         choose(unit, strategy, shapes[unit.path], batch_size, device, channels_last)
     for chain in chains:
         route(*chain)
-    replacements = {unit.path: build(unit) for unit in graph.units.values() if unit.changed}
+    replacements, ops = carry_orders(graph, traced, input_size)
+    replacements.update({unit.path: build(unit) for unit in graph.units.values() if unit.changed})
     replacements.update({path: nn.Identity() for path in graph.folded_bns.values()})
-    return replacements
+    return replacements, traced, ops
 
 
 def fold_pairs(model):

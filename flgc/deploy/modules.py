@@ -21,6 +21,46 @@ class ChannelGather(nn.Module):
         return {"type": "ChannelGather", "size": self.index.numel()}
 
 
+class PermutedAdd(nn.Module):
+    """base + other where the two hold the same channels in different orders: the result is in
+    base's order, out[:, index[i]] = base[:, index[i]] + other[:, i] (index: position in base of each
+    channel of other; inverse: position in other of each channel of base). base may hold extra
+    (padding) channels: their values are don't-cares. With `inplace` the sum is written into base
+    (deployment sets it only where base is a fresh tensor read by nothing else)."""
+
+    def __init__(self, size, base_size=None, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+        self.register_buffer("index", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("inverse", torch.zeros(size if base_size is None else base_size, dtype=torch.long))
+
+    def forward(self, base, other):
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if exporting or torch.is_grad_enabled() or base.dtype != other.dtype:
+            return base + channel_gather(other, self.inverse)
+        out = base if self.inplace else base.clone()
+        if out.is_contiguous() and other.is_contiguous():  # NCHW: whole channel planes
+            return out.index_add_(1, self.index, other)
+        layout = torch.channels_last
+        if out.is_contiguous(memory_format=layout) and other.is_contiguous(memory_format=layout):
+            # rows of N*H*W pixels: scatter each row's channels into place
+            rows, source = (t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in (out, other))
+            rows.scatter_add_(1, self.index.expand(rows.shape[0], -1), source)
+            return out
+        return out.add_(channel_gather(other, self.inverse))
+
+    def spec(self):
+        return {"type": "PermutedAdd", "size": self.index.numel(), "base_size": self.inverse.numel(),
+                "inplace": self.inplace}
+
+
+class Orders(nn.Module):
+    """Holds the ChannelGather and PermutedAdd modules that channel-order rewriting adds to a graph."""
+
+    def spec(self):
+        return {"type": "Orders"}
+
+
 class GroupedConv(nn.Module):
     """Standard grouped conv over groups padded to equal size, between optional channel gathers.
 
@@ -151,6 +191,9 @@ def spec_of(module):
                 "kernel_size": list(module.kernel_size), "stride": list(module.stride),
                 "padding": list(module.padding), "dilation": list(module.dilation),
                 "groups": module.groups, "bias": module.bias is not None}
+    if isinstance(module, nn.Linear):
+        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
     if isinstance(module, PLAIN):
         return {"type": type(module).__name__}
     return module.spec()
@@ -164,8 +207,8 @@ def from_spec(spec):
         return getattr(nn, kind)(inplace=True)
     if kind == "Identity":
         return nn.Identity()
-    classes = {"Conv2d": nn.Conv2d, "GroupedConv": GroupedConv, "BlockPointwise": BlockPointwise,
-               "ChannelGather": ChannelGather}
+    classes = {"Conv2d": nn.Conv2d, "Linear": nn.Linear, "GroupedConv": GroupedConv, "BlockPointwise": BlockPointwise,
+               "ChannelGather": ChannelGather, "PermutedAdd": PermutedAdd, "Orders": Orders}
     if kind not in classes:
         raise ValueError(f"unknown deployed module type {kind!r}")
     return classes[kind](**args)
@@ -174,10 +217,3 @@ def from_spec(spec):
 def set_module(model, path, module):
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
-def rebuild(model, spec):
-    """Apply the replacements of a deploy spec to a freshly built training model (weights empty)."""
-    for path, module_spec in spec.items():
-        set_module(model, path, from_spec(module_spec))
-    return model.eval()

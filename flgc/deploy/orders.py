@@ -1,0 +1,247 @@
+"""Channel orders carried across the dataflow: FLGC outputs stay in compute order.
+
+The chains of flgc.deploy.graph cover a tensor read once. An FLGC conv whose output meets a residual
+sum, or is read several times, would end in a gather back to the original channel order. Here its
+output stays in the conv's compute order (its groups contiguous) and that order travels on:
+- unchanged through elementwise ops, channel-wise pooling and a flatten of 1x1 maps;
+- folded into the columns of a dense conv or Linear reading it, into the filters of a depthwise conv;
+- composed into the input gather of an FLGC conv reading it;
+- at a sum of two tensors in different orders, the sum is taken in one operand's order with the
+  other's channels scattered into it (PermutedAdd, in place where that operand is a fresh tensor
+  read by nothing else, as a conv's output on its way into a residual sum is);
+- anything else reads the original order again through one gather (ChannelGather).
+
+The graph edits are recorded as plain data (ops) so that a deploy spec can replay them on a fresh
+trace of the same network: apply_ops.
+"""
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..planner import take_rows
+from .folding import is_depthwise
+from .modules import ChannelGather, Orders, PermutedAdd
+
+CONTAINER = "channel_orders"
+DATAFLOW = "#dataflow"  # the deploy spec's key for the recorded graph edits (not a module path)
+ADDS = (operator.add, torch.add)
+POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+FLATTEN = (torch.flatten, "flatten")
+POOL_FUNCTIONS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d)
+
+
+def _padded(order):
+    return order is not None and -1 in order
+
+
+def _positions(order, channels):
+    """Position in a tensor held in `order` of each of `channels` (-1: any position, 0)."""
+    position = {c: i for i, c in enumerate(order) if c >= 0}
+    return [position[c] if c >= 0 else 0 for c in channels]
+
+
+def _called(graph, path):
+    return next((n for n in graph.nodes if n.op == "call_module" and n.target == path), None)
+
+
+def apply_ops(graph, ops):
+    """Replay recorded edits on an fx graph: ["gather", source, user, path] makes user read source
+    through call_module(path) (one such node per path, placed before its first user); ["add", node,
+    path, base] replaces a two-tensor sum by call_module(path)(base operand, other operand); ["iadd", node,
+    base] makes it base += other."""
+    nodes = {node.name: node for node in graph.nodes}
+    for kind, name, *rest in ops:
+        if kind == "gather":
+            source, user, path = nodes[name], nodes[rest[0]], rest[1]
+            new = _called(graph, path)
+            if new is None:
+                with graph.inserting_before(user):
+                    new = graph.call_module(path, (source,))
+            user.replace_input_with(source, new)
+        else:
+            node, base = nodes[name], rest[-1]
+            operands = (node.args[base], node.args[1 - base])
+            with graph.inserting_before(node):
+                new = graph.call_module(rest[0], operands) if kind == "add" else graph.call_function(operator.iadd, operands)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        nodes[new.name] = new
+    return graph
+
+
+def _shapes(model, graph, input_size):
+    """{node: output shape} of graph's nodes on one input (on a copy: the graph itself stays unowned)."""
+    copies = {}
+    copied = fx.Graph()
+    copied.graph_copy(graph, copies)
+    with torch.no_grad():
+        ShapeProp(fx.GraphModule(model, copied)).propagate(torch.zeros(1, *input_size))
+    return {node: tuple(copy.meta["tensor_meta"].shape) for node, copy in copies.items()
+            if hasattr(copy.meta.get("tensor_meta"), "shape")}
+
+
+class _Pass:
+    """One pass over the graph: orders[node] is the order (original channel per position) of a tensor
+    not in original order."""
+
+    def __init__(self, graph, traced, input_size):
+        self.graph, self.traced = graph, traced  # flgc.deploy.graph.Graph, the fx graph it was made from
+        self.orders, self.ops, self.modules, self.linears = {}, [], {}, {}
+        self.restored = {}  # source node -> path of its ChannelGather
+        self.shapes = _shapes(graph.model, traced, input_size) if any(n.target in FLATTEN for n in traced.nodes) else {}
+
+    # ---- helpers
+    def _add_module(self, kind, module):
+        path = f"{CONTAINER}.{kind}{len(self.modules)}"
+        self.modules[path] = module
+        return path
+
+    def _fresh(self, node):
+        """node's tensor is a conv's fresh output reached through single-use elementwise steps."""
+        while len(node.users) == 1:
+            if node in self.graph.units:
+                return True
+            if not self.graph.elementwise(node):
+                return False
+            node = node.args[0]
+        return False
+
+    def _spatial_one(self, node):
+        shape = self.shapes.get(node)
+        return shape is not None and len(shape) == 4 and shape[2] * shape[3] == 1
+
+    def _edit(self, op):
+        self.ops.append(op)
+        apply_ops(self.traced, [op])
+
+    def restore(self, source, user):
+        """user reads source in original order again (one ChannelGather per source, shared)."""
+        if source not in self.restored:
+            order = self.orders[source]
+            gather = ChannelGather(len(order) - order.count(-1))
+            gather.index.copy_(torch.as_tensor(_positions(order, range(gather.index.numel()))))
+            self.restored[source] = self._add_module("gather", gather)
+        self._edit(["gather", source.name, user.name, self.restored[source]])
+
+    # ---- rules
+    def unit(self, node, unit):
+        source = node.args[0]
+        order = self.orders.get(source)
+        if order is not None:
+            if unit.flgc and unit.plan.strategy != "dense" and not unit.delivered:
+                unit.in_source, unit.changed = order, True
+            elif (unit.flgc and not unit.delivered) or (unit.dense and unit.in_order is None):
+                unit.in_order, unit.changed = order, True
+            elif is_depthwise(unit.conv) and unit.out_order is None:
+                unit.out_order, unit.changed = order, True
+                self.orders[node] = order
+                return
+            else:
+                self.restore(source, node)
+        if unit.free and unit.plan.compute_out != list(range(unit.conv.out_channels)):
+            # every filter once, in compute order; -1: a padding filter of padded groups (zero weights)
+            unit.out_order, unit.changed = unit.plan.compute_out, True
+            self.orders[node] = unit.plan.compute_out
+
+    def linear(self, node, module):
+        order = self.orders[node.args[0]]
+        new = nn.Linear(len(order), module.out_features, bias=module.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(take_rows(module.weight.detach().t(), order).t())
+            if module.bias is not None:
+                new.bias.copy_(module.bias)
+        self.linears[node.target] = new
+
+    def add(self, node):
+        def order(k):
+            return self.orders.get(node.args[k])
+
+        if order(0) == order(1):
+            if order(0) is not None:
+                self.orders[node] = order(0)
+            for base in (0, 1):  # as the network's own `out += identity` would: no new tensor
+                if self._fresh(node.args[base]):
+                    self._edit(["iadd", node.name, base])
+                    break
+            return
+        # padding channels of the other operand go onto a padding channel of the base: it must have one
+        allowed = [k for k in (0, 1) if _padded(order(k)) or not _padded(order(1 - k))]
+        fresh = [k for k in allowed if self._fresh(node.args[k])]
+        base = (fresh or [k for k in allowed if order(k) is not None])[0]
+        base_order, other_order = order(base), order(1 - base)
+        if base_order is None:
+            base_order = list(range(len(other_order)))
+        if other_order is None:
+            other_order = list(range(len(base_order) - base_order.count(-1)))
+        module = PermutedAdd(len(other_order), len(base_order), inplace=bool(fresh))
+        index = _positions(base_order, other_order)
+        if _padded(other_order):
+            index = [i if c >= 0 else base_order.index(-1) for i, c in zip(index, other_order)]
+        module.index.copy_(torch.as_tensor(index))
+        module.inverse.copy_(torch.as_tensor(_positions(other_order, base_order)))
+        keeps_order = order(base) is not None
+        path = self._add_module("add", module)
+        self._edit(["add", node.name, path, base])  # node leaves the graph
+        if keeps_order:
+            self.orders[_called(self.traced, path)] = base_order
+
+    @staticmethod
+    def _sum(node):
+        return node.op == "call_function" and node.target in ADDS and len(node.args) == 2 and not node.kwargs \
+            and all(isinstance(a, fx.Node) for a in node.args)
+
+    def visit(self, node):
+        graph, ordered = self.graph, [n for n in node.all_input_nodes if n in self.orders]
+        if not ordered and node not in graph.units and not self._sum(node):
+            return
+        module = graph.module(node) if node.op == "call_module" else None
+        single = node.op == "call_module" and graph.calls.get(node.target) == 1
+        plain = len(node.args) >= 1 and node.args[0] in ordered and not any(
+            isinstance(a, fx.Node) for a in node.args[1:]) and not any(isinstance(v, fx.Node) for v in node.kwargs.values())
+        if node in graph.units:
+            self.unit(node, graph.units[node])
+        elif plain and (graph.elementwise(node) or isinstance(module, POOL_MODULES) or node.target in POOL_FUNCTIONS):
+            self.orders[node] = self.orders[node.args[0]]
+        elif plain and node.target in FLATTEN and node.args[1:] == (1,) and self._spatial_one(node.args[0]):
+            self.orders[node] = self.orders[node.args[0]]
+        elif plain and single and isinstance(module, nn.Linear) and len(node.args) == 1:
+            self.linear(node, module)
+        elif self._sum(node):
+            self.add(node)
+        else:
+            for source in ordered:
+                self.restore(source, node)
+
+
+def _passes(graph, node):
+    """node keeps its input's channel order (elementwise, folded BN, channel-wise pooling, flatten)."""
+    module = graph.module(node) if node.op == "call_module" else None
+    return graph.elementwise(node) or isinstance(module, POOL_MODULES) or node.target in POOL_FUNCTIONS + FLATTEN
+
+
+def worth_carrying(graph, node):
+    """Whether the output of node reaches (through order-keeping ops) a reader that can take it in
+    another order: a conv, a Linear or a sum. Otherwise carrying it would only end in a gather."""
+    for user in node.users:
+        module = graph.module(user) if user.op == "call_module" else None
+        if user in graph.units or isinstance(module, nn.Linear) or _Pass._sum(user):
+            return True
+        if _passes(graph, user) and worth_carrying(graph, user):
+            return True
+    return False
+
+
+def carry_orders(graph, traced, input_size):
+    """Propagate FLGC compute orders through `traced` (edited in place); sets the units' in/out orders.
+    Returns ({path: module} to install, in install order, with their container first; the recorded ops)."""
+    state = _Pass(graph, traced, input_size)
+    for node in list(traced.nodes):
+        state.visit(node)
+    if not state.modules and not state.linears:  # nothing reordered: the network's own forward stays
+        return {}, []
+    modules = {CONTAINER: Orders(), **state.modules, **state.linears} if state.modules else dict(state.linears)
+    return modules, state.ops
