@@ -117,6 +117,8 @@ def parse(argv):
                         help="comma list of torch, onnxruntime (CPU only), compile (torch.compile, inductor)")
     parser.add_argument("--per-layer", action="store_true",
                         help="mobilenetv2_cifar: also time every stage of dense / bound / deployed (torch) at the largest batch")
+    parser.add_argument("--allocator", default="system", choices=["system", "reuse"],
+                        help="reuse: glibc malloc keeps freed memory for the next allocation (no fresh pages per call)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.size = args.size or DEFAULT_SIZES[args.model]
@@ -132,6 +134,8 @@ def parse(argv):
         raise UsageError("--checkpoint and --per-layer apply to --model mobilenetv2_cifar only")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); allowed: cpu")
+    if args.allocator == "reuse" and not yardsticks.reuse_freed_memory():
+        raise UsageError("--allocator reuse needs glibc's malloc (mallopt), which this C library lacks; allowed: system")
     if args.device == "cuda" and "onnxruntime" in args.runtimes:
         args.runtimes.remove("onnxruntime")
         print("note: ONNX Runtime is timed on CPU only; --device cuda times torch", file=sys.stderr)
@@ -225,7 +229,7 @@ def main(argv=None):
             m, batch_size=batch, strategy=strategy, channels_last=channels_last)), batch)
     if args.json:
         print(json.dumps({"model": args.model, "size": args.size, "device": args.device, "threads": args.threads,
-                          "results": results}))
+                          "allocator": args.allocator, "results": results}))
 
 
 def fastest_layout(forms, x, device):

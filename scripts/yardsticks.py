@@ -4,6 +4,8 @@ ONNX Runtime sessions. Not part of the flgc library.
 
 Speed claims are ratios measured side by side in one process, never absolute thresholds in tests.
 """
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -12,6 +14,20 @@ import torch.nn as nn
 
 from flgc import FLGConv2d, deploy
 from flgc.models.mobilenetv2 import InvertedResidual
+
+
+def reuse_freed_memory():
+    """Make glibc's malloc serve every allocation from its heap and keep freed memory there, so that
+    a freed activation's pages are handed out again instead of being unmapped and faulted in afresh:
+    by default any block over 32 MB is a new mmap, paid page by page on every call. False where the
+    C library is not glibc (no mallopt). Must run before the large allocations it should affect."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # glibc's <malloc.h> parameter numbers
+    settings = ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 256 << 20))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
 def _cuda_timer(run):
