@@ -65,8 +65,10 @@ def mobilenet_models(checkpoint_path):
 
 
 def both_layouts(convert, model):
-    """{layout: deployed model with its kernels timed in that layout}."""
-    return {layout: convert(model, channels_last=layout == "channels_last") for layout in ("channels_last", "contiguous")}
+    """{layout: deployed model with its kernels timed in that layout (torch)}, and for ONNX Runtime,
+    which picks its own kernels, the form with every grouped layer as a grouped conv ("onnx")."""
+    forms = {layout: convert(model, channels_last=layout == "channels_last") for layout in ("channels_last", "contiguous")}
+    return {**forms, "onnx": convert(model, strategy="conv", channels_last=False)}
 
 
 def mobilenet_variants(models, batch, convert):
@@ -172,7 +174,7 @@ def compile_runners(built, x):
 def ort_runners(built, x, reference, threads, size):
     runners, feed = {}, {"images": x.cpu().numpy()}
     for name, model in built.items():
-        session = yardsticks.ort_session(export.onnx_bytes(nchw(model), x.shape[0], (3, size, size)), threads)
+        session = yardsticks.ort_session(export.onnx_bytes(onnx_form(model), x.shape[0], (3, size, size)), threads)
         error = float((torch.from_numpy(session.run(None, feed)[0]) - reference[name].cpu()).abs().max())
         if error > 1e-3 * max(1.0, float(reference[name].abs().max())):
             raise RuntimeError(f"{name}: ONNX Runtime output differs by {error}")
@@ -202,7 +204,10 @@ def measure(built, batch, args):
     rows = []
     for (name, runtime), seconds in times.items():
         model = built[name]
-        model = model[layouts.get(name, "channels_last")] if isinstance(model, dict) and runtime != "onnxruntime" else nchw(model)
+        if runtime == "onnxruntime":
+            model = onnx_form(model)
+        elif isinstance(model, dict):
+            model = model[layouts.get(name, "channels_last")]
         mflops, _ = flops.count(countable(model.cpu()), (3, args.size, args.size), flgc_as_computed=True)
         rows.append({"variant": name, "runtime": runtime, "batch": batch, "ms": seconds * 1e3, "mflops": mflops,
                      "layout": "nchw" if runtime == "onnxruntime" else layouts.get(name, "channels_last")})
@@ -254,8 +259,13 @@ def countable(model):
 
 
 def nchw(model):
-    """The NCHW form of a variant (for ONNX, FLOPs and the reference output)."""
+    """The NCHW form of a variant (the reference output)."""
     return model["contiguous"] if isinstance(model, dict) else model
+
+
+def onnx_form(model):
+    """The form of a variant ONNX Runtime runs."""
+    return model["onnx"] if isinstance(model, dict) else model
 
 
 def print_per_layer(built, batch):
