@@ -6,8 +6,9 @@ channel slices, and its channel permutations are folded into its neighbours: a c
   producer conv -> [activations, depthwise convs, folded BNs] -> consumer conv
 (each tensor used once) carries its channels in the order the FLGC consumer wants (its producer
 emits them so: rows of a dense conv permuted) or the FLGC producer makes (the consumer's columns
-permuted), so no gather runs. Where the graph does not allow it (an input from a residual sum, an
-output into one) a gather runs: x[:, index], once. Each FLGC layer's kernel ('blocks': one product
+permuted), so no gather runs. An FLGC output outside such a chain (into a residual sum, or read
+several times) keeps its compute order, carried on by flgc.deploy.orders; an FLGC input outside a
+chain is gathered, x[:, index], once. Each FLGC layer's kernel ('blocks': one product
 per group, 'conv': one grouped conv with groups padded to equal size, 'dense': zeros outside the
 groups, 'matmul': the padded groups as one batched product) is the fastest measured on the target
 device for its input shape, batch size and memory layout.
