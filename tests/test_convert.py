@@ -99,10 +99,13 @@ def test_permutations_fold_into_the_neighbouring_dense_convs():
     torch.manual_seed(0)
     model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0, init="random"), 3)
     deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
-    for block in (m for m in deployed.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)):
-        assert isinstance(block.conv3, GroupedConv) and block.conv3.in_index is None
-        assert isinstance(block.conv1, GroupedConv) and block.conv1.out_index is None
-        assert block.conv1.in_index is not None
+    blocks = [name for name, m in model.named_modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
+    assert len(blocks) == 16
+    for name in blocks:  # the deployed model is an fx.GraphModule: its blocks are plain containers
+        conv1, conv3 = deployed.get_submodule(f"{name}.conv1"), deployed.get_submodule(f"{name}.conv3")
+        assert isinstance(conv3, GroupedConv) and conv3.in_index is None
+        assert isinstance(conv1, GroupedConv) and conv1.out_index is None
+        assert conv1.in_index is not None
 
 
 def test_rebuild_from_spec_and_count_the_deployed_form():
