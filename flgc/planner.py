@@ -88,13 +88,19 @@ def take_rows(matrix, index, fill=0.0):
     return out
 
 
+def index_in(order, channels):
+    """Position, in a tensor holding channel order[i] at position i, of each of `channels`
+    (-1 = any channel: position 0)."""
+    position = {c: i for i, c in enumerate(order) if c >= 0}
+    return [position[c] if c >= 0 else 0 for c in channels]
+
+
 def positions(compute_out, wanted):
     """For every channel of `wanted` (original ids, -1 = any), its position in compute order; None
     when that is the identity (no gather needed)."""
     if list(wanted) == list(compute_out):
         return None
-    position = {c: i for i, c in enumerate(compute_out) if c >= 0}
-    index = [position[c] if c >= 0 else 0 for c in wanted]
+    index = index_in(compute_out, wanted)
     if index == list(range(len(compute_out))):
         return None
     return torch.tensor(index, dtype=torch.long)

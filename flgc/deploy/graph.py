@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layer import FLGConv2d
-from ..planner import Plan, plan_pointwise, take_rows
+from ..planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
 from .orders import carry_orders, worth_carrying
 from .pointwise import build_pointwise
@@ -160,18 +160,12 @@ def plan_for(unit, strategy):
     return Plan("dense", layout, list(range(unit.conv.out_channels)), None)
 
 
-def _gather_index(layout, source_order):
-    """Positions, in a tensor held in source_order (None: original order), of the channels of layout
-    (-1: a padding channel, read from position 0 under zero weights)."""
-    position = {c: i for i, c in enumerate(source_order)} if source_order is not None else None
-    return torch.as_tensor([0 if h < 0 else (h if position is None else position[h]) for h in layout])
-
-
 def build(unit):
     """The inference module of a unit with its plan, orders and folded weights."""
     weight, bias = unit.weight, unit.bias
     if unit.flgc and unit.plan.strategy != "dense":
-        in_index = None if unit.delivered else _gather_index(unit.plan.layout, unit.in_source)
+        source = unit.in_source or range(unit.conv.in_channels)  # padding (-1) reads position 0, zero weights
+        in_index = None if unit.delivered else torch.as_tensor(index_in(source, unit.plan.layout))
         in_channels = len(unit.plan.layout) if unit.delivered else unit.conv.in_channels
         return build_pointwise(unit.plan, weight, bias, in_channels, unit.conv.out_channels, in_index=in_index,
                                geometry=unit.conv, out_order=unit.out_order)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..planner import take_rows
+from ..planner import index_in, take_rows
 from .folding import is_depthwise
 from .modules import ChannelGather, Orders, PermutedAdd
 
@@ -36,12 +36,6 @@ POOL_FUNCTIONS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.
 
 def _padded(order):
     return order is not None and -1 in order
-
-
-def _positions(order, channels):
-    """Position in a tensor held in `order` of each of `channels` (-1: any position, 0)."""
-    position = {c: i for i, c in enumerate(order) if c >= 0}
-    return [position[c] if c >= 0 else 0 for c in channels]
 
 
 def _called(graph, path):
@@ -123,7 +117,7 @@ class _Pass:
         if source not in self.restored:
             order = self.orders[source]
             gather = ChannelGather(len(order) - order.count(-1))
-            gather.index.copy_(torch.as_tensor(_positions(order, range(gather.index.numel()))))
+            gather.index.copy_(torch.as_tensor(index_in(order, range(gather.index.numel()))))
             self.restored[source] = self._add_module("gather", gather)
         self._edit(["gather", source.name, user.name, self.restored[source]])
 
@@ -178,11 +172,11 @@ class _Pass:
         if other_order is None:
             other_order = list(range(len(base_order) - base_order.count(-1)))
         module = PermutedAdd(len(other_order), len(base_order), inplace=bool(fresh))
-        index = _positions(base_order, other_order)
+        index = index_in(base_order, other_order)
         if _padded(other_order):
             index = [i if c >= 0 else base_order.index(-1) for i, c in zip(index, other_order)]
         module.index.copy_(torch.as_tensor(index))
-        module.inverse.copy_(torch.as_tensor(_positions(other_order, base_order)))
+        module.inverse.copy_(torch.as_tensor(index_in(other_order, base_order)))
         keeps_order = order(base) is not None
         path = self._add_module("add", module)
         self._edit(["add", node.name, path, base])  # node leaves the graph
@@ -204,9 +198,8 @@ class _Pass:
             isinstance(a, fx.Node) for a in node.args[1:]) and not any(isinstance(v, fx.Node) for v in node.kwargs.values())
         if node in graph.units:
             self.unit(node, graph.units[node])
-        elif plain and (graph.elementwise(node) or isinstance(module, POOL_MODULES) or node.target in POOL_FUNCTIONS):
-            self.orders[node] = self.orders[node.args[0]]
-        elif plain and node.target in FLATTEN and node.args[1:] == (1,) and self._spatial_one(node.args[0]):
+        elif plain and _passes(graph, node) and (
+                node.target not in FLATTEN or (node.args[1:] == (1,) and self._spatial_one(node.args[0]))):
             self.orders[node] = self.orders[node.args[0]]
         elif plain and single and isinstance(module, nn.Linear) and len(node.args) == 1:
             self.linear(node, module)
