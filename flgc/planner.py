@@ -1,12 +1,16 @@
 """Planning a grouped convolution as contiguous channel slices, and the channel gather it may need.
 
-Used by the layer (its frozen grouped forward) and by deployment; depends on nothing of ours.
+Used by the layer (its frozen grouped forward) and by deployment; depends only on flgc.native.
 """
 import torch
+
+from . import native
 
 
 def channel_gather(x, index):
     """x[:, index] keeping a channels_last tensor channels_last (a gather on its N*H*W x C view)."""
+    if native.eligible(x):
+        return native.gather_channels(x, index)
     if x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing():
         # torch.gather walks the rows once; index_select along dim 1 is slower on this view
         n, c, h, w = x.shape

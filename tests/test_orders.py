@@ -1,5 +1,6 @@
 """Channel orders carried across the dataflow (flgc.deploy.orders): FLGC outputs stay in compute order,
-residual sums are taken in one operand's order, and the original order returns only where needed."""
+residual sums are delivered in the order an FLGC reader wants (else in one operand's order), and the
+original order returns only where needed."""
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from helpers import TOLERANCE, max_difference, randomise
 
 import flgc
 from flgc import deploy, export
-from flgc.deploy import ChannelGather, PermutedAdd
+from flgc.deploy import ChannelGather, PermutedAdd, PermutedSum
 
 
 def gathered_sum(base, other, module):
@@ -52,16 +53,20 @@ def random_flgc(model, seed, groups=8):
     return randomise(flgc.convert_model(model, groups=groups, logit_init_std=1.0, init="random"), seed).eval()
 
 
-def test_resnet50_sums_residuals_in_compute_order_without_output_gathers():
+def test_resnet50_sums_residuals_in_the_next_blocks_order_without_gathers():
     torch.manual_seed(0)
     model = random_flgc(torchvision.models.resnet50(weights=None), 3)
     deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
     modules = list(deployed.modules())
     assert not any(getattr(m, "out_index", None) is not None for m in modules)
+    sums = [m for m in modules if isinstance(m, PermutedSum)]
     adds = [m for m in modules if isinstance(m, PermutedAdd)]
-    assert len(adds) == 16 and all(m.inplace for m in adds)  # one per bottleneck, on conv3's fresh output
+    # blocks 1-15 deliver their sum in the input layout of the next block's conv1; the last one,
+    # read by the pooling and fc, is taken in place on conv3's fresh output; every block's ReLU folded in
+    assert len(sums) == 15 and len(adds) == 1 and adds[0].inplace
+    assert all(m.relu for m in sums + adds)
     readers = [m for m in modules if getattr(m, "in_index", None) is not None]
-    assert len(readers) == 16 + 4  # conv1 of every block and the 4 downsamples read the residual stream
+    assert len(readers) == 1 + 4  # the first conv1 (reads the stem) and the 4 downsamples gather
     assert not any(isinstance(m, ChannelGather) for m in deployed.channel_orders.children())  # nothing restored
     assert not torch.equal(deployed.fc.weight, model.fc.weight)  # the last order folded into fc's columns
     assert max_difference(model, deployed, torch.randn(2, 3, 32, 32)) <= TOLERANCE
@@ -92,7 +97,7 @@ def test_orders_pass_through_sums_and_neighbours_and_come_back_where_needed(stra
     model = random_flgc(Branchy(), 4, groups=4)
     deployed = deploy.convert(model, strategy=strategy, input_size=(3, 8, 8))
     if strategy != "auto":  # auto may time dense kernels faster on layers this small: no orders then
-        assert any(isinstance(m, PermutedAdd) for m in deployed.modules())
+        assert any(isinstance(m, PermutedSum) for m in deployed.modules())  # y is read by FLGC b
         assert any(isinstance(m, ChannelGather) for m in deployed.channel_orders.children())
     assert max_difference(model, deployed, torch.randn(3, 3, 8, 8)) <= TOLERANCE
 

@@ -12,8 +12,8 @@ residual sums (flgc.deploy.orders): then it is an fx.GraphModule of the edited d
 records the replaced modules and any dataflow edits as a plain-data spec (model.deploy_spec) so a
 checkpoint can rebuild it: rebuild(model, spec).
 """
-from .modules import BlockPointwise, ChannelGather, GroupedConv, PermutedAdd
+from .modules import BlockPointwise, ChannelGather, GroupedConv, PermutedAdd, PermutedSum
 from .network import STRATEGIES, convert, fold_batchnorm, rebuild
 
-__all__ = ["BlockPointwise", "ChannelGather", "GroupedConv", "PermutedAdd", "STRATEGIES", "convert", "fold_batchnorm",
-           "rebuild"]
+__all__ = ["BlockPointwise", "ChannelGather", "GroupedConv", "PermutedAdd", "PermutedSum", "STRATEGIES", "convert",
+           "fold_batchnorm", "rebuild"]

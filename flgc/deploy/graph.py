@@ -165,8 +165,9 @@ def build(unit):
     weight, bias = unit.weight, unit.bias
     if unit.flgc and unit.plan.strategy != "dense":
         source = unit.in_source or range(unit.conv.in_channels)  # padding (-1) reads position 0, zero weights
-        in_index = None if unit.delivered else torch.as_tensor(index_in(source, unit.plan.layout))
-        in_channels = len(unit.plan.layout) if unit.delivered else unit.conv.in_channels
+        arrives_in_layout = unit.delivered or list(source) == unit.plan.layout
+        in_index = None if arrives_in_layout else torch.as_tensor(index_in(source, unit.plan.layout))
+        in_channels = len(unit.plan.layout) if arrives_in_layout else unit.conv.in_channels
         return build_pointwise(unit.plan, weight, bias, in_channels, unit.conv.out_channels, in_index=in_index,
                                geometry=unit.conv, out_order=unit.out_order)
     in_order = unit.plan.layout if unit.flgc and unit.delivered else unit.in_order

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import native
 from ..planner import channel_gather
 
 
@@ -26,36 +27,65 @@ class PermutedAdd(nn.Module):
     base's order, out[:, index[i]] = base[:, index[i]] + other[:, i] (index: position in base of each
     channel of other; inverse: position in other of each channel of base). base may hold extra
     (padding) channels: their values are don't-cares. With `inplace` the sum is written into base
-    (deployment sets it only where base is a fresh tensor read by nothing else)."""
+    (deployment sets it only where base is a fresh tensor read by nothing else); with `relu` the
+    result is rectified (deployment folds a ReLU that reads only the sum)."""
 
-    def __init__(self, size, base_size=None, inplace=False):
+    def __init__(self, size, base_size=None, inplace=False, relu=False):
         super().__init__()
-        self.inplace = inplace
+        self.inplace, self.relu = inplace, relu
         self.register_buffer("index", torch.zeros(size, dtype=torch.long))
         self.register_buffer("inverse", torch.zeros(size if base_size is None else base_size, dtype=torch.long))
 
     def forward(self, base, other):
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if exporting or torch.is_grad_enabled() or base.dtype != other.dtype:
-            return base + channel_gather(other, self.inverse)
+            out = base + channel_gather(other, self.inverse)
+            return F.relu(out) if self.relu else out
         out = base if self.inplace else base.clone()
-        if out.is_contiguous() and other.is_contiguous():  # NCHW: whole channel planes
-            return out.index_add_(1, self.index, other)
+        if native.eligible(out, other):  # one pass: add and rectify each pixel's channels in cache
+            return native.permuted_add_(out, other, self.index, self.relu)
         layout = torch.channels_last
-        if out.is_contiguous(memory_format=layout) and other.is_contiguous(memory_format=layout):
+        if out.is_contiguous() and other.is_contiguous():  # NCHW: whole channel planes
+            out.index_add_(1, self.index, other)
+        elif out.is_contiguous(memory_format=layout) and other.is_contiguous(memory_format=layout):
             # rows of N*H*W pixels: scatter each row's channels into place
             rows, source = (t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in (out, other))
             rows.scatter_add_(1, self.index.expand(rows.shape[0], -1), source)
-            return out
-        return out.add_(channel_gather(other, self.inverse))
+        else:
+            out.add_(channel_gather(other, self.inverse))
+        return out.relu_() if self.relu else out
 
     def spec(self):
         return {"type": "PermutedAdd", "size": self.index.numel(), "base_size": self.inverse.numel(),
-                "inplace": self.inplace}
+                "inplace": self.inplace, "relu": self.relu}
+
+
+class PermutedSum(nn.Module):
+    """a + b where the two hold the same channels in different orders, delivered in a third order:
+    out[:, j] = a[:, left[j]] + b[:, right[j]] (deployment picks the order an FLGC conv reading the
+    sum wants, so that conv needs no input gather); rectified with `relu`. Entries -1 in both
+    indices give a zero channel (padding of that conv's groups)."""
+
+    def __init__(self, size, relu=False):
+        super().__init__()
+        self.relu = relu
+        self.register_buffer("left", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("right", torch.zeros(size, dtype=torch.long))
+
+    def forward(self, a, b):
+        if native.eligible(a, b):  # one pass: both operands read in place of two gathers and an add
+            return native.permuted_sum(a, b, self.left, self.right, self.relu)
+        out = channel_gather(a, self.left.clamp(min=0)) + channel_gather(b, self.right.clamp(min=0))
+        if bool((self.left < 0).any()):
+            out = out * (self.left >= 0).to(out.dtype).view(1, -1, 1, 1)
+        return F.relu(out) if self.relu else out
+
+    def spec(self):
+        return {"type": "PermutedSum", "size": self.left.numel(), "relu": self.relu}
 
 
 class Orders(nn.Module):
-    """Holds the ChannelGather and PermutedAdd modules that channel-order rewriting adds to a graph."""
+    """Holds the ChannelGather, PermutedAdd and PermutedSum modules that channel-order rewriting adds to a graph."""
 
     def spec(self):
         return {"type": "Orders"}
@@ -208,7 +238,7 @@ def from_spec(spec):
     if kind == "Identity":
         return nn.Identity()
     classes = {"Conv2d": nn.Conv2d, "Linear": nn.Linear, "GroupedConv": GroupedConv, "BlockPointwise": BlockPointwise,
-               "ChannelGather": ChannelGather, "PermutedAdd": PermutedAdd, "Orders": Orders}
+               "ChannelGather": ChannelGather, "PermutedAdd": PermutedAdd, "PermutedSum": PermutedSum, "Orders": Orders}
     if kind not in classes:
         raise ValueError(f"unknown deployed module type {kind!r}")
     return classes[kind](**args)

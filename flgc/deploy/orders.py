@@ -6,10 +6,13 @@ output stays in the conv's compute order (its groups contiguous) and that order 
 - unchanged through elementwise ops, channel-wise pooling and a flatten of 1x1 maps;
 - folded into the columns of a dense conv or Linear reading it, into the filters of a depthwise conv;
 - composed into the input gather of an FLGC conv reading it;
-- at a sum of two tensors in different orders, the sum is taken in one operand's order with the
-  other's channels scattered into it (PermutedAdd, in place where that operand is a fresh tensor
-  read by nothing else, as a conv's output on its way into a residual sum is);
+- at a sum of two tensors in different orders, the sum is delivered in the input layout of an FLGC
+  conv that reads it, so that conv gathers nothing (PermutedSum); without such a reader it is taken
+  in one operand's order with the other's channels scattered into it (PermutedAdd, in place where
+  that operand is a fresh tensor read by nothing else, as a conv's output on its way into a
+  residual sum is);
 - anything else reads the original order again through one gather (ChannelGather).
+A ReLU that alone reads such a sum is folded into it (one pass over the sum instead of two).
 
 The graph edits are recorded as plain data (ops) so that a deploy spec can replay them on a fresh
 trace of the same network: apply_ops.
@@ -24,7 +27,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..planner import index_in, take_rows
 from .folding import is_depthwise
-from .modules import ChannelGather, Orders, PermutedAdd
+from .modules import ChannelGather, Orders, PermutedAdd, PermutedSum
 
 CONTAINER = "channel_orders"
 DATAFLOW = "#dataflow"  # the deploy spec's key for the recorded graph edits (not a module path)
@@ -46,9 +49,14 @@ def apply_ops(graph, ops):
     """Replay recorded edits on an fx graph: ["gather", source, user, path] makes user read source
     through call_module(path) (one such node per path, placed before its first user); ["add", node,
     path, base] replaces a two-tensor sum by call_module(path)(base operand, other operand); ["iadd", node,
-    base] makes it base += other."""
+    base] makes it base += other; ["relu", node] drops a ReLU folded into the sum it reads."""
     nodes = {node.name: node for node in graph.nodes}
     for kind, name, *rest in ops:
+        if kind == "relu":
+            node = nodes.pop(name)
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            continue
         if kind == "gather":
             source, user, path = nodes[name], nodes[rest[0]], rest[1]
             new = _called(graph, path)
@@ -162,6 +170,17 @@ class _Pass:
                     self._edit(["iadd", node.name, base])
                     break
             return
+        wanted = self._reader_layout(node)
+        held = [order(k) or list(range(len(wanted) - wanted.count(-1))) for k in (0, 1)] if wanted else None
+        if wanted is not None and wanted not in held:
+            # delivered in the order an FLGC reader wants: no gather before that reader
+            module = PermutedSum(len(wanted))
+            for buffer, k in ((module.left, 0), (module.right, 1)):
+                buffer.copy_(torch.as_tensor([i if c >= 0 else -1 for i, c in zip(index_in(held[k], wanted), wanted)]))
+            path = self._add_module("sum", module)
+            self._edit(["add", node.name, path, 0])
+            self.orders[_called(self.traced, path)] = wanted
+            return
         # padding channels of the other operand go onto a padding channel of the base: it must have one
         allowed = [k for k in (0, 1) if _padded(order(k)) or not _padded(order(1 - k))]
         fresh = [k for k in allowed if self._fresh(node.args[k])]
@@ -182,6 +201,36 @@ class _Pass:
         self._edit(["add", node.name, path, base])  # node leaves the graph
         if keeps_order:
             self.orders[_called(self.traced, path)] = base_order
+
+    def _reader_layout(self, node):
+        """The input layout of an FLGC conv that reads node (through elementwise ops) and would gather
+        it: a permutation of node's channels, or None."""
+        for user in node.users:
+            unit = self.graph.units.get(user)
+            if unit is not None and unit.flgc and unit.plan.strategy != "dense" and not unit.delivered:
+                layout = unit.plan.layout
+                if sorted(c for c in layout if c >= 0) == list(range(unit.conv.in_channels)):
+                    return layout
+            elif unit is None and self.graph.elementwise(user):
+                found = self._reader_layout(user)
+                if found is not None:
+                    return found
+        return None
+
+    def fold_relus(self):
+        """A ReLU that is the only reader of a PermutedAdd or PermutedSum runs inside it."""
+        for path, module in self.modules.items():
+            node = _called(self.traced, path) if isinstance(module, (PermutedAdd, PermutedSum)) else None
+            user = next(iter(node.users)) if node is not None and len(node.users) == 1 else None
+            if user is not None and self._relu(user) and user.args[0] is node:
+                module.relu = True
+                self._edit(["relu", user.name])
+
+    def _relu(self, node):
+        if node.op == "call_module":
+            return isinstance(self.graph.module(node), nn.ReLU) and len(node.args) == 1 and not node.kwargs
+        return node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_) and len(node.args) == 1 \
+            and set(node.kwargs) <= {"inplace"}
 
     @staticmethod
     def _sum(node):
@@ -234,6 +283,7 @@ def carry_orders(graph, traced, input_size):
     state = _Pass(graph, traced, input_size)
     for node in list(traced.nodes):
         state.visit(node)
+    state.fold_relus()
     if not state.modules and not state.linears:  # nothing reordered: the network's own forward stays
         return {}, []
     modules = {CONTAINER: Orders(), **state.modules, **state.linears} if state.modules else dict(state.linears)

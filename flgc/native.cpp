@@ -1,0 +1,218 @@
+// CPU kernels for deployed networks whose channels travel in permuted orders (flgc/native.py builds
+// this file on first use). All take NCHW float32 tensors, contiguous or channels_last, and split the
+// work over torch's intra-op threads. On channels_last tensors each pixel's channels are one row that
+// stays in cache; the row loops are compiled once per instruction set and picked at load time
+// (vector gathers on AVX2 / AVX-512 machines).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define FLGC_ROW_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FLGC_ROW_LOOP
+#endif
+
+namespace {
+
+using Index = std::vector<int32_t>;
+
+// A tensor with one channel or one pixel per image is both contiguous and channels_last: the
+// kernels treat it as contiguous.
+bool rows_layout(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+void check_input(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4, name,
+              ": a 4-d float32 CPU tensor is required");
+  TORCH_CHECK(rows_layout(t) || t.is_contiguous(), name, ": contiguous or channels_last memory is required");
+}
+
+void check_peer(const at::Tensor& first, const at::Tensor& second) {
+  TORCH_CHECK(first.size(0) == second.size(0) && first.size(2) == second.size(2) && first.size(3) == second.size(3),
+              "the two tensors differ in N, H or W");
+  TORCH_CHECK(rows_layout(first) ? second.is_contiguous(at::MemoryFormat::ChannelsLast) : second.is_contiguous(),
+              "the two tensors must share one memory layout");
+}
+
+// The entries of a channel index, checked: each in [lowest, bound) (lowest -1: -1 marks padding).
+Index read_index(const at::Tensor& index, int64_t size, int64_t bound, int64_t lowest = 0) {
+  TORCH_CHECK(index.device().is_cpu() && index.scalar_type() == at::kLong && index.dim() == 1 &&
+                  index.numel() == size && index.is_contiguous(),
+              "index: a contiguous int64 vector of ", size, " entries is required");
+  const int64_t* idx = index.data_ptr<int64_t>();
+  for (int64_t i = 0; i < size; ++i) TORCH_CHECK(idx[i] >= lowest && idx[i] < bound, "index: entry out of range");
+  return Index(idx, idx + size);
+}
+
+// Rows of a channels_last tensor per task: about 16k floats.
+int64_t row_grain(int64_t channels) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(channels, 1)); }
+
+at::Tensor empty_like_layout(const at::Tensor& x, int64_t channels, bool rows) {
+  auto format = rows ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(format));
+}
+
+FLGC_ROW_LOOP void add_rows(float* __restrict__ base, const float* __restrict__ other, const int32_t* __restrict__ idx,
+                            int64_t cb, int64_t co, bool relu, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    float* __restrict__ row = base + r * cb;
+    const float* __restrict__ add = other + r * co;
+    for (int64_t i = 0; i < co; ++i) row[idx[i]] += add[i];
+    if (relu)
+      for (int64_t c = 0; c < cb; ++c) row[c] = row[c] < 0.f ? 0.f : row[c];
+  }
+}
+
+FLGC_ROW_LOOP void sum_rows(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+                            const int32_t* __restrict__ ia, const int32_t* __restrict__ ib, int64_t ca, int64_t cb,
+                            int64_t k, bool relu, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict__ ra = a + r * ca;
+    const float* __restrict__ rb = b + r * cb;
+    float* __restrict__ to = out + r * k;
+    if (relu) {
+      for (int64_t j = 0; j < k; ++j) {
+        const float v = ra[ia[j]] + rb[ib[j]];
+        to[j] = v < 0.f ? 0.f : v;
+      }
+    } else {
+      for (int64_t j = 0; j < k; ++j) to[j] = ra[ia[j]] + rb[ib[j]];
+    }
+  }
+}
+
+FLGC_ROW_LOOP void gather_rows(const float* __restrict__ x, float* __restrict__ out, const int32_t* __restrict__ idx,
+                               int64_t c, int64_t k, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict__ from = x + r * c;
+    float* __restrict__ to = out + r * k;
+    for (int64_t j = 0; j < k; ++j) to[j] = from[idx[j]];
+  }
+}
+
+// base[:, index[i]] += other[:, i] for every channel i of other (in turn where entries repeat); then,
+// with relu, base = max(base, 0) over all of base's channels (those no entry names are only rectified).
+void permuted_add_(at::Tensor base, const at::Tensor& other, const at::Tensor& index, bool relu) {
+  check_input(base, "base");
+  check_input(other, "other");
+  check_peer(base, other);
+  const int64_t n = base.size(0), cb = base.size(1), co = other.size(1), plane = base.size(2) * base.size(3);
+  const Index idx = read_index(index, co, cb);
+  float* b = base.data_ptr<float>();
+  const float* o = other.data_ptr<float>();
+  if (rows_layout(base)) {
+    at::parallel_for(0, n * plane, row_grain(cb), [&](int64_t begin, int64_t end) {
+      add_rows(b, o, idx.data(), cb, co, relu, begin, end);
+    });
+    return;
+  }
+  // the channels of other added into each channel c of base: sources[first[c] .. first[c + 1])
+  std::vector<int64_t> first(cb + 1, 0), sources(co);
+  for (int64_t i = 0; i < co; ++i) ++first[idx[i] + 1];
+  for (int64_t c = 0; c < cb; ++c) first[c + 1] += first[c];
+  std::vector<int64_t> next(first.begin(), first.end() - 1);
+  for (int64_t i = 0; i < co; ++i) sources[next[idx[i]]++] = i;
+  at::parallel_for(0, n * cb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {  // one channel plane of one image
+      float* out = b + p * plane;
+      const int64_t image = p / cb, c = p % cb;
+      for (int64_t s = first[c]; s < first[c + 1]; ++s) {
+        const float* add = o + (image * co + sources[s]) * plane;
+        if (relu && s + 1 == first[c + 1]) {  // the last source: add and rectify in one pass
+          for (int64_t k = 0; k < plane; ++k) out[k] = out[k] + add[k] < 0.f ? 0.f : out[k] + add[k];
+          break;
+        }
+        for (int64_t k = 0; k < plane; ++k) out[k] += add[k];
+      }
+      if (relu && first[c] == first[c + 1])
+        for (int64_t k = 0; k < plane; ++k) out[k] = out[k] < 0.f ? 0.f : out[k];
+    }
+  });
+}
+
+// a[:, left] + b[:, right] as a new tensor in a's memory layout, rectified with relu: a sum of two
+// tensors that hold the same channels in different orders, delivered in a third order. Where left
+// and right are both -1 the output channel is zero (padding).
+at::Tensor permuted_sum(const at::Tensor& a, const at::Tensor& b, const at::Tensor& left, const at::Tensor& right,
+                        bool relu) {
+  check_input(a, "a");
+  check_input(b, "b");
+  check_peer(a, b);
+  const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), k = left.numel(), plane = a.size(2) * a.size(3);
+  Index ia = read_index(left, k, ca, -1), ib = read_index(right, k, cb, -1);
+  std::vector<int64_t> padding;  // output channels that are zero
+  for (int64_t j = 0; j < k; ++j) {
+    TORCH_CHECK((ia[j] < 0) == (ib[j] < 0), "left and right: -1 (padding) at the same entries only");
+    if (ia[j] < 0) {
+      padding.push_back(j);
+      ia[j] = ib[j] = 0;  // computed, then overwritten with zero
+    }
+  }
+  const bool rows = rows_layout(a);
+  at::Tensor out = empty_like_layout(a, k, rows);
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  float* d = out.data_ptr<float>();
+  if (rows) {
+    at::parallel_for(0, n * plane, row_grain(ca + cb), [&](int64_t begin, int64_t end) {
+      sum_rows(pa, pb, d, ia.data(), ib.data(), ca, cb, k, relu, begin, end);
+      for (int64_t r = begin; r < end; ++r)
+        for (int64_t j : padding) d[r * k + j] = 0.f;
+    });
+    return out;
+  }
+  at::parallel_for(0, n * k, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t image = p / k, j = p % k;
+      float* to = d + p * plane;
+      const float* fa = pa + (image * ca + ia[j]) * plane;
+      const float* fb = pb + (image * cb + ib[j]) * plane;
+      if (relu) {
+        for (int64_t q = 0; q < plane; ++q) to[q] = fa[q] + fb[q] < 0.f ? 0.f : fa[q] + fb[q];
+      } else {
+        for (int64_t q = 0; q < plane; ++q) to[q] = fa[q] + fb[q];
+      }
+    }
+  });
+  for (int64_t image = 0; image < n; ++image)
+    for (int64_t j : padding) std::fill(d + (image * k + j) * plane, d + (image * k + j + 1) * plane, 0.f);
+  return out;
+}
+
+// x[:, index] in x's memory layout.
+at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index) {
+  check_input(x, "x");
+  const int64_t n = x.size(0), c = x.size(1), k = index.numel(), plane = x.size(2) * x.size(3);
+  const Index idx = read_index(index, k, c);
+  const bool rows = rows_layout(x);
+  at::Tensor out = empty_like_layout(x, k, rows);
+  const float* s = x.data_ptr<float>();
+  float* d = out.data_ptr<float>();
+  if (rows) {
+    at::parallel_for(0, n * plane, row_grain(c), [&](int64_t begin, int64_t end) {
+      gather_rows(s, d, idx.data(), c, k, begin, end);
+    });
+    return out;
+  }
+  at::parallel_for(0, n * k, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float* from = s + ((p / k) * c + idx[p % k]) * plane;
+      std::copy(from, from + plane, d + p * plane);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(flgc, m) {
+  m.def("permuted_add_(Tensor(a!) base, Tensor other, Tensor index, bool relu) -> ()", &permuted_add_);
+  m.def("permuted_sum(Tensor a, Tensor b, Tensor left, Tensor right, bool relu) -> Tensor", &permuted_sum);
+  m.def("gather_channels(Tensor x, Tensor index) -> Tensor", &gather_channels);
+}

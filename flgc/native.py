@@ -1,0 +1,84 @@
+"""Compiled CPU kernels for channels that travel in permuted orders (native.cpp), built on first use.
+
+torch's C++ extension loader compiles native.cpp once per torch build (about half a minute on two
+cores) and caches the library (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a
+C++ compiler with OpenMP and ninja (a declared dependency). Where the build fails, or FLGC_NATIVE=0
+is set, every caller uses plain torch ops instead: the same results, slower on the CPU.
+
+The kernels serve inference only (no autograd): callers check eligible() first.
+"""
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native.cpp")
+_state = {}
+_lock = threading.Lock()
+
+
+def _build():
+    if os.environ.get("FLGC_NATIVE", "1") == "0":
+        return "FLGC_NATIVE=0"
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its import warns that a CUDA build of torch finds no CUDA runtime
+    try:
+        from torch.utils.cpp_extension import load
+        load("flgc_native", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+             is_python_module=False, verbose=False)
+    except Exception as error:  # no compiler, no ninja, no OpenMP: the torch ops remain
+        lines = str(error).strip().splitlines()
+        reason = (lines[0] if lines else type(error).__name__)[:160]
+        print(f"warning: flgc's compiled CPU kernels are not available ({reason}); using torch ops "
+              "(FLGC_NATIVE=0 skips the build)", file=sys.stderr)
+        return reason
+    finally:
+        logger.setLevel(level)
+    return ""
+
+
+def available():
+    """Whether the compiled kernels are loaded (builds them on the first call)."""
+    if "reason" not in _state:
+        with _lock:
+            if "reason" not in _state:
+                _state["reason"] = _build()
+    return not _state["reason"]
+
+
+def unavailable_reason():
+    available()
+    return _state["reason"]
+
+
+def eligible(*tensors):
+    """The kernels apply: float32 NCHW CPU tensors in one memory layout, no autograd, not traced."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if not all(t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        return False
+    layouts = {"contiguous" if t.is_contiguous() else "channels_last" if t.is_contiguous(memory_format=torch.channels_last)
+               else None for t in tensors}
+    return None not in layouts and len(layouts) == 1 and available()
+
+
+def permuted_add_(base, other, index, relu=False):
+    """base[:, index[i]] += other[:, i] in place, then max(base, 0) over all of base with relu."""
+    torch.ops.flgc.permuted_add_(base, other, index, relu)
+    return base
+
+
+def permuted_sum(a, b, left, right, relu=False):
+    """a[:, left] + b[:, right] (a new tensor in a's memory layout), max(., 0) with relu."""
+    return torch.ops.flgc.permuted_sum(a, b, left, right, relu)
+
+
+def gather_channels(x, index):
+    """x[:, index] in x's memory layout."""
+    return torch.ops.flgc.gather_channels(x, index)

@@ -1,0 +1,91 @@
+"""The compiled CPU kernels (flgc.native) against plain torch, and the deployed modules that use them
+against their torch fallback. Set FLGC_NATIVE=0 to run without a compiler (these tests then skip)."""
+import os
+
+import pytest
+import torch
+
+from flgc import native
+from flgc.deploy import PermutedAdd, PermutedSum
+
+if os.environ.get("FLGC_NATIVE") == "0":
+    pytest.skip("FLGC_NATIVE=0: compiled kernels switched off", allow_module_level=True)
+
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def test_the_kernels_build_here():
+    assert native.available(), native.unavailable_reason()
+
+
+def tensors(layout, *channels, seed=0):
+    torch.manual_seed(seed)
+    return [torch.randn(2, c, 5, 3).contiguous(memory_format=FORMATS[layout]) for c in channels]
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_permuted_add_matches_index_add_including_repeated_entries(layout, relu):
+    base, other = tensors(layout, 9, 7)
+    index = torch.tensor([4, 0, 8, 2, 8, 1, 8])  # 8 named three times: summed in turn; 3, 5, 6, 7 untouched
+    expected = base.clone().index_add_(1, index, other)
+    expected = expected.relu() if relu else expected
+    out = native.permuted_add_(base, other, index, relu)
+    assert out is base and torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_permuted_sum_gathers_both_operands_and_zeroes_padding(layout, relu):
+    a, b = tensors(layout, 6, 8)
+    left, right = torch.tensor([5, -1, 0, 3, 1, -1]), torch.tensor([7, -1, 2, 0, 4, -1])
+    expected = a[:, left.clamp(min=0)] + b[:, right.clamp(min=0)]
+    expected[:, left < 0] = 0
+    expected = expected.relu() if relu else expected
+    out = native.permuted_sum(a, b, left, right, relu)
+    assert torch.equal(out, expected)
+    assert out.is_contiguous(memory_format=FORMATS[layout])
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+def test_gather_channels_keeps_the_layout(layout):
+    (x,) = tensors(layout, 10)
+    index = torch.tensor([9, 0, 0, 4, 7])
+    out = native.gather_channels(x, index)
+    assert torch.equal(out, x[:, index]) and out.is_contiguous(memory_format=FORMATS[layout])
+
+
+def test_bad_indices_are_refused_not_read_out_of_bounds():
+    a, b = tensors("channels_last", 4, 4)
+    with pytest.raises(RuntimeError, match="out of range"):
+        native.gather_channels(a, torch.tensor([0, 4]))
+    with pytest.raises(RuntimeError, match="same entries"):
+        native.permuted_sum(a, b, torch.tensor([0, -1]), torch.tensor([1, 2]))
+    with pytest.raises(RuntimeError, match="memory layout"):
+        native.permuted_add_(a, b.contiguous(), torch.arange(4), False)
+
+
+def test_only_inference_tensors_are_eligible():
+    (x,) = tensors("contiguous", 3)
+    assert native.eligible(x, x)
+    assert not native.eligible(x.double())
+    assert not native.eligible(x, x.contiguous(memory_format=torch.channels_last))
+    assert not native.eligible(x.requires_grad_())
+    with torch.no_grad():
+        assert native.eligible(x)
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+def test_deployed_sums_give_the_same_with_and_without_the_kernels(layout, monkeypatch):
+    a, b = tensors(layout, 8, 8, seed=1)
+    add, total = PermutedAdd(8, inplace=False, relu=True), PermutedSum(8, relu=True)
+    add.index.copy_(torch.randperm(8))
+    add.inverse.copy_(torch.argsort(add.index))
+    total.left.copy_(torch.tensor([3, 1, -1, 0, 7, 2, 6, -1]))
+    total.right.copy_(torch.tensor([0, 4, -1, 7, 1, 6, 2, -1]))
+    with torch.no_grad():
+        compiled = [add(a, b), total(a, b)]
+        monkeypatch.setattr(native, "eligible", lambda *tensors: False)
+        fallback = [add(a, b), total(a, b)]
+    for x, y in zip(compiled, fallback):
+        assert torch.allclose(x, y, atol=1e-6)
