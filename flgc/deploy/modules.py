@@ -76,8 +76,7 @@ class PermutedSum(nn.Module):
         if native.eligible(a, b):  # one pass: both operands read in place of two gathers and an add
             return native.permuted_sum(a, b, self.left, self.right, self.relu)
         out = channel_gather(a, self.left.clamp(min=0)) + channel_gather(b, self.right.clamp(min=0))
-        if bool((self.left < 0).any()):
-            out = out * (self.left >= 0).to(out.dtype).view(1, -1, 1, 1)
+        out = out.masked_fill((self.left < 0).view(1, -1, 1, 1), 0.0)  # padding channels
         return F.relu(out) if self.relu else out
 
     def spec(self):
