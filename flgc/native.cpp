@@ -69,13 +69,16 @@ FLGC_ROW_LOOP void add_rows(float* __restrict__ base, const float* __restrict__ 
   }
 }
 
-FLGC_ROW_LOOP void sum_rows(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+// out rows of k = a[left] + b[right]; with out == a (same row length), each row is made in a scratch
+// row first and then written over a's row, which no other row reads.
+FLGC_ROW_LOOP void sum_rows(const float* a, const float* __restrict__ b, float* out,
                             const int32_t* __restrict__ ia, const int32_t* __restrict__ ib, int64_t ca, int64_t cb,
                             int64_t k, bool relu, int64_t begin, int64_t end) {
+  std::vector<float> scratch(out == a ? k : 0);
   for (int64_t r = begin; r < end; ++r) {
     const float* __restrict__ ra = a + r * ca;
     const float* __restrict__ rb = b + r * cb;
-    float* __restrict__ to = out + r * k;
+    float* __restrict__ to = out == a ? scratch.data() : out + r * k;
     if (relu) {
       for (int64_t j = 0; j < k; ++j) {
         const float v = ra[ia[j]] + rb[ib[j]];
@@ -84,6 +87,7 @@ FLGC_ROW_LOOP void sum_rows(const float* __restrict__ a, const float* __restrict
     } else {
       for (int64_t j = 0; j < k; ++j) to[j] = ra[ia[j]] + rb[ib[j]];
     }
+    if (out == a) std::copy(to, to + k, out + r * k);
   }
 }
 
@@ -136,11 +140,12 @@ void permuted_add_(at::Tensor base, const at::Tensor& other, const at::Tensor& i
   });
 }
 
-// a[:, left] + b[:, right] as a new tensor in a's memory layout, rectified with relu: a sum of two
-// tensors that hold the same channels in different orders, delivered in a third order. Where left
-// and right are both -1 the output channel is zero (padding).
+// a[:, left] + b[:, right] in a's memory layout, rectified with relu: a sum of two tensors that hold
+// the same channels in different orders, delivered in a third order. Where left and right are both
+// -1 the output channel is zero (padding). With reuse, a channels_last `a` of as many channels as
+// the result is overwritten with it (a must be read by nothing else); otherwise the result is new.
 at::Tensor permuted_sum(const at::Tensor& a, const at::Tensor& b, const at::Tensor& left, const at::Tensor& right,
-                        bool relu) {
+                        bool relu, bool reuse) {
   check_input(a, "a");
   check_input(b, "b");
   check_peer(a, b);
@@ -155,7 +160,7 @@ at::Tensor permuted_sum(const at::Tensor& a, const at::Tensor& b, const at::Tens
     }
   }
   const bool rows = rows_layout(a);
-  at::Tensor out = empty_like_layout(a, k, rows);
+  at::Tensor out = reuse && rows && k == ca ? a : empty_like_layout(a, k, rows);
   const float* pa = a.data_ptr<float>();
   const float* pb = b.data_ptr<float>();
   float* d = out.data_ptr<float>();
@@ -213,6 +218,6 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index) {
 
 TORCH_LIBRARY(flgc, m) {
   m.def("permuted_add_(Tensor(a!) base, Tensor other, Tensor index, bool relu) -> ()", &permuted_add_);
-  m.def("permuted_sum(Tensor a, Tensor b, Tensor left, Tensor right, bool relu) -> Tensor", &permuted_sum);
+  m.def("permuted_sum(Tensor(a!) a, Tensor b, Tensor left, Tensor right, bool relu, bool reuse) -> Tensor", &permuted_sum);
   m.def("gather_channels(Tensor x, Tensor index) -> Tensor", &gather_channels);
 }

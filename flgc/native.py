@@ -74,9 +74,10 @@ def permuted_add_(base, other, index, relu=False):
     return base
 
 
-def permuted_sum(a, b, left, right, relu=False):
-    """a[:, left] + b[:, right] (a new tensor in a's memory layout), max(., 0) with relu."""
-    return torch.ops.flgc.permuted_sum(a, b, left, right, relu)
+def permuted_sum(a, b, left, right, relu=False, reuse=False):
+    """a[:, left] + b[:, right] in a's memory layout, max(., 0) with relu. reuse: the result may be
+    written over a (channels_last, as many channels), which must then be read by nothing else."""
+    return torch.ops.flgc.permuted_sum(a, b, left, right, relu, reuse)
 
 
 def gather_channels(x, index):

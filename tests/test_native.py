@@ -48,6 +48,17 @@ def test_permuted_sum_gathers_both_operands_and_zeroes_padding(layout, relu):
 
 
 @pytest.mark.parametrize("layout", FORMATS)
+def test_permuted_sum_may_write_over_its_first_operand(layout):
+    a, b = tensors(layout, 6, 6, seed=2)
+    left, right = torch.tensor([5, 2, 0, 3, 1, 4]), torch.tensor([1, 0, 4, 5, 3, 2])
+    expected = (a[:, left] + b[:, right]).relu()
+    out = native.permuted_sum(a, b, left, right, True, True)
+    assert torch.equal(out, expected)
+    # rows (channels_last) are made in place; whole planes (contiguous) cannot be, and a stays
+    assert (out.data_ptr() == a.data_ptr()) == (layout == "channels_last")
+
+
+@pytest.mark.parametrize("layout", FORMATS)
 def test_gather_channels_keeps_the_layout(layout):
     (x,) = tensors(layout, 10)
     index = torch.tensor([9, 0, 0, 4, 7])
@@ -78,7 +89,7 @@ def test_only_inference_tensors_are_eligible():
 @pytest.mark.parametrize("layout", FORMATS)
 def test_deployed_sums_give_the_same_with_and_without_the_kernels(layout, monkeypatch):
     a, b = tensors(layout, 8, 8, seed=1)
-    add, total = PermutedAdd(8, inplace=False, relu=True), PermutedSum(8, relu=True)
+    add, total = PermutedAdd(8, inplace=False, relu=True), PermutedSum(8, relu=True, inplace=False)
     add.index.copy_(torch.randperm(8))
     add.inverse.copy_(torch.argsort(add.index))
     total.left.copy_(torch.tensor([3, 1, -1, 0, 7, 2, 6, -1]))

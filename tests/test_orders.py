@@ -64,7 +64,7 @@ def test_resnet50_sums_residuals_in_the_next_blocks_order_without_gathers():
     # blocks 1-15 deliver their sum in the input layout of the next block's conv1; the last one,
     # read by the pooling and fc, is taken in place on conv3's fresh output; every block's ReLU folded in
     assert len(sums) == 15 and len(adds) == 1 and adds[0].inplace
-    assert all(m.relu for m in sums + adds)
+    assert all(m.relu and m.inplace for m in sums + adds)  # written over conv3's (or a downsample's) fresh output
     readers = [m for m in modules if getattr(m, "in_index", None) is not None]
     assert len(readers) == 1 + 4  # the first conv1 (reads the stem) and the 4 downsamples gather
     assert not any(isinstance(m, ChannelGather) for m in deployed.channel_orders.children())  # nothing restored

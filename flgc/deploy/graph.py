@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..layer import FLGConv2d
 from ..planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
-from .orders import carry_orders, worth_carrying
+from .orders import carry_orders, reads_sum, worth_carrying
 from .pointwise import build_pointwise
 from .timing import fastest, input_shapes
 
@@ -185,8 +185,10 @@ def build(unit):
     return out
 
 
-def choose(unit, strategy, shape, batch_size, device, channels_last):
-    """Set unit.plan: the given strategy, or for 'auto' the fastest kernel timed on `device`."""
+def choose(unit, strategy, shape, batch_size, device, channels_last, sum_fed=False):
+    """Set unit.plan: the given strategy, or for 'auto' the fastest kernel timed on `device`.
+    sum_fed: the unit reads a residual sum, which deployment may deliver in its input layout, so
+    its grouped kernels are timed without their input gather."""
     plans = {}
     for name in (("blocks", "conv", "matmul", "dense") if strategy == "auto" else (strategy,)):
         plan = plan_for(unit, name)
@@ -197,9 +199,10 @@ def choose(unit, strategy, shape, batch_size, device, channels_last):
     options, shapes = [], []
     for plan in plans.values():
         unit.plan, unit.out_order = plan, plan.compute_out if unit.out_free else None
+        unit.in_source = plan.layout if sum_fed and plan.strategy != "dense" else None
         options.append(build(unit))
-        shapes.append((len(plan.layout) if unit.delivered else shape[0], *shape[1:]))
-    unit.out_order = None
+        shapes.append((len(plan.layout) if unit.delivered or unit.in_source else shape[0], *shape[1:]))
+    unit.out_order = unit.in_source = None
     best = fastest(options, shapes, batch_size, device, channels_last)
     unit.plan = list(plans.values())[options.index(best)]
 
@@ -233,8 +236,10 @@ def deploy(model, input_size, batch_size, strategy, channels_last, device):
             unit.free = unit.out_free = True
     flgc_units = [unit for unit in graph.units.values() if unit.flgc]
     shapes = input_shapes(model, [unit.path for unit in flgc_units], input_size)
-    for unit in flgc_units:
-        choose(unit, strategy, shapes[unit.path], batch_size, device, channels_last)
+    for node, unit in graph.units.items():
+        if unit.flgc:
+            sum_fed = not unit.delivered and reads_sum(graph, node)
+            choose(unit, strategy, shapes[unit.path], batch_size, device, channels_last, sum_fed)
     for chain in chains:
         route(*chain)
     replacements, ops = carry_orders(graph, traced, input_size)

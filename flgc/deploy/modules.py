@@ -64,23 +64,24 @@ class PermutedSum(nn.Module):
     """a + b where the two hold the same channels in different orders, delivered in a third order:
     out[:, j] = a[:, left[j]] + b[:, right[j]] (deployment picks the order an FLGC conv reading the
     sum wants, so that conv needs no input gather); rectified with `relu`. Entries -1 in both
-    indices give a zero channel (padding of that conv's groups)."""
+    indices give a zero channel (padding of that conv's groups). With `inplace` the result may be
+    written over a (deployment sets it only where a is a fresh tensor read by nothing else)."""
 
-    def __init__(self, size, relu=False):
+    def __init__(self, size, relu=False, inplace=False):
         super().__init__()
-        self.relu = relu
+        self.relu, self.inplace = relu, inplace
         self.register_buffer("left", torch.zeros(size, dtype=torch.long))
         self.register_buffer("right", torch.zeros(size, dtype=torch.long))
 
     def forward(self, a, b):
         if native.eligible(a, b):  # one pass: both operands read in place of two gathers and an add
-            return native.permuted_sum(a, b, self.left, self.right, self.relu)
+            return native.permuted_sum(a, b, self.left, self.right, self.relu, self.inplace)
         out = channel_gather(a, self.left.clamp(min=0)) + channel_gather(b, self.right.clamp(min=0))
         out = out.masked_fill((self.left < 0).view(1, -1, 1, 1), 0.0)  # padding channels
         return F.relu(out) if self.relu else out
 
     def spec(self):
-        return {"type": "PermutedSum", "size": self.left.numel(), "relu": self.relu}
+        return {"type": "PermutedSum", "size": self.left.numel(), "relu": self.relu, "inplace": self.inplace}
 
 
 class Orders(nn.Module):

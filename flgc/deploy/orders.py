@@ -174,11 +174,13 @@ class _Pass:
         held = [order(k) or list(range(len(wanted) - wanted.count(-1))) for k in (0, 1)] if wanted else None
         if wanted is not None and wanted not in held:
             # delivered in the order an FLGC reader wants: no gather before that reader
-            module = PermutedSum(len(wanted))
-            for buffer, k in ((module.left, 0), (module.right, 1)):
+            first = next((k for k in (0, 1) if self._fresh(node.args[k])), None)  # may be overwritten
+            module = PermutedSum(len(wanted), inplace=first is not None)
+            first = first or 0
+            for buffer, k in ((module.left, first), (module.right, 1 - first)):
                 buffer.copy_(torch.as_tensor([i if c >= 0 else -1 for i, c in zip(index_in(held[k], wanted), wanted)]))
             path = self._add_module("sum", module)
-            self._edit(["add", node.name, path, 0])
+            self._edit(["add", node.name, path, first])
             self.orders[_called(self.traced, path)] = wanted
             return
         # padding channels of the other operand go onto a padding channel of the base: it must have one
@@ -263,6 +265,15 @@ def _passes(graph, node):
     """node keeps its input's channel order (elementwise, folded BN, channel-wise pooling, flatten)."""
     module = graph.module(node) if node.op == "call_module" else None
     return graph.elementwise(node) or isinstance(module, POOL_MODULES) or node.target in POOL_FUNCTIONS + FLATTEN
+
+
+def reads_sum(graph, node):
+    """node's input comes from a two-tensor sum through elementwise ops: a sum of differently ordered
+    tensors may be delivered in node's input layout (PermutedSum)."""
+    source = node.args[0] if node.args else None
+    while isinstance(source, fx.Node) and graph.elementwise(source) and source.args:
+        source = source.args[0]
+    return isinstance(source, fx.Node) and _Pass._sum(source)
 
 
 def worth_carrying(graph, node):
