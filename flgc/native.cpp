@@ -58,11 +58,19 @@ at::Tensor empty_like_layout(const at::Tensor& x, int64_t channels, bool rows) {
   return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(format));
 }
 
+// Rows are read in a random order of their channels, which the hardware prefetcher does not follow:
+// the loops ask for the cache lines of a row a few rows ahead.
+constexpr int64_t kAhead = 2;
+inline void prefetch_row(const float* row, int64_t length) {
+  for (int64_t i = 0; i < length; i += 16) __builtin_prefetch(row + i);
+}
+
 FLGC_ROW_LOOP void add_rows(float* __restrict__ base, const float* __restrict__ other, const int32_t* __restrict__ idx,
                             int64_t cb, int64_t co, bool relu, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     float* __restrict__ row = base + r * cb;
     const float* __restrict__ add = other + r * co;
+    if (r + kAhead < end) prefetch_row(row + kAhead * cb, cb);
     for (int64_t i = 0; i < co; ++i) row[idx[i]] += add[i];
     if (relu)
       for (int64_t c = 0; c < cb; ++c) row[c] = row[c] < 0.f ? 0.f : row[c];
@@ -79,6 +87,10 @@ FLGC_ROW_LOOP void sum_rows(const float* a, const float* __restrict__ b, float* 
     const float* __restrict__ ra = a + r * ca;
     const float* __restrict__ rb = b + r * cb;
     float* __restrict__ to = out == a ? scratch.data() : out + r * k;
+    if (r + kAhead < end) {
+      prefetch_row(ra + kAhead * ca, ca);
+      prefetch_row(rb + kAhead * cb, cb);
+    }
     if (relu) {
       for (int64_t j = 0; j < k; ++j) {
         const float v = ra[ia[j]] + rb[ib[j]];
@@ -96,6 +108,7 @@ FLGC_ROW_LOOP void gather_rows(const float* __restrict__ x, float* __restrict__ 
   for (int64_t r = begin; r < end; ++r) {
     const float* __restrict__ from = x + r * c;
     float* __restrict__ to = out + r * k;
+    if (r + kAhead < end) prefetch_row(from + kAhead * c, c);
     for (int64_t j = 0; j < k; ++j) to[j] = from[idx[j]];
   }
 }
