@@ -103,12 +103,18 @@ FLGC_ROW_LOOP void sum_rows(const float* a, const float* __restrict__ b, float* 
   }
 }
 
+// out rows [begin, end) of (n, oh, ow) pixels, each gathered from input pixel (n, y * stride, x * stride)
 FLGC_ROW_LOOP void gather_rows(const float* __restrict__ x, float* __restrict__ out, const int32_t* __restrict__ idx,
-                               int64_t c, int64_t k, int64_t begin, int64_t end) {
+                               int64_t c, int64_t k, int64_t h, int64_t w, int64_t stride, int64_t begin, int64_t end) {
+  const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
+  auto source = [&](int64_t r) {
+    const int64_t image = r / (oh * ow), y = r / ow % oh, xpos = r % ow;
+    return x + ((image * h + y * stride) * w + xpos * stride) * c;
+  };
   for (int64_t r = begin; r < end; ++r) {
-    const float* __restrict__ from = x + r * c;
+    const float* __restrict__ from = source(r);
     float* __restrict__ to = out + r * k;
-    if (r + kAhead < end) prefetch_row(from + kAhead * c, c);
+    if (r + kAhead < end) prefetch_row(source(r + kAhead), c);
     for (int64_t j = 0; j < k; ++j) to[j] = from[idx[j]];
   }
 }
@@ -203,25 +209,34 @@ at::Tensor permuted_sum(const at::Tensor& a, const at::Tensor& b, const at::Tens
   return out;
 }
 
-// x[:, index] in x's memory layout.
-at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index) {
+// x[:, index, ::stride, ::stride] in x's memory layout.
+at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index, int64_t stride) {
   check_input(x, "x");
-  const int64_t n = x.size(0), c = x.size(1), k = index.numel(), plane = x.size(2) * x.size(3);
+  TORCH_CHECK(stride >= 1, "stride: 1 or more");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), k = index.numel();
+  const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
   const Index idx = read_index(index, k, c);
   const bool rows = rows_layout(x);
-  at::Tensor out = empty_like_layout(x, k, rows);
+  auto format = rows ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor out = at::empty({n, k, oh, ow}, x.options().memory_format(format));
   const float* s = x.data_ptr<float>();
   float* d = out.data_ptr<float>();
   if (rows) {
-    at::parallel_for(0, n * plane, row_grain(c), [&](int64_t begin, int64_t end) {
-      gather_rows(s, d, idx.data(), c, k, begin, end);
+    at::parallel_for(0, n * oh * ow, row_grain(c), [&](int64_t begin, int64_t end) {
+      gather_rows(s, d, idx.data(), c, k, h, w, stride, begin, end);
     });
     return out;
   }
   at::parallel_for(0, n * k, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const float* from = s + ((p / k) * c + idx[p % k]) * plane;
-      std::copy(from, from + plane, d + p * plane);
+      const float* from = s + ((p / k) * c + idx[p % k]) * h * w;
+      float* to = d + p * oh * ow;
+      if (stride == 1) {
+        std::copy(from, from + h * w, to);
+        continue;
+      }
+      for (int64_t y = 0; y < oh; ++y)
+        for (int64_t xpos = 0; xpos < ow; ++xpos) to[y * ow + xpos] = from[(y * stride) * w + xpos * stride];
     }
   });
   return out;
@@ -232,5 +247,5 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index) {
 TORCH_LIBRARY(flgc, m) {
   m.def("permuted_add_(Tensor(a!) base, Tensor other, Tensor index, bool relu) -> ()", &permuted_add_);
   m.def("permuted_sum(Tensor(a!) a, Tensor b, Tensor left, Tensor right, bool relu, bool reuse) -> Tensor", &permuted_sum);
-  m.def("gather_channels(Tensor x, Tensor index) -> Tensor", &gather_channels);
+  m.def("gather_channels(Tensor x, Tensor index, int stride) -> Tensor", &gather_channels);
 }

@@ -80,6 +80,6 @@ def permuted_sum(a, b, left, right, relu=False, reuse=False):
     return torch.ops.flgc.permuted_sum(a, b, left, right, relu, reuse)
 
 
-def gather_channels(x, index):
-    """x[:, index] in x's memory layout."""
-    return torch.ops.flgc.gather_channels(x, index)
+def gather_channels(x, index, stride=1):
+    """x[:, index, ::stride, ::stride] in x's memory layout."""
+    return torch.ops.flgc.gather_channels(x, index, stride)

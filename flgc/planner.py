@@ -7,10 +7,13 @@ import torch
 from . import native
 
 
-def channel_gather(x, index):
-    """x[:, index] keeping a channels_last tensor channels_last (a gather on its N*H*W x C view)."""
+def channel_gather(x, index, stride=1):
+    """x[:, index] keeping a channels_last tensor channels_last (a gather on its N*H*W x C view);
+    with stride, of every stride-th row and column only (what a 1x1 conv of that stride reads)."""
     if native.eligible(x):
-        return native.gather_channels(x, index)
+        return native.gather_channels(x, index, stride)
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]
     if x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing():
         # torch.gather walks the rows once; index_select along dim 1 is slower on this view
         n, c, h, w = x.shape

@@ -4,8 +4,11 @@ import os
 
 import pytest
 import torch
+import torchvision
+from helpers import TOLERANCE, randomise
 
-from flgc import native
+import flgc
+from flgc import deploy, native
 from flgc.deploy import PermutedAdd, PermutedSum
 
 if os.environ.get("FLGC_NATIVE") == "0":
@@ -66,6 +69,15 @@ def test_gather_channels_keeps_the_layout(layout):
     assert torch.equal(out, x[:, index]) and out.is_contiguous(memory_format=FORMATS[layout])
 
 
+@pytest.mark.parametrize("layout", FORMATS)
+@pytest.mark.parametrize("stride", [2, 3])
+def test_gather_channels_with_a_stride_reads_what_a_strided_1x1_conv_reads(layout, stride):
+    (x,) = tensors(layout, 6)  # 5 x 3 pixels: odd sizes keep the last row and column
+    index = torch.tensor([5, 1, 3])
+    out = native.gather_channels(x, index, stride)
+    assert torch.equal(out, x[:, index, ::stride, ::stride]) and out.is_contiguous(memory_format=FORMATS[layout])
+
+
 def test_bad_indices_are_refused_not_read_out_of_bounds():
     a, b = tensors("channels_last", 4, 4)
     with pytest.raises(RuntimeError, match="out of range"):
@@ -89,7 +101,7 @@ def test_only_inference_tensors_are_eligible():
 @pytest.mark.parametrize("layout", FORMATS)
 def test_deployed_sums_give_the_same_with_and_without_the_kernels(layout, monkeypatch):
     a, b = tensors(layout, 8, 8, seed=1)
-    add, total = PermutedAdd(8, inplace=False, relu=True), PermutedSum(8, relu=True, inplace=False)
+    add, total = PermutedAdd(8, inplace=False, relu=True), PermutedSum(8, relu=True, inplace=False, padded=True)
     add.index.copy_(torch.randperm(8))
     add.inverse.copy_(torch.argsort(add.index))
     total.left.copy_(torch.tensor([3, 1, -1, 0, 7, 2, 6, -1]))
@@ -100,3 +112,17 @@ def test_deployed_sums_give_the_same_with_and_without_the_kernels(layout, monkey
         fallback = [add(a, b), total(a, b)]
     for x, y in zip(compiled, fallback):
         assert torch.allclose(x, y, atol=1e-6)
+
+
+def test_a_deployed_resnet50_gives_the_same_with_and_without_the_kernels(monkeypatch):
+    model = randomise(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8, logit_init_std=1.0,
+                                         init="random"), 6).eval()
+    deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))  # strided downsample gathers too
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    deployed = deployed.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, compiled = model(x), deployed(x)
+        monkeypatch.setattr(native, "eligible", lambda *tensors: False)
+        fallback = deployed(x)
+    assert float((compiled - expected).abs().max()) <= TOLERANCE
+    assert float((fallback - expected).abs().max()) <= TOLERANCE

@@ -15,8 +15,8 @@ class ChannelGather(nn.Module):
         super().__init__()
         self.register_buffer("index", torch.zeros(size, dtype=torch.long))
 
-    def forward(self, x):
-        return channel_gather(x, self.index)
+    def forward(self, x, stride=1):
+        return channel_gather(x, self.index, stride)
 
     def spec(self):
         return {"type": "ChannelGather", "size": self.index.numel()}
@@ -67,9 +67,9 @@ class PermutedSum(nn.Module):
     indices give a zero channel (padding of that conv's groups). With `inplace` the result may be
     written over a (deployment sets it only where a is a fresh tensor read by nothing else)."""
 
-    def __init__(self, size, relu=False, inplace=False):
+    def __init__(self, size, relu=False, inplace=False, padded=False):
         super().__init__()
-        self.relu, self.inplace = relu, inplace
+        self.relu, self.inplace, self.padded = relu, inplace, padded  # padded: some entries are -1
         self.register_buffer("left", torch.zeros(size, dtype=torch.long))
         self.register_buffer("right", torch.zeros(size, dtype=torch.long))
 
@@ -77,11 +77,13 @@ class PermutedSum(nn.Module):
         if native.eligible(a, b):  # one pass: both operands read in place of two gathers and an add
             return native.permuted_sum(a, b, self.left, self.right, self.relu, self.inplace)
         out = channel_gather(a, self.left.clamp(min=0)) + channel_gather(b, self.right.clamp(min=0))
-        out = out.masked_fill((self.left < 0).view(1, -1, 1, 1), 0.0)  # padding channels
+        if self.padded:
+            out = out.masked_fill((self.left < 0).view(1, -1, 1, 1), 0.0)
         return F.relu(out) if self.relu else out
 
     def spec(self):
-        return {"type": "PermutedSum", "size": self.left.numel(), "relu": self.relu, "inplace": self.inplace}
+        return {"type": "PermutedSum", "size": self.left.numel(), "relu": self.relu, "inplace": self.inplace,
+                "padded": self.padded}
 
 
 class Orders(nn.Module):
@@ -120,13 +122,19 @@ class GroupedConv(nn.Module):
         return y.add_(self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
 
     def forward(self, x):
-        if self.in_index is not None:
-            x = self.in_index(x)
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        c = self.conv
+        # a strided 1x1 conv reads every stride-th pixel: gather only those, then convolve with stride 1
+        skip = c.stride[0] if self.in_index is not None and not exporting and c.kernel_size == (1, 1) and \
+            c.padding == (0, 0) and c.stride[0] == c.stride[1] > 1 else 1
+        if self.in_index is not None:
+            x = self.in_index(x, skip)
         if self.matmul and not exporting and x.is_contiguous():
             x = self._grouped_matmul(x)
+        elif skip > 1:
+            x = F.conv2d(x, c.weight, c.bias, 1, 0, 1, c.groups)
         else:
-            x = self.conv(x)
+            x = c(x)
         return self.out_index(x) if self.out_index is not None else x
 
     def spec(self):

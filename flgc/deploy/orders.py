@@ -175,7 +175,7 @@ class _Pass:
         if wanted is not None and wanted not in held:
             # delivered in the order an FLGC reader wants: no gather before that reader
             first = next((k for k in (0, 1) if self._fresh(node.args[k])), None)  # may be overwritten
-            module = PermutedSum(len(wanted), inplace=first is not None)
+            module = PermutedSum(len(wanted), inplace=first is not None, padded=_padded(wanted))
             first = first or 0
             for buffer, k in ((module.left, first), (module.right, 1 - first)):
                 buffer.copy_(torch.as_tensor([i if c >= 0 else -1 for i, c in zip(index_in(held[k], wanted), wanted)]))
