@@ -23,7 +23,7 @@ import torch.nn as nn
 import yardsticks
 
 import flgc
-from flgc import checkpoint, deploy, export, flops
+from flgc import checkpoint, deploy, export, flops, native
 from flgc.cli import ArgumentParser, run
 from flgc.convert import assign_balanced, pointwise_convs
 from flgc.errors import UsageError
@@ -234,7 +234,7 @@ def main(argv=None):
             m, batch_size=batch, strategy=strategy, channels_last=channels_last)), batch)
     if args.json:
         print(json.dumps({"model": args.model, "size": args.size, "device": args.device, "threads": args.threads,
-                          "allocator": args.allocator, "results": results}))
+                          "allocator": args.allocator, "native_kernels": native.available(), "results": results}))
 
 
 def fastest_layout(forms, x, device):

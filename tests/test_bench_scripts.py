@@ -51,7 +51,7 @@ def test_bench_train_eager_and_inductor_modes():
 def test_bench_inference_resnet50_variants_and_rows():
     out = last_json(run_cli("scripts/bench_inference.py", "--model", "resnet50", "--size", "32", "--batch-sizes", "1",
                             "--repeats", "1", "--allocator", "reuse", "--json"))
-    assert out["model"] == "resnet50" and out["size"] == 32 and out["allocator"] == "reuse"
+    assert out["model"] == "resnet50" and out["size"] == 32 and out["allocator"] == "reuse" and out["native_kernels"] is True
     rows = {(r["variant"], r["runtime"]): r for r in out["results"]}
     variants = ["dense", "sgc8", "flgc8-masked", "flgc8-deployed", "flgc8-bound"]
     assert set(rows) == {(v, r) for v in variants for r in ("torch", "onnxruntime")}
