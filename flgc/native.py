@@ -28,17 +28,27 @@ def _build():
     logger.setLevel(logging.ERROR)  # its import warns that a CUDA build of torch finds no CUDA runtime
     try:
         from torch.utils.cpp_extension import load
-        load("flgc_native", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+        # one library per torch build: torch's cache folder is named by Python and CUDA versions only
+        name = "flgc_native_" + "".join(ch if ch.isalnum() else "_" for ch in torch.__version__)
+        load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
              is_python_module=False, verbose=False)
     except Exception as error:  # no compiler, no ninja, no OpenMP: the torch ops remain
-        lines = str(error).strip().splitlines()
-        reason = (lines[0] if lines else type(error).__name__)[:160]
+        reason = _reason(str(error))
         print(f"warning: flgc's compiled CPU kernels are not available ({reason}); using torch ops "
               "(FLGC_NATIVE=0 skips the build)", file=sys.stderr)
         return reason
     finally:
         logger.setLevel(level)
     return ""
+
+
+def _reason(message):
+    """One short line out of a build failure: the compiler's first complaint where there is one."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Error building extension"):
+        complaints = [line for line in lines[1:] if "error" in line.lower() or "not found" in line.lower()]
+        return "the C++ build failed: " + (complaints[0] if complaints else "see torch.utils.cpp_extension")[:160]
+    return (lines[0] if lines else "unknown error")[:160]
 
 
 def available():

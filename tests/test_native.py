@@ -1,6 +1,9 @@
 """The compiled CPU kernels (flgc.native) against plain torch, and the deployed modules that use them
 against their torch fallback. Set FLGC_NATIVE=0 to run without a compiler (these tests then skip)."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +18,22 @@ if os.environ.get("FLGC_NATIVE") == "0":
     pytest.skip("FLGC_NATIVE=0: compiled kernels switched off", allow_module_level=True)
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_kernels_build_here():
     assert native.available(), native.unavailable_reason()
+
+
+def test_without_a_compiler_one_warning_line_and_the_torch_ops(tmp_path):
+    script = ("import torch; from flgc import native; from flgc.planner import channel_gather; "
+              "x = torch.randn(1, 4, 2, 2); print(native.available(), torch.equal(channel_gather(x, torch.tensor([3, 0])), "
+              "x[:, [3, 0]]))")
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["False", "True"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: flgc's compiled CPU kernels are not available (the C++ build")
 
 
 def tensors(layout, *channels, seed=0):
