@@ -105,7 +105,13 @@ class GroupedConv(nn.Module):
                  padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.conv = nn.Conv2d(conv_in, conv_out, kernel_size, stride, padding, dilation, groups, bias=True)
+        # a strided 1x1 conv reads every stride-th pixel: its input gather takes only those, and the
+        # conv itself runs with stride 1
+        rows, columns = _pair(stride)
+        square = rows if rows == columns else 1
+        self.subsample = square if in_gather and _pair(kernel_size) == (1, 1) and _pair(padding) == (0, 0) else 1
+        conv_stride = 1 if self.subsample > 1 else stride
+        self.conv = nn.Conv2d(conv_in, conv_out, kernel_size, conv_stride, padding, dilation, groups, bias=True)
         self.in_index = ChannelGather(conv_in) if in_gather else None
         self.out_index = ChannelGather(out_channels) if out_gather else None
         pointwise = self.conv.kernel_size == (1, 1) and self.conv.stride == (1, 1) and self.conv.padding == (0, 0)
@@ -122,28 +128,27 @@ class GroupedConv(nn.Module):
         return y.add_(self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
 
     def forward(self, x):
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        c = self.conv
-        # a strided 1x1 conv reads every stride-th pixel: gather only those, then convolve with stride 1
-        skip = c.stride[0] if self.in_index is not None and not exporting and c.kernel_size == (1, 1) and \
-            c.padding == (0, 0) and c.stride[0] == c.stride[1] > 1 else 1
         if self.in_index is not None:
-            x = self.in_index(x, skip)
+            x = self.in_index(x, self.subsample)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if self.matmul and not exporting and x.is_contiguous():
             x = self._grouped_matmul(x)
-        elif skip > 1:
-            x = F.conv2d(x, c.weight, c.bias, 1, 0, 1, c.groups)
         else:
-            x = c(x)
+            x = self.conv(x)
         return self.out_index(x) if self.out_index is not None else x
 
     def spec(self):
         c = self.conv
         return {"type": "GroupedConv", "in_channels": self.in_channels, "out_channels": self.out_channels,
                 "conv_in": c.in_channels, "conv_out": c.out_channels, "groups": c.groups,
-                "kernel_size": list(c.kernel_size), "stride": list(c.stride), "padding": list(c.padding),
+                "kernel_size": list(c.kernel_size), "stride": [self.subsample] * 2 if self.subsample > 1 else list(c.stride),
+                "padding": list(c.padding),
                 "dilation": list(c.dilation), "in_gather": self.in_index is not None,
                 "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {})}
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _compute_dtype(x):
