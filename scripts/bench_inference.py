@@ -121,6 +121,8 @@ def parse(argv):
                         help="mobilenetv2_cifar: also time every stage of dense / bound / deployed (torch) at the largest batch")
     parser.add_argument("--allocator", default="system", choices=["system", "reuse"],
                         help="reuse: glibc malloc keeps freed memory for the next allocation (no fresh pages per call)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch's profiler table (ops by self CPU time) of one forward of every torch variant")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.size = args.size or DEFAULT_SIZES[args.model]
@@ -182,6 +184,14 @@ def ort_runners(built, x, reference, threads, size):
     return runners
 
 
+def print_profile(name, batch, run):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        run()
+    print(f"profile: {name}, torch, batch {batch} (one forward; ops by self CPU time)")
+    print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+
+
 def measure(built, batch, args):
     """Rows {variant, runtime, batch, ms, mflops, layout} of every variant and runtime at one batch."""
     device = torch.device(args.device)
@@ -201,6 +211,10 @@ def measure(built, batch, args):
         for runtime in sorted({r for _, r in runners}):  # variants interleaved within a runtime
             times.update(yardsticks.interleaved_medians(
                 {key: fn for key, fn in runners.items() if key[1] == runtime}, repeats, cuda=device.type == "cuda"))
+        if args.profile:
+            for (name, runtime), run in runners.items():
+                if runtime == "torch":
+                    print_profile(name, batch, run)
     rows = []
     for (name, runtime), seconds in times.items():
         model = built[name]

@@ -25,6 +25,14 @@ def test_bench_train_one_variant_row():
     assert [r["variant"] for r in out["results"]] == ["flgc8"] and out["results"][0]["ms_per_step"] > 0
 
 
+def test_bench_inference_profiles_the_torch_variants():
+    result = run_cli("scripts/bench_inference.py", "--size", "32", "--batch-sizes", "1", "--repeats", "1",
+                     "--runtimes", "torch", "--profile", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "profile: flgc8-deployed, torch, batch 1" in result.stdout and "Self CPU" in result.stdout
+    assert {r["runtime"] for r in last_json(result)["results"]} == {"torch"}
+
+
 # Timing runs of every row (each a model built and stepped 4 times): a real process each, as a user runs them.
 @pytest.mark.slow
 def test_bench_train_variants_settings_and_projections():
