@@ -206,7 +206,7 @@ class _Pass:
 
     def _reader_layout(self, node):
         """The input layout of an FLGC conv that reads node (through elementwise ops) and would gather
-        it: a permutation of node's channels, or None."""
+        it, holding each of node's channels once (-1: padding); or None."""
         for user in node.users:
             unit = self.graph.units.get(user)
             if unit is not None and unit.flgc and unit.plan.strategy != "dense" and not unit.delivered:
