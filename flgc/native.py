@@ -1,8 +1,8 @@
 """Compiled CPU kernels for channels that travel in permuted orders (native.cpp), built on first use.
 
-torch's C++ extension loader compiles native.cpp once per torch build (about half a minute on two
-cores) and caches the library (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a
-C++ compiler with OpenMP and ninja (a declared dependency). Where the build fails, or FLGC_NATIVE=0
+torch's C++ extension loader compiles native.cpp once per torch build and caches the library
+(TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a C++ compiler with OpenMP and
+ninja (a declared dependency). Where the build fails, or FLGC_NATIVE=0
 is set, every caller uses plain torch ops instead: the same results, slower on the CPU.
 
 The kernels serve inference only (no autograd): callers check eligible() first.
