@@ -1,20 +1,21 @@
 // CPU kernels for deployed networks whose channels travel in permuted orders (flgc/native.py builds
 // this file on first use). All take NCHW float32 tensors, contiguous or channels_last, and split the
-// work over torch's intra-op threads. On channels_last tensors each pixel's channels are one row that
-// stays in cache; the row loops are compiled once per instruction set and picked at load time
-// (vector gathers on AVX2 / AVX-512 machines).
+// work over torch's intra-op threads. On channels_last tensors each pixel's channels are one row;
+// with AVX2 (checked at load time) eight rows at a time are transposed so that a permutation of the
+// channels moves whole vectors; elsewhere a scalar loop reads each row in permuted order.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <string>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define FLGC_ROW_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FLGC_ROW_LOOP
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FLGC_X86 1
+#include <immintrin.h>
 #endif
 
 namespace {
@@ -58,15 +59,106 @@ at::Tensor empty_like_layout(const at::Tensor& x, int64_t channels, bool rows) {
   return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(format));
 }
 
+// One row: to[j] = ra[ia[j]] + rb[ib[j]] for j < k, or to[j] = ra[ia[j]] where rb is null; max(., 0)
+// with relu (NaN stays NaN, as in torch).
+void row_plain(const float* ra, const float* rb, const int32_t* ia, const int32_t* ib, float* to, int64_t k,
+               bool relu) {
+  if (rb) {
+    for (int64_t j = 0; j < k; ++j) to[j] = ra[ia[j]] + rb[ib[j]];
+  } else {
+    for (int64_t j = 0; j < k; ++j) to[j] = ra[ia[j]];
+  }
+  if (relu)
+    for (int64_t j = 0; j < k; ++j) to[j] = to[j] < 0.f ? 0.f : to[j];
+}
+
+#ifdef FLGC_X86
+// Eight rows at a time on AVX2: the rows are transposed 8 x 8 into channel-major scratch (one 8-float
+// vector per channel: that channel in the eight rows), so that taking channels in any order is one
+// vector load per channel instead of eight scalar loads; the results are transposed back into rows.
+constexpr int64_t kTile = 8;
+
+__attribute__((target("avx2"))) inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// t[c * 8 + p] = rows[p][c] for c < channels
+__attribute__((target("avx2"))) void rows_to_columns(const float* const rows[kTile], int64_t channels, float* t) {
+  int64_t c = 0;
+  for (; c + kTile <= channels; c += kTile) {
+    __m256 r[8];
+    for (int p = 0; p < 8; ++p) r[p] = _mm256_loadu_ps(rows[p] + c);
+    transpose8(r);
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(t + (c + i) * kTile, r[i]);
+  }
+  for (; c < channels; ++c)
+    for (int p = 0; p < 8; ++p) t[c * kTile + p] = rows[p][c];
+}
+
+// out row p (at out + p * k), channel j = ta[ia[j]][p] + tb[ib[j]][p] (tb null: ta only), max(., 0) with relu
+__attribute__((target("avx2"))) void columns_to_rows(const float* ta, const float* tb, const int32_t* ia,
+                                                    const int32_t* ib, float* out, int64_t k, bool relu) {
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + kTile <= k; j += kTile) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm256_loadu_ps(ta + ia[j + i] * kTile);
+      if (tb) r[i] = _mm256_add_ps(r[i], _mm256_loadu_ps(tb + ib[j + i] * kTile));
+      if (relu) r[i] = _mm256_max_ps(zero, r[i]);  // the second operand where either is NaN
+    }
+    transpose8(r);
+    for (int p = 0; p < 8; ++p) _mm256_storeu_ps(out + p * k + j, r[p]);
+  }
+  for (; j < k; ++j)
+    for (int p = 0; p < 8; ++p) {
+      const float v = tb ? ta[ia[j] * kTile + p] + tb[ib[j] * kTile + p] : ta[ia[j] * kTile + p];
+      out[p * k + j] = relu && v < 0.f ? 0.f : v;
+    }
+}
+#endif
+
+// Instruction sets by rank: the kernels use the highest the CPU has, or a lower one set by row_isa.
+const char* const kIsaNames[] = {"plain", "avx2"};
+#ifdef FLGC_X86
+constexpr int kIsaCount = 2;
+#else
+constexpr int kIsaCount = 1;
+#endif
+
+int best_isa() {
+#ifdef FLGC_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+  return 0;
+}
+
+std::atomic<int> isa_rank{best_isa()};
+
 // Rows are read in a random order of their channels, which the hardware prefetcher does not follow:
-// the loops ask for the cache lines of a row a few rows ahead.
+// the row loops ask for the cache lines of a row a few rows ahead.
 constexpr int64_t kAhead = 2;
 inline void prefetch_row(const float* row, int64_t length) {
   for (int64_t i = 0; i < length; i += 16) __builtin_prefetch(row + i);
 }
 
-FLGC_ROW_LOOP void add_rows(float* __restrict__ base, const float* __restrict__ other, const int32_t* __restrict__ idx,
-                            int64_t cb, int64_t co, bool relu, int64_t begin, int64_t end) {
+void add_rows(float* __restrict__ base, const float* __restrict__ other, const int32_t* __restrict__ idx,
+              int64_t cb, int64_t co, bool relu, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     float* __restrict__ row = base + r * cb;
     const float* __restrict__ add = other + r * co;
@@ -77,45 +169,38 @@ FLGC_ROW_LOOP void add_rows(float* __restrict__ base, const float* __restrict__ 
   }
 }
 
-// out rows of k = a[left] + b[right]; with out == a (same row length), each row is made in a scratch
-// row first and then written over a's row, which no other row reads.
-FLGC_ROW_LOOP void sum_rows(const float* a, const float* __restrict__ b, float* out,
-                            const int32_t* __restrict__ ia, const int32_t* __restrict__ ib, int64_t ca, int64_t cb,
-                            int64_t k, bool relu, int64_t begin, int64_t end) {
-  std::vector<float> scratch(out == a ? k : 0);
-  for (int64_t r = begin; r < end; ++r) {
-    const float* __restrict__ ra = a + r * ca;
-    const float* __restrict__ rb = b + r * cb;
-    float* __restrict__ to = out == a ? scratch.data() : out + r * k;
-    if (r + kAhead < end) {
-      prefetch_row(ra + kAhead * ca, ca);
-      prefetch_row(rb + kAhead * cb, cb);
-    }
-    if (relu) {
-      for (int64_t j = 0; j < k; ++j) {
-        const float v = ra[ia[j]] + rb[ib[j]];
-        to[j] = v < 0.f ? 0.f : v;
+// Rows [begin, end) of k channels: out row r = a_row(r)[ia] + b_row(r)[ib] (b_row null: a's only), max(., 0)
+// with relu. Rows of out may be rows of a (reuse): a tile's rows are all read before any is written,
+// and a single row over its own input is made in a scratch row first.
+template <typename RowA, typename RowB>
+void permute_rows(RowA a_row, RowB b_row, int64_t ca, int64_t cb, float* out, const int32_t* ia, const int32_t* ib,
+                  int64_t k, bool relu, int64_t begin, int64_t end) {
+  int64_t r = begin;
+#ifdef FLGC_X86
+  if (isa_rank.load() >= 1 && end - begin >= kTile) {
+    std::vector<float> ta(ca * kTile), tb(b_row(begin) ? cb * kTile : 0);
+    const float* rows[kTile];
+    for (; r + kTile <= end; r += kTile) {
+      for (int p = 0; p < kTile; ++p) rows[p] = a_row(r + p);
+      rows_to_columns(rows, ca, ta.data());
+      if (!tb.empty()) {
+        for (int p = 0; p < kTile; ++p) rows[p] = b_row(r + p);
+        rows_to_columns(rows, cb, tb.data());
       }
-    } else {
-      for (int64_t j = 0; j < k; ++j) to[j] = ra[ia[j]] + rb[ib[j]];
+      columns_to_rows(ta.data(), tb.empty() ? nullptr : tb.data(), ia, ib, out + r * k, k, relu);
     }
-    if (out == a) std::copy(to, to + k, out + r * k);
   }
-}
-
-// out rows [begin, end) of (n, oh, ow) pixels, each gathered from input pixel (n, y * stride, x * stride)
-FLGC_ROW_LOOP void gather_rows(const float* __restrict__ x, float* __restrict__ out, const int32_t* __restrict__ idx,
-                               int64_t c, int64_t k, int64_t h, int64_t w, int64_t stride, int64_t begin, int64_t end) {
-  const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
-  auto source = [&](int64_t r) {
-    const int64_t image = r / (oh * ow), y = r / ow % oh, xpos = r % ow;
-    return x + ((image * h + y * stride) * w + xpos * stride) * c;
-  };
-  for (int64_t r = begin; r < end; ++r) {
-    const float* __restrict__ from = source(r);
-    float* __restrict__ to = out + r * k;
-    if (r + kAhead < end) prefetch_row(source(r + kAhead), c);
-    for (int64_t j = 0; j < k; ++j) to[j] = from[idx[j]];
+#endif
+  std::vector<float> scratch(r < end ? k : 0);
+  for (; r < end; ++r) {
+    if (r + kAhead < end) {
+      prefetch_row(a_row(r + kAhead), ca);
+      if (b_row(r)) prefetch_row(b_row(r + kAhead), cb);
+    }
+    float* to = out + r * k;
+    const bool over_a = to == a_row(r);
+    row_plain(a_row(r), b_row(r), ia, ib, over_a ? scratch.data() : to, k, relu);
+    if (over_a) std::copy(scratch.begin(), scratch.end(), to);
   }
 }
 
@@ -185,7 +270,8 @@ at::Tensor permuted_sum(const at::Tensor& a, const at::Tensor& b, const at::Tens
   float* d = out.data_ptr<float>();
   if (rows) {
     at::parallel_for(0, n * plane, row_grain(ca + cb), [&](int64_t begin, int64_t end) {
-      sum_rows(pa, pb, d, ia.data(), ib.data(), ca, cb, k, relu, begin, end);
+      permute_rows([&](int64_t r) { return pa + r * ca; }, [&](int64_t r) { return pb + r * cb; }, ca, cb, d,
+                   ia.data(), ib.data(), k, relu, begin, end);
       for (int64_t r = begin; r < end; ++r)
         for (int64_t j : padding) d[r * k + j] = 0.f;
     });
@@ -222,8 +308,14 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index, int64_t
   const float* s = x.data_ptr<float>();
   float* d = out.data_ptr<float>();
   if (rows) {
+    // output row r is input pixel (image, y * stride, x * stride)
+    auto source = [&](int64_t r) {
+      const int64_t image = r / (oh * ow), y = r / ow % oh, xpos = r % ow;
+      return s + ((image * h + y * stride) * w + xpos * stride) * c;
+    };
+    auto none = [](int64_t) -> const float* { return nullptr; };
     at::parallel_for(0, n * oh * ow, row_grain(c), [&](int64_t begin, int64_t end) {
-      gather_rows(s, d, idx.data(), c, k, h, w, stride, begin, end);
+      permute_rows(source, none, c, 0, d, idx.data(), nullptr, k, false, begin, end);
     });
     return out;
   }
@@ -242,10 +334,24 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index, int64_t
   return out;
 }
 
+// The instruction set of the row kernels: "" asks, "best" restores the default, a name from kIsaNames
+// picks that one (refused where the CPU lacks it). Returns the one in use afterwards.
+std::string row_isa(const std::string& choice) {
+  if (choice == "best") {
+    isa_rank = best_isa();
+  } else if (!choice.empty()) {
+    const int rank = int(std::find(kIsaNames, kIsaNames + kIsaCount, choice) - kIsaNames);
+    TORCH_CHECK(rank < kIsaCount && rank <= best_isa(), "row_isa: ", choice, " is not available on this CPU");
+    isa_rank = rank;
+  }
+  return kIsaNames[isa_rank.load()];
+}
+
 }  // namespace
 
 TORCH_LIBRARY(flgc, m) {
   m.def("permuted_add_(Tensor(a!) base, Tensor other, Tensor index, bool relu) -> ()", &permuted_add_);
   m.def("permuted_sum(Tensor(a!) a, Tensor b, Tensor left, Tensor right, bool relu, bool reuse) -> Tensor", &permuted_sum);
   m.def("gather_channels(Tensor x, Tensor index, int stride) -> Tensor", &gather_channels);
+  m.def("row_isa(str choice) -> str", &row_isa);
 }

@@ -93,3 +93,12 @@ def permuted_sum(a, b, left, right, relu=False, reuse=False):
 def gather_channels(x, index, stride=1):
     """x[:, index, ::stride, ::stride] in x's memory layout."""
     return torch.ops.flgc.gather_channels(x, index, stride)
+
+
+def row_isa(choice=""):
+    """The instruction set the channels_last kernels use ("avx2": eight rows at a time through 8 x 8
+    transposes, or "plain": row by row): the best the CPU has unless chosen here (for tests and
+    benchmarks; "best" restores it). Returns the one in use."""
+    if not available():
+        raise RuntimeError(f"flgc's compiled kernels are not available: {unavailable_reason()}")
+    return torch.ops.flgc.row_isa(choice)

@@ -93,6 +93,55 @@ def test_gather_channels_with_a_stride_reads_what_a_strided_1x1_conv_reads(layou
     assert torch.equal(out, x[:, index, ::stride, ::stride]) and out.is_contiguous(memory_format=FORMATS[layout])
 
 
+def instruction_sets():
+    """The row kernels' instruction sets this CPU runs (the best first)."""
+    names = []
+    if native.available():
+        for name in ["avx2", "plain"]:
+            try:
+                native.row_isa(name)
+                names.append(name)
+            except RuntimeError:
+                pass
+        native.row_isa("best")
+    return names
+
+
+@pytest.fixture(params=instruction_sets())
+def isa(request):
+    assert native.row_isa(request.param) == request.param
+    yield request.param
+    native.row_isa("best")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_every_instruction_set_sums_and_gathers_wide_rows_as_torch_does(isa, relu):
+    # 37 channels: two full 16-wide vectors and a tail; repeated entries, padding and a NaN included
+    a, b = tensors("channels_last", 37, 41, seed=3)
+    a[0, 5, 1, 1] = float("nan")
+    left, right = torch.randint(0, 37, (37,)), torch.randperm(41)[:37]
+    left[0] = 5
+    left[[2, 30]], right[[2, 30]] = -1, -1
+    expected = a[:, left.clamp(min=0)] + b[:, right.clamp(min=0)]
+    expected[:, left < 0] = 0
+    expected = expected.relu() if relu else expected
+    out = native.permuted_sum(a, b, left, right, relu)
+    assert out[0, 0, 1, 1].isnan() and torch.equal(out.nan_to_num(7.0), expected.nan_to_num(7.0))
+    first, order = b[:, 3:40].contiguous(memory_format=torch.channels_last), torch.randperm(37)
+    expected = first[:, order] + a[:, order.flip(0)]
+    out = native.permuted_sum(first.clone(), a, order, order.flip(0), relu, True)
+    assert torch.equal(out.nan_to_num(7.0), (expected.relu() if relu else expected).nan_to_num(7.0))
+    index = torch.randint(0, 41, (45,))
+    for stride in [1, 2]:
+        assert torch.equal(native.gather_channels(b, index, stride), b[:, index, ::stride, ::stride])
+
+
+def test_an_instruction_set_the_cpu_lacks_is_refused():
+    with pytest.raises(RuntimeError, match="not available"):
+        native.row_isa("sse9")
+    assert native.row_isa("") == instruction_sets()[0]
+
+
 def test_bad_indices_are_refused_not_read_out_of_bounds():
     a, b = tensors("channels_last", 4, 4)
     with pytest.raises(RuntimeError, match="out of range"):
