@@ -75,3 +75,21 @@ def test_bench_inference_refuses_what_it_cannot_run(call):
     assert_usage_error(result)
     if not torch.cuda.is_available():
         assert_usage_error(call("scripts/bench_inference.py", "--device", "cuda"), "no CUDA device")
+
+
+def test_bench_native_times_every_kernel_and_instruction_set():
+    from flgc import native
+    if not native.available():
+        pytest.skip(f"compiled kernels not available: {native.unavailable_reason()}")
+    out = last_json(run_cli("scripts/bench_native.py", "--batch-sizes", "1", "--repeats", "1", "--json"))
+    rows = out["results"]
+    assert {r["shape"][1] for r in rows} == {256, 512, 1024, 2048} and sum({r["shape"][1]: r["per_forward"]
+                                                                           for r in rows}.values()) == 15
+    kernels = {(r["kernel"], r["isa"]) for r in rows}
+    assert {("add_relu", "torch"), ("torch_sum", "torch"), ("sum", "plain"), ("gather", "plain")} <= kernels
+    assert all(r["ms"] > 0 for r in rows)
+
+
+def test_bench_native_refuses_what_it_cannot_run(call):
+    assert_usage_error(call("scripts/bench_native.py", "--repeats", "0"), "must be >= 1")
+    assert_usage_error(call("scripts/bench_native.py", "--batch-sizes", "1,x"), "expected integers")

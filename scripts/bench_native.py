@@ -1,0 +1,102 @@
+"""The compiled channel-permutation kernels (flgc/native.cpp) on ResNet-50's residual stream, side by
+side with what a network without permutations does there.
+
+python scripts/bench_native.py [--batch-sizes 1,32] [--threads 2] [--repeats 15] [--json]
+
+For each tensor of the stream between ResNet-50's bottlenecks (224x224 input: N x 256 x 56 x 56,
+512 x 28 x 28, 1024 x 14 x 14, 2048 x 7 x 7; float32, channels_last), timed in interleaved rounds
+(medians): `sum`, a permuted sum with ReLU written over its first operand (what deploy.PermutedSum
+runs between bottlenecks), and `gather`, a channel gather into a new tensor, each with every
+instruction set this CPU offers (native.row_isa: "avx2" transposes eight rows at a time, "plain"
+reads each row in permuted order); `add_relu`, torch's in-place add and ReLU (what dense and sgc8
+do there); `torch_sum`, the permuted sum as torch ops (the fallback without a compiler).
+Permutations are random. The last column weights each row by the number of such sums in one
+ResNet-50 forward (3, 4, 6 and 2 per stage: 15 in all). glibc's malloc keeps freed memory for the
+next allocation (bench_inference.py --allocator reuse), so a new tensor pays no fresh pages.
+"""
+import json
+
+import torch
+import yardsticks
+
+from flgc import native
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
+
+STREAM = [(256, 56, 3), (512, 28, 4), (1024, 14, 6), (2048, 7, 2)]  # channels, size, permuted sums per forward
+
+
+def parse(argv):
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-sizes", default="1,32", help="comma list")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        args.batches = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
+    if args.threads < 1 or args.repeats < 1 or any(b < 1 for b in args.batches):
+        raise UsageError("--threads, --repeats and batch sizes must be >= 1")
+    if not native.available():
+        raise UsageError(f"flgc's compiled kernels are not available here: {native.unavailable_reason()}")
+    return args
+
+
+def with_isa(isa, kernel):
+    def timed():
+        native.row_isa(isa)
+        kernel()
+    return timed
+
+
+def runners(batch, channels, size, isas):
+    generator = torch.Generator().manual_seed(channels)
+    shape = (batch, channels, size, size)
+    a = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    left, right = torch.randperm(channels, generator=generator), torch.randperm(channels, generator=generator)
+    found = {}
+    for isa in isas:
+        found[("sum", isa)] = with_isa(isa, lambda: native.permuted_sum(a, b, left, right, True, True))
+        found[("gather", isa)] = with_isa(isa, lambda: native.gather_channels(b, left))
+    found[("add_relu", "torch")] = lambda: a.add_(b).relu_()
+    found[("torch_sum", "torch")] = lambda: torch.relu(a[:, left] + b[:, right])
+    return found
+
+
+def main(argv=None):
+    args = parse(argv)
+    yardsticks.reuse_freed_memory()
+    torch.set_num_threads(args.threads)
+    best = native.row_isa("best")
+    isas = [best] + (["plain"] if best != "plain" else [])
+    rows = []
+    try:
+        for batch in args.batches:
+            for channels, size, count in STREAM:
+                medians = yardsticks.interleaved_medians(runners(batch, channels, size, isas), args.repeats)
+                for (kernel, isa), seconds in medians.items():
+                    rows.append({"batch": batch, "shape": [batch, channels, size, size], "kernel": kernel, "isa": isa,
+                                 "ms": seconds * 1e3, "per_forward": count})
+    finally:
+        native.row_isa("best")
+    print(f"{'shape':<22} {'kernel':<10} {'isa':<6} {'ms':>9} {'x add_relu':>10} {'ms x count':>11}")
+    for row in rows:
+        reference = next(r["ms"] for r in rows if r["shape"] == row["shape"] and r["kernel"] == "add_relu")
+        print(f"{'x'.join(map(str, row['shape'])):<22} {row['kernel']:<10} {row['isa']:<6} {row['ms']:9.3f} "
+              f"{row['ms'] / reference:10.2f} {row['ms'] * row['per_forward']:11.2f}")
+    for batch in args.batches:
+        totals = {}
+        for row in rows:
+            if row["batch"] == batch:
+                key = f"{row['kernel']} {row['isa']}"
+                totals[key] = totals.get(key, 0.0) + row["ms"] * row["per_forward"]
+        print(f"batch {batch}, 15 sums per forward: " + ", ".join(f"{k} {v:.1f} ms" for k, v in totals.items()))
+    if args.json:
+        print(json.dumps({"threads": args.threads, "repeats": args.repeats, "results": rows}))
+
+
+if __name__ == "__main__":
+    run(main)
