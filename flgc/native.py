@@ -95,10 +95,23 @@ def gather_channels(x, index, stride=1):
     return torch.ops.flgc.gather_channels(x, index, stride)
 
 
+def grouped_pointwise(x, weight, bias):
+    """conv2d(x, weight, bias, groups=G) for a 1x1 stride-1 conv on a channels_last x, from
+    pointwise_weight(weight, G); output channels_last."""
+    return torch.ops.flgc.grouped_pointwise(x, weight, bias)
+
+
+def pointwise_weight(weight, groups):
+    """A grouped 1x1 conv's weight (out x in/G x 1 x 1) as grouped_pointwise takes it: G x in/G x out/G."""
+    out, width = weight.shape[:2]
+    return weight.reshape(groups, out // groups, width).transpose(1, 2).contiguous()
+
+
 def row_isa(choice=""):
-    """The instruction set the channels_last kernels use ("avx2": eight rows at a time through 8 x 8
-    transposes, or "plain": row by row): the best the CPU has unless chosen here (for tests and
-    benchmarks; "best" restores it). Returns the one in use."""
+    """The instruction set the channels_last kernels use: "avx2" (AVX2 + FMA: permutations eight rows
+    at a time through 8 x 8 transposes, the vectorised grouped 1x1 conv) or "plain" (scalar loops).
+    The best the CPU has unless chosen here (for tests and benchmarks; "best" restores it). Returns
+    the one in use."""
     if not available():
         raise RuntimeError(f"flgc's compiled kernels are not available: {unavailable_reason()}")
     return torch.ops.flgc.row_isa(choice)

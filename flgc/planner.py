@@ -67,8 +67,9 @@ def _padded_plan(in_members, out_members, active, dead):
 
 
 def plan_pointwise(gin, gout, groups, strategy, order_key=None):
-    """Plan a grouped conv ('blocks', or 'conv' / 'matmul': padded groups) whose input order is free (chosen here, delivered by
-    the producer). gin / gout: group of every input channel / filter (LongTensors).
+    """Plan a grouped conv ('blocks', or 'conv' / 'matmul' / 'native': padded groups) whose input order
+    is free (chosen here, delivered by the producer). gin / gout: group of every input channel /
+    filter (LongTensors).
 
     Input channels of groups without filters are left out (pruned); filters of groups without inputs
     output only their bias. order_key(channel) orders the channels inside a group (e.g. by the
@@ -82,7 +83,7 @@ def plan_pointwise(gin, gout, groups, strategy, order_key=None):
     if strategy == "blocks":
         return _block_plan(in_members, out_members, active, dead)
     plan = _padded_plan(in_members, out_members, active, dead)
-    plan.strategy = strategy  # 'conv' or 'matmul': the same padded groups, computed either way
+    plan.strategy = strategy  # 'conv', 'matmul' or 'native': the same padded groups, computed three ways
     return plan
 
 

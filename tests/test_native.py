@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from helpers import TOLERANCE, randomise
 
 import flgc
-from flgc import deploy, native
-from flgc.deploy import PermutedAdd, PermutedSum
+from flgc import deploy, flops, native
+from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum
 
 if os.environ.get("FLGC_NATIVE") == "0":
     pytest.skip("FLGC_NATIVE=0: compiled kernels switched off", allow_module_level=True)
@@ -190,3 +191,49 @@ def test_a_deployed_resnet50_gives_the_same_with_and_without_the_kernels(monkeyp
         fallback = deployed(x)
     assert float((compiled - expected).abs().max()) <= TOLERANCE
     assert float((fallback - expected).abs().max()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("n, c, out, size, groups", [(2, 64, 64, (5, 3), 8), (1, 48, 72, (7, 7), 3), (3, 16, 128, (2, 9), 2),
+                                                     (2, 40, 20, (3, 3), 4), (4, 32, 16, (1, 1), 2)])
+def test_grouped_pointwise_matches_torchs_grouped_conv(isa, n, c, out, size, groups):
+    # 8, 24 and 64 filters per group (one or two 8-wide vectors and their mix), 5 (no vector), rows
+    # not a multiple of 8, one pixel per image
+    torch.manual_seed(4)
+    x = torch.randn(n, c, *size).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(out, c // groups, 1, 1), torch.randn(out)
+    y = native.grouped_pointwise(x, native.pointwise_weight(weight, groups), bias)
+    assert torch.allclose(y, F.conv2d(x, weight, bias, groups=groups), atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_native_kernel_strategy_deploys_resnet50_exactly_and_rebuilds(monkeypatch):
+    model = randomise(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8, logit_init_std=1.0,
+                                         init="random"), 7).eval()
+    deployed = deploy.convert(model, strategy="native", input_size=(3, 32, 32)).to(memory_format=torch.channels_last)
+    native_convs = [m for m in deployed.modules() if isinstance(m, GroupedConv) and m.native]
+    assert len(native_convs) == 33  # all 36 FLGC convs but the strided downsample convs (planned as convs)
+    rebuilt = deploy.rebuild(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8),
+                             deployed.deploy_spec)
+    rebuilt.load_state_dict(deployed.state_dict())
+    rebuilt = rebuilt.eval().to(memory_format=torch.channels_last)
+    assert sum(isinstance(m, GroupedConv) and m.native for m in rebuilt.modules()) == 33
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, compiled, again = model(x), deployed(x), rebuilt(x)
+        monkeypatch.setattr(native, "eligible", lambda *tensors: False)
+        fallback = deployed(x)
+    for y in (compiled, again, fallback):
+        assert float((y - expected).abs().max()) <= TOLERANCE
+    as_convs = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))  # the same MACs, counted alike
+    assert flops.count(deployed, (3, 32, 32))[0] == flops.count(as_convs, (3, 32, 32))[0]
+
+
+def test_a_native_grouped_conv_under_autograd_takes_the_conv():
+    module = GroupedConv(16, 16, 16, 16, 4, native=True)
+    x = torch.randn(2, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+    y = module(x)  # grad enabled, weight requires grad: the kernel has no backward
+    assert y.requires_grad
+    y.sum().backward()
+    assert module.conv.weight.grad is not None
+    with torch.no_grad():
+        assert torch.allclose(module(x), F.conv2d(x, module.conv.weight, module.conv.bias, groups=4), atol=1e-5)

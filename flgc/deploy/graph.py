@@ -10,7 +10,8 @@ permuted), so no gather runs. An FLGC output outside such a chain (into a residu
 several times) keeps its compute order, carried on by flgc.deploy.orders; an FLGC input outside a
 chain is gathered, x[:, index], once. Each FLGC layer's kernel ('blocks': one product
 per group, 'conv': one grouped conv with groups padded to equal size, 'dense': zeros outside the
-groups, 'matmul': the padded groups as one batched product) is the fastest measured on the target
+groups, 'matmul': the padded groups as one batched product, 'native': the padded groups by
+flgc.native's grouped 1x1 kernel, CPU and channels_last only) is the fastest measured on the target
 device for its input shape, batch size and memory layout.
 """
 
@@ -19,6 +20,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import native
 from ..layer import FLGConv2d
 from ..planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
@@ -149,9 +151,9 @@ def _pointwise(conv):
 
 
 def plan_for(unit, strategy):
-    """Plan of an FLGC unit for 'blocks' / 'conv' / 'matmul' / 'dense' (kept inputs only when delivered)."""
+    """Plan of an FLGC unit for 'blocks' / 'conv' / 'matmul' / 'native' / 'dense' (kept inputs only when delivered)."""
     gin, gout, groups = groups_of(unit.conv)
-    if strategy in ("blocks", "matmul") and not _pointwise(unit.conv):
+    if strategy in ("blocks", "matmul", "native") and not _pointwise(unit.conv):
         strategy = "conv"  # products on channel slices compute a 1x1, stride-1 conv
     if strategy != "dense":
         return plan_pointwise(gin, gout, groups, strategy)
@@ -190,7 +192,10 @@ def choose(unit, strategy, shape, batch_size, device, channels_last, sum_fed=Fal
     sum_fed: the unit reads a residual sum, which deployment may deliver in its input layout, so
     its grouped kernels are timed without their input gather."""
     plans = {}
-    for name in (("blocks", "conv", "matmul", "dense") if strategy == "auto" else (strategy,)):
+    kernels = ("blocks", "conv", "matmul", "native", "dense")
+    if torch.device(device).type != "cpu" or not channels_last or not native.available():
+        kernels = tuple(name for name in kernels if name != "native")  # it would time as 'conv'
+    for name in (kernels if strategy == "auto" else (strategy,)):
         plan = plan_for(unit, name)
         plans.setdefault(plan.strategy, plan)
     if len(plans) == 1:

@@ -98,11 +98,14 @@ class GroupedConv(nn.Module):
 
     With `matmul` (1x1, stride 1, no padding only), an NCHW input is computed as one batched matrix
     product (G x out/G x in/G weights times N x G x in/G x HW inputs): torch's CPU grouped conv on
-    NCHW runs one im2col conv per group and concatenates them.
+    NCHW runs one im2col conv per group and concatenates them. With `native` (the same geometry), a
+    channels_last float32 CPU input is computed by flgc.native's grouped 1x1 kernel (torch's grouped
+    conv is slow for small groups); anything else (export, autograd, autocast, other layouts and
+    devices, no compiled kernels) takes the conv.
     """
 
     def __init__(self, in_channels, out_channels, conv_in, conv_out, groups, kernel_size=1, stride=1,
-                 padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False):
+                 padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False, native=False):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         # a strided 1x1 conv reads every stride-th pixel: its input gather takes only those, and the
@@ -115,9 +118,22 @@ class GroupedConv(nn.Module):
         self.in_index = ChannelGather(conv_in) if in_gather else None
         self.out_index = ChannelGather(out_channels) if out_gather else None
         pointwise = self.conv.kernel_size == (1, 1) and self.conv.stride == (1, 1) and self.conv.padding == (0, 0)
-        if matmul and not pointwise:
-            raise ValueError("GroupedConv matmul needs a 1x1 conv with stride 1 and no padding")
-        self.matmul = matmul
+        if (matmul or native) and not pointwise:
+            raise ValueError("GroupedConv matmul / native need a 1x1 conv with stride 1 and no padding")
+        self.matmul, self.native = matmul, native
+        self._packed = self._packed_key = None  # the weight as the native kernel reads it, and its source
+
+    def _native_applies(self, x):
+        return (self.native and native.eligible(x) and x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.is_autocast_enabled("cpu")
+                and not (torch.is_grad_enabled() and self.conv.weight.requires_grad))
+
+    def _native_conv(self, x):
+        weight = self.conv.weight
+        key = (weight.data_ptr(), weight._version)
+        if self._packed_key != key:
+            self._packed, self._packed_key = native.pointwise_weight(weight.detach(), self.conv.groups), key
+        return native.grouped_pointwise(x, self._packed, self.conv.bias.detach())
 
     def _grouped_matmul(self, x):
         n, c, h, w = x.shape
@@ -133,6 +149,8 @@ class GroupedConv(nn.Module):
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if self.matmul and not exporting and x.is_contiguous():
             x = self._grouped_matmul(x)
+        elif self._native_applies(x):
+            x = self._native_conv(x)
         else:
             x = self.conv(x)
         return self.out_index(x) if self.out_index is not None else x
@@ -144,7 +162,8 @@ class GroupedConv(nn.Module):
                 "kernel_size": list(c.kernel_size), "stride": [self.subsample] * 2 if self.subsample > 1 else list(c.stride),
                 "padding": list(c.padding),
                 "dilation": list(c.dilation), "in_gather": self.in_index is not None,
-                "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {})}
+                "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {}),
+                **({"native": True} if self.native else {})}
 
 
 def _pair(value):

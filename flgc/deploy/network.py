@@ -13,7 +13,7 @@ from .modules import from_spec, set_module, spec_of
 from .orders import DATAFLOW, apply_ops
 from .pointwise import generic_flgc
 
-STRATEGIES = ("auto", "blocks", "conv", "matmul", "dense")
+STRATEGIES = ("auto", "blocks", "conv", "matmul", "native", "dense")
 
 
 def _remaining_flgc(model):

@@ -22,7 +22,7 @@ def _grouped_module(plan, weight, in_channels, out_channels, in_gather, out_gath
         "kernel_size": geometry.kernel_size, "stride": geometry.stride, "padding": geometry.padding,
         "dilation": geometry.dilation}
     module = GroupedConv(in_channels, out_channels, conv_in, conv_out, g, **shape, in_gather=in_gather,
-                         out_gather=out_gather, matmul=plan.strategy == "matmul")
+                         out_gather=out_gather, matmul=plan.strategy == "matmul", native=plan.strategy == "native")
     full = take_rows(take_rows(weight, plan.compute_out).transpose(0, 1), plan.layout).transpose(0, 1)
     cin_g, cout_g = conv_in // g, conv_out // g
     for k in range(g):
@@ -32,7 +32,7 @@ def _grouped_module(plan, weight, in_channels, out_channels, in_gather, out_gath
 
 
 def build_pointwise(plan, weight, bias, in_channels, out_channels, in_index=None, geometry=None, out_order=None):
-    """The module of a plan ('blocks', 'conv' or 'matmul'). weight: out x hidden (full; 2-d for 1x1, or 4-d),
+    """The module of a plan ('blocks', 'conv', 'matmul' or 'native'). weight: out x hidden (full; 2-d for 1x1, or 4-d),
     bias: out. The module's input is already in plan.layout order (after in_index, when given).
     Its output holds the filters of out_order (original filter ids, -1 = any; default: every filter
     in original order), gathered from compute order only where they differ. `geometry` (a conv)
