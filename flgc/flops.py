@@ -37,9 +37,9 @@ def _block_pointwise_hook(module, inputs, output):
 
 
 def _grouped_matmul_hook(module, inputs, output):
-    # the matmul path (taken for contiguous NCHW inputs; a gather keeps the layout) bypasses the inner
-    # conv, whose own hook then never fires: count what that conv would have
-    if module.matmul and inputs[0].is_contiguous():
+    # the matmul path (taken for contiguous NCHW inputs; a gather keeps the layout) and the native
+    # kernel bypass the inner conv, whose own hook then never fires: count what that conv would have
+    if (module.matmul and inputs[0].is_contiguous()) or module.runs_native(inputs[0]):
         conv = module.conv
         positions = output.shape[0] * output.shape[2] * output.shape[3]
         module.__flops__ += positions * conv.out_channels * (conv.in_channels // conv.groups + 1)

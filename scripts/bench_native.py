@@ -1,22 +1,24 @@
-"""The compiled channel-permutation kernels (flgc/native.cpp) on ResNet-50's residual stream, side by
-side with what a network without permutations does there.
+"""The compiled kernels (flgc/native.cpp) on ResNet-50's shapes, side by side with what torch does there.
 
 python scripts/bench_native.py [--batch-sizes 1,32] [--threads 2] [--repeats 15] [--json]
 
-For each tensor of the stream between ResNet-50's bottlenecks (224x224 input: N x 256 x 56 x 56,
-512 x 28 x 28, 1024 x 14 x 14, 2048 x 7 x 7; float32, channels_last), timed in interleaved rounds
-(medians): `sum`, a permuted sum with ReLU written over its first operand (what deploy.PermutedSum
-runs between bottlenecks), and `gather`, a channel gather into a new tensor, each with every
-instruction set this CPU offers (native.row_isa: "avx2" transposes eight rows at a time, "plain"
-reads each row in permuted order); `add_relu`, torch's in-place add and ReLU (what dense and sgc8
-do there); `torch_sum`, the permuted sum as torch ops (the fallback without a compiler).
-Permutations are random. The last column weights each row by the number of such sums in one
-ResNet-50 forward (3, 4, 6 and 2 per stage: 15 in all). glibc's malloc keeps freed memory for the
-next allocation (bench_inference.py --allocator reuse), so a new tensor pays no fresh pages.
+Residual stream: for each tensor between ResNet-50's bottlenecks (224x224 input: N x 256 x 56 x 56,
+512 x 28 x 28, 1024 x 14 x 14, 2048 x 7 x 7; float32, channels_last), `sum`, a permuted sum with
+ReLU written over its first operand (what deploy.PermutedSum runs between bottlenecks), and
+`gather`, a channel gather into a new tensor, each with every instruction set this CPU offers
+(native.row_isa: "avx2" transposes eight rows at a time, "plain" reads each row in permuted order);
+`add_relu`, torch's in-place add and ReLU (what dense and sgc8 do there, the reference); `torch_sum`,
+the permuted sum as torch ops (the fallback without a compiler). Permutations are random.
+Grouped 1x1 convs (G=8, bias): `conv` with the compiled kernel against torch's grouped conv
+(`conv_torch`, the reference), for each stride-1 1x1 FLGC conv shape of ResNet-50.
+Timed in interleaved rounds, medians. The last column weights each row by how often the shape occurs
+in one forward (15 permuted sums; 33 such convs). glibc's malloc keeps freed memory for the next
+allocation (bench_inference.py --allocator reuse), so a new tensor pays no fresh pages.
 """
 import json
 
 import torch
+import torch.nn.functional as F
 import yardsticks
 
 from flgc import native
@@ -24,6 +26,11 @@ from flgc.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 STREAM = [(256, 56, 3), (512, 28, 4), (1024, 14, 6), (2048, 7, 2)]  # channels, size, permuted sums per forward
+# in, out, size, how many stride-1 1x1 convs of ResNet-50's bottlenecks have that shape
+CONVS = [(64, 64, 56, 1), (256, 64, 56, 2), (64, 256, 56, 4), (256, 128, 56, 1), (512, 128, 28, 3), (128, 512, 28, 4),
+         (512, 256, 28, 1), (1024, 256, 14, 5), (256, 1024, 14, 6), (1024, 512, 14, 1), (2048, 512, 7, 2),
+         (512, 2048, 7, 3)]
+GROUPS = 8
 
 
 def parse(argv):
@@ -66,6 +73,16 @@ def runners(batch, channels, size, isas):
     return found
 
 
+def conv_runners(batch, channels, out, size, isa):
+    generator = torch.Generator().manual_seed(out)
+    x = torch.randn(batch, channels, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out, channels // GROUPS, 1, 1, generator=generator)
+    bias = torch.randn(out, generator=generator)
+    packed = native.pointwise_weight(weight, GROUPS)
+    return {("conv", isa): with_isa(isa, lambda: native.grouped_pointwise(x, packed, bias)),
+            ("conv_torch", "torch"): lambda: F.conv2d(x, weight, bias, groups=GROUPS)}
+
+
 def main(argv=None):
     args = parse(argv)
     yardsticks.reuse_freed_memory()
@@ -79,21 +96,27 @@ def main(argv=None):
                 medians = yardsticks.interleaved_medians(runners(batch, channels, size, isas), args.repeats)
                 for (kernel, isa), seconds in medians.items():
                     rows.append({"batch": batch, "shape": [batch, channels, size, size], "kernel": kernel, "isa": isa,
-                                 "ms": seconds * 1e3, "per_forward": count})
+                                 "ms": seconds * 1e3, "per_forward": count, "reference": "add_relu"})
+            for channels, out, size, count in CONVS:
+                medians = yardsticks.interleaved_medians(conv_runners(batch, channels, out, size, best), args.repeats)
+                for (kernel, isa), seconds in medians.items():
+                    rows.append({"batch": batch, "shape": [batch, channels, size, size], "out": out, "kernel": kernel,
+                                 "isa": isa, "ms": seconds * 1e3, "per_forward": count, "reference": "conv_torch"})
     finally:
         native.row_isa("best")
-    print(f"{'shape':<22} {'kernel':<10} {'isa':<6} {'ms':>9} {'x add_relu':>10} {'ms x count':>11}")
+    print(f"{'input shape':<22} {'out':>5} {'kernel':<10} {'isa':<6} {'ms':>9} {'x ref':>6} {'ms x count':>11}")
     for row in rows:
-        reference = next(r["ms"] for r in rows if r["shape"] == row["shape"] and r["kernel"] == "add_relu")
-        print(f"{'x'.join(map(str, row['shape'])):<22} {row['kernel']:<10} {row['isa']:<6} {row['ms']:9.3f} "
-              f"{row['ms'] / reference:10.2f} {row['ms'] * row['per_forward']:11.2f}")
+        reference = next(r["ms"] for r in rows if r["shape"] == row["shape"] and r.get("out") == row.get("out")
+                         and r["kernel"] == row["reference"])
+        print(f"{'x'.join(map(str, row['shape'])):<22} {row.get('out', ''):>5} {row['kernel']:<10} {row['isa']:<6} "
+              f"{row['ms']:9.3f} {row['ms'] / reference:6.2f} {row['ms'] * row['per_forward']:11.2f}")
     for batch in args.batches:
         totals = {}
         for row in rows:
             if row["batch"] == batch:
                 key = f"{row['kernel']} {row['isa']}"
                 totals[key] = totals.get(key, 0.0) + row["ms"] * row["per_forward"]
-        print(f"batch {batch}, 15 sums per forward: " + ", ".join(f"{k} {v:.1f} ms" for k, v in totals.items()))
+        print(f"batch {batch}, per forward: " + ", ".join(f"{k} {v:.1f} ms" for k, v in totals.items()))
     if args.json:
         print(json.dumps({"threads": args.threads, "repeats": args.repeats, "results": rows}))
 

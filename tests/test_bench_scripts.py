@@ -83,10 +83,13 @@ def test_bench_native_times_every_kernel_and_instruction_set():
         pytest.skip(f"compiled kernels not available: {native.unavailable_reason()}")
     out = last_json(run_cli("scripts/bench_native.py", "--batch-sizes", "1", "--repeats", "1", "--json"))
     rows = out["results"]
-    assert {r["shape"][1] for r in rows} == {256, 512, 1024, 2048} and sum({r["shape"][1]: r["per_forward"]
-                                                                           for r in rows}.values()) == 15
+    stream = [r for r in rows if r["reference"] == "add_relu"]
+    assert {r["shape"][1] for r in stream} == {256, 512, 1024, 2048}
+    assert sum({r["shape"][1]: r["per_forward"] for r in stream}.values()) == 15
     kernels = {(r["kernel"], r["isa"]) for r in rows}
-    assert {("add_relu", "torch"), ("torch_sum", "torch"), ("sum", "plain"), ("gather", "plain")} <= kernels
+    assert {("add_relu", "torch"), ("torch_sum", "torch"), ("sum", "plain"), ("gather", "plain"),
+            ("conv_torch", "torch")} <= kernels
+    assert sum(r["per_forward"] for r in rows if r["kernel"] == "conv") == 33
     assert all(r["ms"] > 0 for r in rows)
 
 

@@ -123,7 +123,8 @@ class GroupedConv(nn.Module):
         self.matmul, self.native = matmul, native
         self._packed = self._packed_key = None  # the weight as the native kernel reads it, and its source
 
-    def _native_applies(self, x):
+    def runs_native(self, x):
+        """Whether input x (before the input gather, which keeps its layout) takes the native kernel."""
         return (self.native and native.eligible(x) and x.is_contiguous(memory_format=torch.channels_last)
                 and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled() and self.conv.weight.requires_grad))
@@ -149,7 +150,7 @@ class GroupedConv(nn.Module):
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if self.matmul and not exporting and x.is_contiguous():
             x = self._grouped_matmul(x)
-        elif self._native_applies(x):
+        elif self.runs_native(x):
             x = self._native_conv(x)
         else:
             x = self.conv(x)
