@@ -1,6 +1,6 @@
 """Convert a checkpoint into its inference form: BN folded, learned groups computed as real groups.
 
-python scripts/deploy.py --checkpoint CKPT --out FILE [--batch-size 1] [--strategy auto|blocks|conv|matmul|dense]
+python scripts/deploy.py --checkpoint CKPT --out FILE [--batch-size 1] [--strategy auto|blocks|conv|matmul|native|dense]
 The result loads and evaluates with eval.py; its outputs are checked against the training model's.
 """
 import os
