@@ -20,12 +20,11 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import native
 from ..layer import FLGConv2d
 from ..planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
 from .orders import carry_orders, reads_sum, worth_carrying
-from .pointwise import build_pointwise
+from .pointwise import build_pointwise, kernel_choices
 from .timing import fastest, input_shapes
 
 # elementwise (hence channel-order blind) operations a permutation passes through unchanged
@@ -192,10 +191,7 @@ def choose(unit, strategy, shape, batch_size, device, channels_last, sum_fed=Fal
     sum_fed: the unit reads a residual sum, which deployment may deliver in its input layout, so
     its grouped kernels are timed without their input gather."""
     plans = {}
-    kernels = ("blocks", "conv", "matmul", "native", "dense")
-    if torch.device(device).type != "cpu" or not channels_last or not native.available():
-        kernels = tuple(name for name in kernels if name != "native")  # it would time as 'conv'
-    for name in (kernels if strategy == "auto" else (strategy,)):
+    for name in (kernel_choices(device, channels_last) if strategy == "auto" else (strategy,)):
         plan = plan_for(unit, name)
         plans.setdefault(plan.strategy, plan)
     if len(plans) == 1:

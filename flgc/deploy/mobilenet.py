@@ -16,7 +16,7 @@ from ..models.mobilenetv2 import InvertedResidual
 from ..planner import Plan, plan_pointwise, take_rows
 from .folding import folded, groups_of, plain_conv
 from .modules import BlockPointwise, ChannelGather
-from .pointwise import build_pointwise
+from .pointwise import build_pointwise, kernel_choices
 from .timing import fastest, input_shapes
 
 
@@ -53,8 +53,9 @@ def _project(parts, strategy, key):
 
 def build_block(block, strategy):
     """The deployed nn.Sequential replacing block.conv (BN folded) with the grouped 1x1 convs
-    computed by `strategy`: 'blocks' (one product per group), 'conv' / 'matmul' (one grouped conv or
-    batched product, groups padded to equal size) or 'dense' (one dense conv, zero outside the groups: the masked form's cost)."""
+    computed by `strategy`: 'blocks' (one product per group), 'conv' / 'matmul' / 'native' (one grouped
+    conv, batched product or compiled grouped 1x1 kernel, groups padded to equal size) or 'dense'
+    (one dense conv, zero outside the groups: the masked form's cost)."""
     parts = block.parts()
     expand, depthwise = parts["expand"], parts["depthwise"]
     e_grouped = is_grouped(expand)
@@ -82,14 +83,14 @@ def build_block(block, strategy):
 
 
 def convert_block(block, input_shape, batch_size, strategy, channels_last, device="cpu"):
-    """build_block with the given strategy, or for 'auto' the fastest of blocks / conv / matmul / dense,
-    timed on the whole block on `device` at this batch size and memory layout."""
+    """build_block with the given strategy, or for 'auto' the fastest of blocks / conv / matmul / native
+    (CPU, channels_last) / dense, timed on the whole block on `device` at this batch size and memory layout."""
     parts = block.parts()
     if not any(is_grouped(parts[name]) for name in ("expand", "project")):
         return build_block(block, "dense")
     if strategy != "auto":
         return build_block(block, strategy)
-    options = [build_block(block, name) for name in ("blocks", "conv", "matmul", "dense")]
+    options = [build_block(block, name) for name in kernel_choices(device, channels_last)]
     return fastest(options, input_shape, batch_size, device, channels_last)
 
 

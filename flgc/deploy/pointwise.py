@@ -1,9 +1,19 @@
 """A planned grouped convolution (flgc.planner.Plan) as an inference module."""
 import torch
 
+from .. import native
 from ..planner import plan_pointwise, positions, take_rows
 from .folding import folded
 from .modules import BlockPointwise, GroupedConv
+
+
+def kernel_choices(device, channels_last):
+    """The kernels 'auto' times for a grouped conv on `device` in this memory layout: 'native' only
+    on the CPU with channels_last and the compiled kernels loaded (elsewhere it would run as 'conv')."""
+    kernels = ("blocks", "conv", "matmul", "native", "dense")
+    if torch.device(device).type != "cpu" or not channels_last or not native.available():
+        kernels = tuple(name for name in kernels if name != "native")
+    return kernels
 
 
 def _blocks_module(plan, weight, in_channels, out_channels, in_gather, out_gather):
