@@ -36,7 +36,7 @@ def _block_pointwise_hook(module, inputs, output):
     module.__flops__ += output.numel() if module.blocks else 0  # bias adds, as ptflops counts them
 
 
-def _grouped_matmul_hook(module, inputs, output):
+def _grouped_conv_hook(module, inputs, output):
     # the matmul path (taken for contiguous NCHW inputs; a gather keeps the layout) and the native
     # kernel bypass the inner conv, whose own hook then never fires: count what that conv would have
     if (module.matmul and inputs[0].is_contiguous()) or module.runs_native(inputs[0]):
@@ -53,7 +53,7 @@ def _hook_for(module, flgc_as_computed):
     if isinstance(module, BlockPointwise):
         return _block_pointwise_hook
     if isinstance(module, GroupedConv):
-        return _grouped_matmul_hook
+        return _grouped_conv_hook
     if isinstance(module, _BatchNorm):  # SyncBatchNorm and other subclasses count as BatchNorm2d
         return MODULES_MAPPING[nn.BatchNorm2d]
     return MODULES_MAPPING.get(type(module))

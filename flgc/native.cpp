@@ -132,9 +132,7 @@ __attribute__((target("avx2"))) void columns_to_rows(const float* ta, const floa
       out[p * k + j] = relu && v < 0.f ? 0.f : v;
     }
 }
-#endif
 
-#ifdef FLGC_X86
 // A grouped 1x1 conv on channels_last rows, AVX2 + FMA: P rows times OB vectors of 8 output channels
 // of one group accumulate in registers; each step broadcasts one input channel of each row and
 // multiplies it with 8 consecutive filters' weights (weight laid out group x input x output).

@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for channels that travel in permuted orders (native.cpp), built on first use.
+"""Compiled CPU kernels of deployed networks (native.cpp), built on first use: for channels that
+travel in permuted orders (sums, gathers) and for grouped 1x1 convs on channels_last tensors.
 
 torch's C++ extension loader compiles native.cpp once per torch build and caches the library
 (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a C++ compiler with OpenMP and

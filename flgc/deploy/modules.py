@@ -5,6 +5,7 @@ Spec type names are part of the deployed checkpoint format: keep them when renam
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 
 from .. import native
 from ..planner import channel_gather
@@ -165,10 +166,6 @@ class GroupedConv(nn.Module):
                 "dilation": list(c.dilation), "in_gather": self.in_index is not None,
                 "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {}),
                 **({"native": True} if self.native else {})}
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _compute_dtype(x):
