@@ -116,3 +116,22 @@ def test_rebuilt_from_the_spec_and_exported_it_computes_the_same():
     session = ort.InferenceSession(export.onnx_bytes(deployed, 2, (3, 8, 8)), providers=["CPUExecutionProvider"])
     out = session.run(None, {"images": x.numpy()})[0]
     assert float((torch.from_numpy(out) - expected).abs().max()) <= TOLERANCE
+
+
+class TwoHeads(nn.Module):
+    """The network's output is the sum of two FLGC convs' outputs, held in two compute orders."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+@pytest.mark.parametrize("strategy", ["conv", "blocks"])
+def test_a_sum_that_ends_the_network_is_gathered_back_to_the_original_order(strategy):
+    model = random_flgc(TwoHeads(), 6, groups=4)
+    deployed = deploy.convert(model, strategy=strategy, input_size=(8, 4, 4))
+    assert [type(m) for m in deployed.channel_orders.children()] == [PermutedAdd, ChannelGather]
+    assert max_difference(model, deployed, torch.randn(2, 8, 4, 4)) <= TOLERANCE

@@ -92,7 +92,14 @@ class Graph:
         self.calls = calls
 
     def module(self, node):
-        return self.model.get_submodule(node.target) if node.op == "call_module" else None
+        """The module node calls; None for other nodes and for modules deployment adds to the graph
+        (installed in the model only afterwards)."""
+        if node.op != "call_module":
+            return None
+        try:
+            return self.model.get_submodule(node.target)
+        except AttributeError:
+            return None
 
     @staticmethod
     def _plain_call(node):
