@@ -168,6 +168,7 @@ __attribute__((target("avx2,fma"))) inline void pointwise_tile(const float* cons
 // outputs for 8 rows (8 accumulators either way, enough to keep both FMA units busy). The input of
 // the next 8 rows is asked for ahead, a group at a time (the hardware prefetcher follows eight
 // interleaved rows poorly).
+// y: the output of row r0 (rows cout floats apart).
 template <int P>
 __attribute__((target("avx2,fma"))) void pointwise_rows(const float* x, float* y, const float* weight,
                                                         const float* bias, int64_t r0, int64_t rows, int64_t c,
@@ -182,7 +183,7 @@ __attribute__((target("avx2,fma"))) void pointwise_rows(const float* x, float* y
       float* out[P];
       for (int p = 0; p < P; ++p) {
         in[p] = x + (r0 + p) * c + g * ci;
-        out[p] = y + (r0 + p) * cout + g * co + o;
+        out[p] = y + p * cout + g * co + o;
       }
       const float* b = bias + g * co + o;
       if (co - o >= 16) {
@@ -274,6 +275,20 @@ void permute_rows(RowA a_row, RowB b_row, int64_t ca, int64_t cb, float* out, co
   }
 }
 
+// The output channels of a permuted sum that are padding (-1 in both indices): they are computed
+// from channel 0 of each operand, then overwritten with zero.
+std::vector<int64_t> padding_entries(Index& ia, Index& ib) {
+  std::vector<int64_t> padding;
+  for (size_t j = 0; j < ia.size(); ++j) {
+    TORCH_CHECK((ia[j] < 0) == (ib[j] < 0), "left and right: -1 (padding) at the same entries only");
+    if (ia[j] < 0) {
+      padding.push_back(int64_t(j));
+      ia[j] = ib[j] = 0;
+    }
+  }
+  return padding;
+}
+
 // base[:, index[i]] += other[:, i] for every channel i of other (in turn where entries repeat); then,
 // with relu, base = max(base, 0) over all of base's channels (those no entry names are only rectified).
 void permuted_add_(at::Tensor base, const at::Tensor& other, const at::Tensor& index, bool relu) {
@@ -325,14 +340,7 @@ at::Tensor permuted_sum(const at::Tensor& a, const at::Tensor& b, const at::Tens
   check_peer(a, b);
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), k = left.numel(), plane = a.size(2) * a.size(3);
   Index ia = read_index(left, k, ca, -1), ib = read_index(right, k, cb, -1);
-  std::vector<int64_t> padding;  // output channels that are zero
-  for (int64_t j = 0; j < k; ++j) {
-    TORCH_CHECK((ia[j] < 0) == (ib[j] < 0), "left and right: -1 (padding) at the same entries only");
-    if (ia[j] < 0) {
-      padding.push_back(j);
-      ia[j] = ib[j] = 0;  // computed, then overwritten with zero
-    }
-  }
+  const std::vector<int64_t> padding = padding_entries(ia, ib);
   const bool rows = rows_layout(a);
   at::Tensor out = reuse && rows && k == ca ? a : empty_like_layout(a, k, rows);
   const float* pa = a.data_ptr<float>();
@@ -406,17 +414,22 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index, int64_t
 
 // A grouped 1x1 conv (stride 1) of a channels_last x: weight groups x (C / groups) x (out / groups), each
 // group's matrix transposed (input x output), bias of `out`. Output channels_last.
-at::Tensor grouped_pointwise(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+void check_pointwise(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "x: a 4-d float32 CPU tensor in channels_last memory is required");
   TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 3 &&
                   weight.is_contiguous(), "weight: a contiguous float32 groups x in x out tensor is required");
+  TORCH_CHECK(weight.size(0) * weight.size(1) == x.size(1), "weight: groups x in must equal x's channels");
+  TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == at::kFloat && bias.dim() == 1 &&
+                  bias.numel() == weight.size(0) * weight.size(2) && bias.is_contiguous(),
+              "bias: a contiguous float32 vector of groups x out entries is required");
+}
+
+at::Tensor grouped_pointwise(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  check_pointwise(x, weight, bias);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t groups = weight.size(0), ci = weight.size(1), co = weight.size(2), cout = groups * co;
-  TORCH_CHECK(groups * ci == c, "weight: groups x in must equal x's channels");
-  TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == at::kFloat && bias.dim() == 1 && bias.numel() == cout &&
-                  bias.is_contiguous(), "bias: a contiguous float32 vector of groups x out entries is required");
   at::Tensor y = at::empty({n, cout, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* px = x.data_ptr<float>();
   const float* pw = weight.data_ptr<float>();
@@ -429,9 +442,10 @@ at::Tensor grouped_pointwise(const at::Tensor& x, const at::Tensor& weight, cons
       for (int64_t block = begin; block < end; ++block) {
         const int64_t r0 = block * 8;
         if (r0 + 8 <= rows) {
-          pointwise_rows<8>(px, py, pw, pb, r0, rows, c, cout, groups, ci, co);
+          pointwise_rows<8>(px, py + r0 * cout, pw, pb, r0, rows, c, cout, groups, ci, co);
         } else {
-          for (int64_t r = r0; r < rows; ++r) pointwise_rows<1>(px, py, pw, pb, r, rows, c, cout, groups, ci, co);
+          for (int64_t r = r0; r < rows; ++r)
+            pointwise_rows<1>(px, py + r * cout, pw, pb, r, rows, c, cout, groups, ci, co);
         }
       }
     });
@@ -448,6 +462,61 @@ at::Tensor grouped_pointwise(const at::Tensor& x, const at::Tensor& weight, cons
         }
   });
   return y;
+}
+
+// permuted_sum(grouped_pointwise(x, weight, bias), b, left, right, relu) without writing the conv's
+// output: with AVX2 + FMA each task computes eight rows of it into a scratch tile, which the sum
+// then reads from cache (one pass over memory less, and no tensor of the conv's size). Output
+// channels_last, like b. With reuse, a b of as many channels as the result is overwritten with it
+// (b must be read by nothing else afterwards; x must not share its memory).
+at::Tensor grouped_pointwise_sum(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                 const at::Tensor& b, const at::Tensor& left, const at::Tensor& right, bool relu,
+                                 bool reuse) {
+  check_pointwise(x, weight, bias);
+  check_input(b, "b");
+  TORCH_CHECK(b.is_contiguous(at::MemoryFormat::ChannelsLast) && b.size(0) == x.size(0) && b.size(2) == x.size(2) &&
+                  b.size(3) == x.size(3), "b: channels_last memory and x's N, H and W are required");
+  const int64_t groups = weight.size(0), ci = weight.size(1), co = weight.size(2), cout = groups * co;
+#ifdef FLGC_X86
+  if (isa_rank.load() >= 1 && co % 8 == 0) {
+    const int64_t n = x.size(0), c = x.size(1), cb = b.size(1), k = left.numel(), rows = n * x.size(2) * x.size(3);
+    Index ia = read_index(left, k, cout, -1), ib = read_index(right, k, cb, -1);
+    const std::vector<int64_t> padding = padding_entries(ia, ib);
+    at::Tensor out = reuse && k == cb ? b
+                                      : at::empty({n, k, x.size(2), x.size(3)},
+                                                  x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const float* px = x.data_ptr<float>();
+    const float* pw = weight.data_ptr<float>();
+    const float* pbias = bias.data_ptr<float>();
+    const float* pr = b.data_ptr<float>();
+    float* d = out.data_ptr<float>();
+    at::parallel_for(0, (rows + kTile - 1) / kTile, 4, [&](int64_t begin, int64_t end) {
+      std::vector<float> tile(kTile * cout), ta(cout * kTile), tb(cb * kTile), row(k);
+      const float* from[kTile];
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t r0 = block * kTile, r1 = std::min(r0 + kTile, rows);
+        if (r1 - r0 == kTile) {
+          pointwise_rows<8>(px, tile.data(), pw, pbias, r0, rows, c, cout, groups, ci, co);
+          for (int p = 0; p < kTile; ++p) from[p] = tile.data() + p * cout;
+          rows_to_columns(from, cout, ta.data());
+          for (int p = 0; p < kTile; ++p) from[p] = pr + (r0 + p) * cb;
+          rows_to_columns(from, cb, tb.data());
+          columns_to_rows(ta.data(), tb.data(), ia.data(), ib.data(), d + r0 * k, k, relu);
+        } else {  // a tile reads all its rows of b before it writes; a single row is made aside first
+          for (int64_t r = r0; r < r1; ++r) {
+            pointwise_rows<1>(px, tile.data(), pw, pbias, r, rows, c, cout, groups, ci, co);
+            row_plain(tile.data(), pr + r * cb, ia.data(), ib.data(), row.data(), k, relu);
+            std::copy(row.begin(), row.end(), d + r * k);
+          }
+        }
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t j : padding) d[r * k + j] = 0.f;
+      }
+    });
+    return out;
+  }
+#endif
+  return permuted_sum(grouped_pointwise(x, weight, bias), b, left, right, relu, true);  // the sum over the conv's output
 }
 
 // The instruction set of the row kernels: "" asks, "best" restores the default, a name from kIsaNames
@@ -470,5 +539,7 @@ TORCH_LIBRARY(flgc, m) {
   m.def("permuted_sum(Tensor(a!) a, Tensor b, Tensor left, Tensor right, bool relu, bool reuse) -> Tensor", &permuted_sum);
   m.def("gather_channels(Tensor x, Tensor index, int stride) -> Tensor", &gather_channels);
   m.def("grouped_pointwise(Tensor x, Tensor weight, Tensor bias) -> Tensor", &grouped_pointwise);
+  m.def("grouped_pointwise_sum(Tensor x, Tensor weight, Tensor bias, Tensor(a!) b, Tensor left, Tensor right, bool relu, bool reuse) -> Tensor",
+        &grouped_pointwise_sum);
   m.def("row_isa(str choice) -> str", &row_isa);
 }

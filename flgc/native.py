@@ -102,6 +102,13 @@ def grouped_pointwise(x, weight, bias):
     return torch.ops.flgc.grouped_pointwise(x, weight, bias)
 
 
+def grouped_pointwise_sum(x, weight, bias, b, left, right, relu=False, reuse=False):
+    """permuted_sum(grouped_pointwise(x, weight, bias), b, left, right, relu) in one pass: the conv's
+    output is summed from cache, never written whole. Output channels_last. reuse: the result may be
+    written over b (channels_last, as many channels), which must then be read by nothing else."""
+    return torch.ops.flgc.grouped_pointwise_sum(x, weight, bias, b, left, right, relu, reuse)
+
+
 def pointwise_weight(weight, groups):
     """A grouped 1x1 conv's weight (out x in/G x 1 x 1) as grouped_pointwise takes it: G x in/G x out/G."""
     out, width = weight.shape[:2]

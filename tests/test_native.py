@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from helpers import TOLERANCE, randomise
 
 import flgc
 from flgc import deploy, flops, native
+from flgc.convert import assign_balanced
 from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum
 
 if os.environ.get("FLGC_NATIVE") == "0":
@@ -206,12 +208,75 @@ def test_grouped_pointwise_matches_torchs_grouped_conv(isa, n, c, out, size, gro
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("n, c, out, size, groups", [(2, 64, 64, (5, 3), 8), (1, 48, 72, (7, 7), 3),
+                                                     (2, 40, 20, (3, 3), 4)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_grouped_pointwise_sum_is_the_conv_then_the_permuted_sum(isa, n, c, out, size, groups, relu):
+    # rows not a multiple of 8, 5 filters per group (no vector: conv, then the sum), padding entries
+    torch.manual_seed(5)
+    x = torch.randn(n, c, *size).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(out, c // groups, 1, 1), torch.randn(out)
+    b = torch.randn(n, out + 3, *size).contiguous(memory_format=torch.channels_last)
+    left, right = torch.randperm(out), torch.randperm(out + 3)[:out]
+    left[[1, 4]], right[[1, 4]] = -1, -1
+    expected = F.conv2d(x, weight, bias, groups=groups)[:, left.clamp(min=0)] + b[:, right.clamp(min=0)]
+    expected[:, left < 0] = 0
+    expected = expected.relu() if relu else expected
+    packed, kept = native.pointwise_weight(weight, groups), b.clone()
+    y = native.grouped_pointwise_sum(x, packed, bias, b, left, right, relu, True)  # b has other channels: a new tensor
+    assert torch.allclose(y, expected, atol=1e-5) and torch.equal(b, kept)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    b = b[:, :out].contiguous(memory_format=torch.channels_last)
+    right = torch.randperm(out)
+    right[[1, 4]] = -1
+    expected = F.conv2d(x, weight, bias, groups=groups)[:, left.clamp(min=0)] + b[:, right.clamp(min=0)]
+    expected[:, left < 0] = 0
+    expected = expected.relu() if relu else expected
+    kept = b.clone()
+    assert torch.allclose(native.grouped_pointwise_sum(x, packed, bias, b, left, right, relu), expected, atol=1e-5)
+    assert torch.equal(b, kept)
+    y = native.grouped_pointwise_sum(x, packed, bias, b, left, right, relu, True)
+    assert torch.allclose(y, expected, atol=1e-5)
+    if out % 8 == 0 and isa != "plain":  # the fused kernel writes over b; the conv-then-sum fallback over the conv's output
+        assert y.data_ptr() == b.data_ptr()
+
+
+def test_a_grouped_conv_with_a_sum_epilogue_fuses_and_falls_back_alike():
+    torch.manual_seed(6)
+    module = GroupedConv(32, 32, 32, 32, 4, native=True)  # 8 filters per group
+    epilogue = PermutedSum(32, relu=True, inplace=True)
+    epilogue.left.copy_(torch.randperm(32))
+    epilogue.right.copy_(torch.randperm(32))
+    with pytest.raises(ValueError, match="sum epilogue"):
+        GroupedConv(32, 32, 32, 32, 4).fuse(epilogue)  # not native: no fused kernel
+    module.fuse(epilogue, overwrite=True)
+    rebuilt = deploy.modules.from_spec(deploy.modules.spec_of(module))
+    rebuilt.load_state_dict(module.state_dict())
+    assert rebuilt.overwrite and rebuilt.epilogue.relu
+    x, other = (torch.randn(2, c, 5, 3).contiguous(memory_format=torch.channels_last) for c in (32, 32))
+    with torch.no_grad():
+        expected = F.relu(module.conv(x)[:, epilogue.left] + other[:, epilogue.right])
+        unfused = rebuilt(x.contiguous(), other.contiguous())  # NCHW: the conv, then the sum
+        kept = other.clone()
+        fused = rebuilt(x, other)
+    assert torch.allclose(unfused, expected, atol=1e-5) and torch.allclose(fused, expected, atol=1e-5)
+    assert fused.data_ptr() == other.data_ptr() and not torch.equal(other, kept)  # overwrite: the sum took its memory
+    with pytest.raises(ValueError, match="second input"):
+        rebuilt(x)
+
+
 def test_the_native_kernel_strategy_deploys_resnet50_exactly_and_rebuilds(monkeypatch):
     model = randomise(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8, logit_init_std=1.0,
                                          init="random"), 7).eval()
     deployed = deploy.convert(model, strategy="native", input_size=(3, 32, 32)).to(memory_format=torch.channels_last)
     native_convs = [m for m in deployed.modules() if isinstance(m, GroupedConv) and m.native]
     assert len(native_convs) == 33  # all 36 FLGC convs but the strided downsample convs (planned as convs)
+    # every residual sum but the last (summed in conv3's order for the pooling) runs inside its conv3,
+    # written over the block's input or the downsample conv's output, read by nothing after it
+    fused = {name: m.overwrite for name, m in deployed.named_modules() if isinstance(m, GroupedConv) and m.epilogue}
+    assert fused == {f"layer{stage}.{block}.conv3": True for stage, blocks in zip(range(1, 5), (3, 4, 6, 3))
+                     for block in range(blocks) if (stage, block) != (4, 2)}
+    assert sum(isinstance(m, PermutedSum) for m in deployed.modules()) == len(fused)
     rebuilt = deploy.rebuild(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8),
                              deployed.deploy_spec)
     rebuilt.load_state_dict(deployed.state_dict())
@@ -227,6 +292,40 @@ def test_the_native_kernel_strategy_deploys_resnet50_exactly_and_rebuilds(monkey
     # the same MACs, counted alike: the kernel runs here (channels_last) and its conv's hook does not fire
     as_convs = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
     assert flops.count(deployed, (3, 32, 32))[0] == flops.count(as_convs, (3, 32, 32))[0]
+
+
+class ReadAgain(nn.Module):
+    """Residual sums read by FLGC convs, whose other operand is read again later, is the caller's
+    input, or is read by nothing after the sum."""
+
+    def __init__(self):
+        super().__init__()
+        # with 4 groups, 8 or 16 filters per group: the fused kernel runs
+        self.first, self.second, self.third = nn.Conv2d(32, 64, 1), nn.Conv2d(64, 64, 1), nn.Conv2d(64, 32, 1)
+        self.fourth, self.fifth, self.sixth, self.seventh, self.eighth = (nn.Conv2d(32, 32, 1) for _ in range(5))
+        self.ninth = nn.Conv2d(64, 32, 1)
+
+    def forward(self, x):
+        y = self.first(x)
+        s = self.second(y.relu()) + y  # y: read again by ninth
+        t = self.fourth(self.third(s)) + x  # x: the caller's
+        v = self.sixth(self.fifth(t)) + self.seventh(t)  # seventh's output: read by nothing after
+        return self.eighth(v) + self.ninth(y)
+
+
+def test_a_fused_sum_writes_over_its_other_operand_only_where_nothing_reads_it_later():
+    torch.manual_seed(8)
+    # balanced groups: no padding, so each sum has its other operand's channel count and may take its memory
+    model = randomise(assign_balanced(flgc.convert_model(ReadAgain(), groups=4), 8), 8).eval()
+    deployed = deploy.convert(model, strategy="native", input_size=(32, 5, 3)).to(memory_format=torch.channels_last)
+    fused = {name: m.overwrite for name, m in deployed.named_modules() if isinstance(m, GroupedConv) and m.epilogue}
+    assert fused == {"second": False, "fourth": False, "sixth": True}
+    x = torch.randn(3, 32, 5, 3).contiguous(memory_format=torch.channels_last)
+    kept = x.clone()
+    with torch.no_grad():
+        expected, out = model(x), deployed(x)
+    assert torch.equal(x, kept)
+    assert float((out - expected).abs().max()) <= TOLERANCE
 
 
 def test_a_native_grouped_conv_under_autograd_takes_the_conv():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..layer import FLGConv2d
 from ..planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
-from .orders import carry_orders, reads_sum, worth_carrying
+from .orders import carry_orders, fuse_sums, reads_sum, worth_carrying
 from .pointwise import build_pointwise, kernel_choices
 from .timing import fastest, input_shapes
 
@@ -252,6 +252,7 @@ def deploy(model, input_size, batch_size, strategy, channels_last, device):
         route(*chain)
     replacements, ops = carry_orders(graph, traced, input_size)
     replacements.update({unit.path: build(unit) for unit in graph.units.values() if unit.changed})
+    ops += fuse_sums(graph, traced, replacements)
     replacements.update({path: nn.Identity() for path in graph.folded_bns.values()})
     return replacements, traced, ops
 

@@ -103,10 +103,17 @@ class GroupedConv(nn.Module):
     channels_last float32 CPU input is computed by flgc.native's grouped 1x1 kernel (torch's grouped
     conv is slow for small groups); anything else (export, autograd, autocast, other layouts and
     devices, no compiled kernels) takes the conv.
+
+    With an `epilogue` (a PermutedSum, set by fuse), forward(x, other) returns epilogue(conv(x),
+    other): a residual sum of the conv's output and another tensor, delivered in a third channel
+    order. The native kernel then sums each tile of output rows while it is in cache (the conv's
+    output is never written whole); with `overwrite` the sum is written over `other` (deployment
+    sets it only where other is a fresh tensor read by nothing after the sum).
     """
 
     def __init__(self, in_channels, out_channels, conv_in, conv_out, groups, kernel_size=1, stride=1,
-                 padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False, native=False):
+                 padding=0, dilation=1, in_gather=False, out_gather=False, matmul=False, native=False,
+                 epilogue=None, overwrite=False):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         # a strided 1x1 conv reads every stride-th pixel: its input gather takes only those, and the
@@ -123,6 +130,15 @@ class GroupedConv(nn.Module):
             raise ValueError("GroupedConv matmul / native need a 1x1 conv with stride 1 and no padding")
         self.matmul, self.native = matmul, native
         self._packed = self._packed_key = None  # the weight as the native kernel reads it, and its source
+        self.epilogue, self.overwrite = None, False
+        if epilogue is not None:  # from a spec
+            self.fuse(PermutedSum(**{k: v for k, v in epilogue.items() if k != "type"}), overwrite)
+
+    def fuse(self, epilogue, overwrite=False):
+        """Take over a PermutedSum whose first operand is this conv's output (see the class doc)."""
+        if not self.native or self.out_index is not None:
+            raise ValueError("only a native GroupedConv without an output gather takes a sum epilogue")
+        self.epilogue, self.overwrite = epilogue, overwrite
 
     def runs_native(self, x):
         """Whether input x (before the input gather, which keeps its layout) takes the native kernel."""
@@ -130,12 +146,12 @@ class GroupedConv(nn.Module):
                 and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled() and self.conv.weight.requires_grad))
 
-    def _native_conv(self, x):
+    def _packed_weight(self):
         weight = self.conv.weight
         key = (weight.data_ptr(), weight._version)
         if self._packed_key != key:
             self._packed, self._packed_key = native.pointwise_weight(weight.detach(), self.conv.groups), key
-        return native.grouped_pointwise(x, self._packed, self.conv.bias.detach())
+        return self._packed
 
     def _grouped_matmul(self, x):
         n, c, h, w = x.shape
@@ -145,17 +161,26 @@ class GroupedConv(nn.Module):
         y = torch.matmul(weight, x.to(dtype).reshape(n, g, c // g, h * w))
         return y.add_(self.conv.bias.to(dtype).view(1, g, out // g, 1)).view(n, out, h, w)
 
-    def forward(self, x):
+    def forward(self, x, other=None):
+        if (other is None) != (self.epilogue is None):
+            raise ValueError("a GroupedConv takes a second input exactly when it has a sum epilogue")
+        in_native = self.runs_native(x)
         if self.in_index is not None:
             x = self.in_index(x, self.subsample)
+        if in_native and other is not None and native.eligible(other) \
+                and other.is_contiguous(memory_format=torch.channels_last):
+            sum_ = self.epilogue
+            return native.grouped_pointwise_sum(x, self._packed_weight(), self.conv.bias.detach(), other,
+                                                sum_.left, sum_.right, sum_.relu, self.overwrite)
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if self.matmul and not exporting and x.is_contiguous():
             x = self._grouped_matmul(x)
-        elif self.runs_native(x):
-            x = self._native_conv(x)
+        elif in_native:
+            x = native.grouped_pointwise(x, self._packed_weight(), self.conv.bias.detach())
         else:
             x = self.conv(x)
-        return self.out_index(x) if self.out_index is not None else x
+        x = self.out_index(x) if self.out_index is not None else x
+        return x if other is None else self.epilogue(x, other)
 
     def spec(self):
         c = self.conv
@@ -165,7 +190,8 @@ class GroupedConv(nn.Module):
                 "padding": list(c.padding),
                 "dilation": list(c.dilation), "in_gather": self.in_index is not None,
                 "out_gather": self.out_index is not None, **({"matmul": True} if self.matmul else {}),
-                **({"native": True} if self.native else {})}
+                **({"native": True} if self.native else {}),
+                **({"epilogue": self.epilogue.spec(), "overwrite": self.overwrite} if self.epilogue is not None else {})}
 
 
 def _compute_dtype(x):

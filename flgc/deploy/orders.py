@@ -12,7 +12,10 @@ output stays in the conv's compute order (its groups contiguous) and that order 
   that operand is a fresh tensor read by nothing else, as a conv's output on its way into a
   residual sum is);
 - anything else reads the original order again through one gather (ChannelGather).
-A ReLU that alone reads such a sum is folded into it (one pass over the sum instead of two).
+A ReLU that alone reads such a sum is folded into it (one pass over the sum instead of two). A
+PermutedSum whose first operand comes straight from a conv run by the native kernel is fused into
+that conv (fuse_sums): the conv's output is summed tile by tile in cache, and where the other
+operand is a fresh tensor that nothing reads later, the sum is written over it.
 
 The graph edits are recorded as plain data (ops) so that a deploy spec can replay them on a fresh
 trace of the same network: apply_ops.
@@ -49,13 +52,28 @@ def apply_ops(graph, ops):
     """Replay recorded edits on an fx graph: ["gather", source, user, path] makes user read source
     through call_module(path) (one such node per path, placed before its first user); ["add", node,
     path, base] replaces a two-tensor sum by call_module(path)(base operand, other operand); ["iadd", node,
-    base] makes it base += other; ["relu", node] drops a ReLU folded into the sum it reads."""
+    base] makes it base += other; ["relu", node] drops a ReLU folded into the sum it reads; ["fuse",
+    sum, conv] makes the conv compute the sum, conv(its input, the sum's second operand), in the
+    sum's place (the conv's call and the single-use steps between it and the sum leave the graph)."""
     nodes = {node.name: node for node in graph.nodes}
     for kind, name, *rest in ops:
         if kind == "relu":
             node = nodes.pop(name)
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+            continue
+        if kind == "fuse":
+            node, conv = nodes.pop(name), nodes.pop(rest[0])
+            with graph.inserting_before(node):
+                new = graph.call_module(conv.target, (conv.args[0], node.args[1]))
+            node.replace_all_uses_with(new)
+            step = node.args[0]
+            graph.erase_node(node)
+            while step is not conv:
+                following, step = step, step.args[0]
+                graph.erase_node(nodes.pop(following.name))
+            graph.erase_node(conv)
+            nodes[new.name] = new
             continue
         if kind == "gather":
             source, user, path = nodes[name], nodes[rest[0]], rest[1]
@@ -286,6 +304,52 @@ def worth_carrying(graph, node):
         if _passes(graph, user) and worth_carrying(graph, user):
             return True
     return False
+
+
+def _through_identities(graph, node):
+    """The conv (unit node) whose output reaches node through single-use folded BNs and Identity
+    modules, when that conv's output has no other reader; else None."""
+    while node not in graph.units and len(node.users) == 1 and (
+            node in graph.folded_bns or isinstance(graph.module(node), nn.Identity)):
+        node = node.args[0]
+    return node if node in graph.units and len(node.users) == 1 else None
+
+
+def _overwritable(graph, node, reader, fresh):
+    """node's tensor is fresh (made by a conv or by a node in `fresh`, through single-use elementwise
+    steps) and every other reader of it is a conv that runs before `reader`: reader may write over it."""
+    order = {n: k for k, n in enumerate(node.graph.nodes)}
+    if any(user is not reader and (user not in graph.units or order[user] > order[reader]) for user in node.users):
+        return False
+    source = node
+    while source not in graph.units and source not in fresh:
+        if not (graph.elementwise(source) and source.args and len(source.args[0].users) == 1):
+            return False
+        source = source.args[0]
+    return True
+
+
+def fuse_sums(graph, traced, modules):
+    """Fuse each PermutedSum into the native conv whose output is its first operand (see
+    _through_identities), editing `traced` and `modules` ({path: module to install}: the sum moves
+    into the conv). Returns the recorded edits."""
+    ops = []
+    fresh = {_called(traced, path) for path, module in modules.items() if isinstance(module, (PermutedAdd, PermutedSum))}
+    for path, module in list(modules.items()):
+        node = _called(traced, path) if isinstance(module, PermutedSum) else None
+        conv_node = _through_identities(graph, node.args[0]) if node is not None else None
+        conv = modules.get(graph.units[conv_node].path) if conv_node is not None else None
+        if not (getattr(conv, "native", False) and conv.out_index is None and conv.epilogue is None):
+            continue
+        other = node.args[1]
+        conv.fuse(module, overwrite=conv_node.args[0] is not other and _overwritable(graph, other, node, fresh))
+        del modules[path]
+        op = ["fuse", node.name, conv_node.name]
+        ops.append(op)
+        apply_ops(traced, [op])
+        fresh.discard(node)
+        fresh.add(_called(traced, graph.units[conv_node].path))
+    return ops
 
 
 def carry_orders(graph, traced, input_size):
