@@ -11,8 +11,12 @@ ReLU written over its first operand (what deploy.PermutedSum runs between bottle
 the permuted sum as torch ops (the fallback without a compiler). Permutations are random.
 Grouped 1x1 convs (G=8, bias): `conv` with the compiled kernel against torch's grouped conv
 (`conv_torch`, the reference), for each stride-1 1x1 FLGC conv shape of ResNet-50.
+Bottleneck ends: `conv_sum`, a conv3 with its residual sum fused (native.grouped_pointwise_sum,
+written over the other operand, as deployment runs 15 of ResNet-50's 16 sums), against
+`conv_then_sum`, the compiled conv and then the permuted sum, and `conv_add_torch`, torch's grouped
+conv, add and ReLU (what sgc8 does there, the reference).
 Timed in interleaved rounds, medians. The last column weights each row by how often the shape occurs
-in one forward (15 permuted sums; 33 such convs). glibc's malloc keeps freed memory for the next
+in one forward (15 permuted sums; 33 such convs; 15 fused bottleneck ends). glibc's malloc keeps freed memory for the next
 allocation (bench_inference.py --allocator reuse), so a new tensor pays no fresh pages.
 """
 import json
@@ -31,6 +35,7 @@ CONVS = [(64, 64, 56, 1), (256, 64, 56, 2), (64, 256, 56, 4), (256, 128, 56, 1),
          (512, 256, 28, 1), (1024, 256, 14, 5), (256, 1024, 14, 6), (1024, 512, 14, 1), (2048, 512, 7, 2),
          (512, 2048, 7, 3)]
 GROUPS = 8
+ENDS = [(64, 256, 56, 3), (128, 512, 28, 4), (256, 1024, 14, 6), (512, 2048, 7, 2)]  # conv3 in, out, size, fused per forward
 
 
 def parse(argv):
@@ -83,6 +88,21 @@ def conv_runners(batch, channels, out, size, isa):
             ("conv_torch", "torch"): lambda: F.conv2d(x, weight, bias, groups=GROUPS)}
 
 
+def end_runners(batch, channels, out, size, isa):
+    generator = torch.Generator().manual_seed(out + 1)
+    x = torch.randn(batch, channels, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(batch, out, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out, channels // GROUPS, 1, 1, generator=generator)
+    bias = torch.randn(out, generator=generator)
+    packed = native.pointwise_weight(weight, GROUPS)
+    left, right = torch.randperm(out, generator=generator), torch.randperm(out, generator=generator)
+    return {("conv_sum", isa): with_isa(isa, lambda: native.grouped_pointwise_sum(x, packed, bias, other, left, right,
+                                                                                 True, True)),
+            ("conv_then_sum", isa): with_isa(isa, lambda: native.permuted_sum(
+                native.grouped_pointwise(x, packed, bias), other, left, right, True, True)),
+            ("conv_add_torch", "torch"): lambda: F.conv2d(x, weight, bias, groups=GROUPS).add_(other).relu_()}
+
+
 def main(argv=None):
     args = parse(argv)
     yardsticks.reuse_freed_memory()
@@ -102,13 +122,18 @@ def main(argv=None):
                 for (kernel, isa), seconds in medians.items():
                     rows.append({"batch": batch, "shape": [batch, channels, size, size], "out": out, "kernel": kernel,
                                  "isa": isa, "ms": seconds * 1e3, "per_forward": count, "reference": "conv_torch"})
+            for channels, out, size, count in ENDS:
+                medians = yardsticks.interleaved_medians(end_runners(batch, channels, out, size, best), args.repeats)
+                for (kernel, isa), seconds in medians.items():
+                    rows.append({"batch": batch, "shape": [batch, channels, size, size], "out": out, "kernel": kernel,
+                                 "isa": isa, "ms": seconds * 1e3, "per_forward": count, "reference": "conv_add_torch"})
     finally:
         native.row_isa("best")
-    print(f"{'input shape':<22} {'out':>5} {'kernel':<10} {'isa':<6} {'ms':>9} {'x ref':>6} {'ms x count':>11}")
+    print(f"{'input shape':<22} {'out':>5} {'kernel':<14} {'isa':<6} {'ms':>9} {'x ref':>6} {'ms x count':>11}")
     for row in rows:
         reference = next(r["ms"] for r in rows if r["shape"] == row["shape"] and r.get("out") == row.get("out")
                          and r["kernel"] == row["reference"])
-        print(f"{'x'.join(map(str, row['shape'])):<22} {row.get('out', ''):>5} {row['kernel']:<10} {row['isa']:<6} "
+        print(f"{'x'.join(map(str, row['shape'])):<22} {row.get('out', ''):>5} {row['kernel']:<14} {row['isa']:<6} "
               f"{row['ms']:9.3f} {row['ms'] / reference:6.2f} {row['ms'] * row['per_forward']:11.2f}")
     for batch in args.batches:
         totals = {}

@@ -90,6 +90,9 @@ def test_bench_native_times_every_kernel_and_instruction_set():
     assert {("add_relu", "torch"), ("torch_sum", "torch"), ("sum", "plain"), ("gather", "plain"),
             ("conv_torch", "torch")} <= kernels
     assert sum(r["per_forward"] for r in rows if r["kernel"] == "conv") == 33
+    ends = [r for r in rows if r["reference"] == "conv_add_torch"]
+    assert sum(r["per_forward"] for r in ends if r["kernel"] == "conv_sum") == 15
+    assert {r["kernel"] for r in ends} == {"conv_sum", "conv_then_sum", "conv_add_torch"}
     assert all(r["ms"] > 0 for r in rows)
 
 
