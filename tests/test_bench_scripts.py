@@ -64,6 +64,9 @@ def test_bench_inference_resnet50_variants_and_rows():
     variants = ["dense", "sgc8", "flgc8-masked", "flgc8-deployed", "flgc8-bound"]
     assert set(rows) == {(v, r) for v in variants for r in ("torch", "onnxruntime")}
     assert all(r["batch"] == 1 and r["ms"] > 0 for r in rows.values())
+    # ONNX Runtime runs the faster of the deployed variant's two exported forms, and says which
+    assert rows[("flgc8-deployed", "onnxruntime")]["form"] in ("conv", "contiguous")
+    assert "form" not in rows[("dense", "onnxruntime")]
     # MACs: sgc8 and the bound compute the uniform-group 1x1s; the deployed form no more than dense
     assert rows[("sgc8", "torch")]["mflops"] == pytest.approx(rows[("flgc8-bound", "torch")]["mflops"])
     assert rows[("flgc8-deployed", "torch")]["mflops"] <= rows[("dense", "torch")]["mflops"]

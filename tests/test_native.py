@@ -13,7 +13,7 @@ import torchvision
 from helpers import TOLERANCE, randomise
 
 import flgc
-from flgc import deploy, flops, native
+from flgc import deploy, export, flops, native
 from flgc.convert import assign_balanced
 from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum
 
@@ -326,6 +326,10 @@ def test_a_fused_sum_writes_over_its_other_operand_only_where_nothing_reads_it_l
         expected, out = model(x), deployed(x)
     assert torch.equal(x, kept)
     assert float((out - expected).abs().max()) <= TOLERANCE
+    ort = pytest.importorskip("onnxruntime")  # exported, the fused convs are a conv and the sum's gathers
+    session = ort.InferenceSession(export.onnx_bytes(deployed, 3, (32, 5, 3)), providers=["CPUExecutionProvider"])
+    exported = torch.from_numpy(session.run(None, {"images": x.contiguous().numpy()})[0])
+    assert float((exported - expected).abs().max()) <= TOLERANCE
 
 
 def test_a_native_grouped_conv_under_autograd_takes_the_conv():
