@@ -412,8 +412,6 @@ at::Tensor gather_channels(const at::Tensor& x, const at::Tensor& index, int64_t
   return out;
 }
 
-// A grouped 1x1 conv (stride 1) of a channels_last x: weight groups x (C / groups) x (out / groups), each
-// group's matrix transposed (input x output), bias of `out`. Output channels_last.
 void check_pointwise(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
@@ -426,6 +424,8 @@ void check_pointwise(const at::Tensor& x, const at::Tensor& weight, const at::Te
               "bias: a contiguous float32 vector of groups x out entries is required");
 }
 
+// A grouped 1x1 conv (stride 1) of a channels_last x: weight groups x (C / groups) x (out / groups), each
+// group's matrix transposed (input x output), bias of `out`. Output channels_last.
 at::Tensor grouped_pointwise(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   check_pointwise(x, weight, bias);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);

@@ -332,6 +332,31 @@ def test_a_fused_sum_writes_over_its_other_operand_only_where_nothing_reads_it_l
     assert float((exported - expected).abs().max()) <= TOLERANCE
 
 
+class LateReader(nn.Module):
+    """b is read by q, whose output is the first operand of the second sum: fused into that sum, q
+    reads b after the first sum, which must not have written over b."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.q, self.r, self.s, self.t = (nn.Conv2d(32, 32, 1) for _ in range(5))
+
+    def forward(self, x):
+        b = self.p(x)
+        y = self.q(b)
+        z = self.s(self.r(x) + b)
+        return self.t(y + z)
+
+
+def test_a_conv_moved_to_its_fused_sum_still_reads_its_input_before_anything_writes_over_it():
+    model = randomise(assign_balanced(flgc.convert_model(LateReader(), groups=4), 9), 9).eval()
+    deployed = deploy.convert(model, strategy="native", input_size=(32, 5, 3)).to(memory_format=torch.channels_last)
+    fused = {name: m.overwrite for name, m in deployed.named_modules() if isinstance(m, GroupedConv) and m.epilogue}
+    assert fused == {"r": False, "q": True}  # q's sum may take z's memory; r's may not take b's
+    x = torch.randn(2, 32, 5, 3).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert float((deployed(x) - model(x)).abs().max()) <= TOLERANCE
+
+
 def test_a_native_grouped_conv_under_autograd_takes_the_conv():
     module = GroupedConv(16, 16, 16, 16, 4, native=True)
     x = torch.randn(2, 16, 3, 3).contiguous(memory_format=torch.channels_last)

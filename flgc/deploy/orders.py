@@ -315,11 +315,13 @@ def _through_identities(graph, node):
     return node if node in graph.units and len(node.users) == 1 else None
 
 
-def _overwritable(graph, node, reader, fresh):
+def _overwritable(graph, node, writer, fresh, fused):
     """node's tensor is fresh (made by a conv or by a node in `fresh`, through single-use elementwise
-    steps) and every other reader of it is a conv that runs before `reader`: reader may write over it."""
+    steps) and every other reader of it is a conv (a unit or a `fused` call: both only read their
+    inputs) that runs before `writer`: writer may write over it."""
     order = {n: k for k, n in enumerate(node.graph.nodes)}
-    if any(user is not reader and (user not in graph.units or order[user] > order[reader]) for user in node.users):
+    if any(user is not writer and (user not in graph.units and user not in fused or order[user] > order[writer])
+           for user in node.users):
         return False
     source = node
     while source not in graph.units and source not in fresh:
@@ -332,8 +334,9 @@ def _overwritable(graph, node, reader, fresh):
 def fuse_sums(graph, traced, modules):
     """Fuse each PermutedSum into the native conv whose output is its first operand (see
     _through_identities), editing `traced` and `modules` ({path: module to install}: the sum moves
-    into the conv). Returns the recorded edits."""
-    ops = []
+    into the conv). Then, with every fused conv in its final place in the graph, let each write over
+    its sum's other operand where that may be overwritten. Returns the recorded edits."""
+    ops, fused = [], {}  # fused: the new call node -> its conv module
     fresh = {_called(traced, path) for path, module in modules.items() if isinstance(module, (PermutedAdd, PermutedSum))}
     for path, module in list(modules.items()):
         node = _called(traced, path) if isinstance(module, PermutedSum) else None
@@ -341,14 +344,17 @@ def fuse_sums(graph, traced, modules):
         conv = modules.get(graph.units[conv_node].path) if conv_node is not None else None
         if not (getattr(conv, "native", False) and conv.out_index is None and conv.epilogue is None):
             continue
-        other = node.args[1]
-        conv.fuse(module, overwrite=conv_node.args[0] is not other and _overwritable(graph, other, node, fresh))
+        conv.fuse(module)
         del modules[path]
         op = ["fuse", node.name, conv_node.name]
         ops.append(op)
         apply_ops(traced, [op])
         fresh.discard(node)
-        fresh.add(_called(traced, graph.units[conv_node].path))
+        fused[_called(traced, graph.units[conv_node].path)] = conv
+    fresh.update(fused)
+    for node, conv in fused.items():
+        source, other = node.args
+        conv.overwrite = source is not other and _overwritable(graph, other, node, fresh, fused)
     return ops
 
 
