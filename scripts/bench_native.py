@@ -78,29 +78,38 @@ def runners(batch, channels, size, isas):
     return found
 
 
-def conv_runners(batch, channels, out, size, isa):
-    generator = torch.Generator().manual_seed(out)
+def conv_inputs(batch, channels, out, size, seed):
+    """A channels_last input, a grouped 1x1 conv's weight and bias, the weight packed for the kernel,
+    and the generator that drew them."""
+    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(out, channels // GROUPS, 1, 1, generator=generator)
     bias = torch.randn(out, generator=generator)
-    packed = native.pointwise_weight(weight, GROUPS)
+    return x, weight, bias, native.pointwise_weight(weight, GROUPS), generator
+
+
+def conv_runners(batch, channels, out, size, isa):
+    x, weight, bias, packed, _ = conv_inputs(batch, channels, out, size, out)
     return {("conv", isa): with_isa(isa, lambda: native.grouped_pointwise(x, packed, bias)),
             ("conv_torch", "torch"): lambda: F.conv2d(x, weight, bias, groups=GROUPS)}
 
 
 def end_runners(batch, channels, out, size, isa):
-    generator = torch.Generator().manual_seed(out + 1)
-    x = torch.randn(batch, channels, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+    x, weight, bias, packed, generator = conv_inputs(batch, channels, out, size, out + 1)
     other = torch.randn(batch, out, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(out, channels // GROUPS, 1, 1, generator=generator)
-    bias = torch.randn(out, generator=generator)
-    packed = native.pointwise_weight(weight, GROUPS)
     left, right = torch.randperm(out, generator=generator), torch.randperm(out, generator=generator)
     return {("conv_sum", isa): with_isa(isa, lambda: native.grouped_pointwise_sum(x, packed, bias, other, left, right,
                                                                                  True, True)),
             ("conv_then_sum", isa): with_isa(isa, lambda: native.permuted_sum(
                 native.grouped_pointwise(x, packed, bias), other, left, right, True, True)),
             ("conv_add_torch", "torch"): lambda: F.conv2d(x, weight, bias, groups=GROUPS).add_(other).relu_()}
+
+
+def timed_rows(found, repeats, count, reference, **fields):
+    """One row per kernel of `found` ({(kernel, isa): callable}), timed in interleaved rounds."""
+    medians = yardsticks.interleaved_medians(found, repeats)
+    return [{**fields, "kernel": kernel, "isa": isa, "ms": seconds * 1e3, "per_forward": count, "reference": reference}
+            for (kernel, isa), seconds in medians.items()]
 
 
 def main(argv=None):
@@ -113,20 +122,12 @@ def main(argv=None):
     try:
         for batch in args.batches:
             for channels, size, count in STREAM:
-                medians = yardsticks.interleaved_medians(runners(batch, channels, size, isas), args.repeats)
-                for (kernel, isa), seconds in medians.items():
-                    rows.append({"batch": batch, "shape": [batch, channels, size, size], "kernel": kernel, "isa": isa,
-                                 "ms": seconds * 1e3, "per_forward": count, "reference": "add_relu"})
-            for channels, out, size, count in CONVS:
-                medians = yardsticks.interleaved_medians(conv_runners(batch, channels, out, size, best), args.repeats)
-                for (kernel, isa), seconds in medians.items():
-                    rows.append({"batch": batch, "shape": [batch, channels, size, size], "out": out, "kernel": kernel,
-                                 "isa": isa, "ms": seconds * 1e3, "per_forward": count, "reference": "conv_torch"})
-            for channels, out, size, count in ENDS:
-                medians = yardsticks.interleaved_medians(end_runners(batch, channels, out, size, best), args.repeats)
-                for (kernel, isa), seconds in medians.items():
-                    rows.append({"batch": batch, "shape": [batch, channels, size, size], "out": out, "kernel": kernel,
-                                 "isa": isa, "ms": seconds * 1e3, "per_forward": count, "reference": "conv_add_torch"})
+                rows += timed_rows(runners(batch, channels, size, isas), args.repeats, count, "add_relu",
+                                   batch=batch, shape=[batch, channels, size, size])
+            for table, make, reference in ((CONVS, conv_runners, "conv_torch"), (ENDS, end_runners, "conv_add_torch")):
+                for channels, out, size, count in table:
+                    rows += timed_rows(make(batch, channels, out, size, best), args.repeats, count, reference,
+                                       batch=batch, shape=[batch, channels, size, size], out=out)
     finally:
         native.row_isa("best")
     print(f"{'input shape':<22} {'out':>5} {'kernel':<14} {'isa':<6} {'ms':>9} {'x ref':>6} {'ms x count':>11}")

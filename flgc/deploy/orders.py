@@ -315,11 +315,10 @@ def _through_identities(graph, node):
     return node if node in graph.units and len(node.users) == 1 else None
 
 
-def _overwritable(graph, node, writer, fresh, fused):
+def _overwritable(graph, node, writer, fresh, fused, order):
     """node's tensor is fresh (made by a conv or by a node in `fresh`, through single-use elementwise
     steps) and every other reader of it is a conv (a unit or a `fused` call: both only read their
-    inputs) that runs before `writer`: writer may write over it."""
-    order = {n: k for k, n in enumerate(node.graph.nodes)}
+    inputs) that runs before `writer` (order: position of each node): writer may write over it."""
     if any(user is not writer and (user not in graph.units and user not in fused or order[user] > order[writer])
            for user in node.users):
         return False
@@ -342,7 +341,7 @@ def fuse_sums(graph, traced, modules):
         node = _called(traced, path) if isinstance(module, PermutedSum) else None
         conv_node = _through_identities(graph, node.args[0]) if node is not None else None
         conv = modules.get(graph.units[conv_node].path) if conv_node is not None else None
-        if not (getattr(conv, "native", False) and conv.out_index is None and conv.epilogue is None):
+        if not (getattr(conv, "native", False) and conv.out_index is None):
             continue
         conv.fuse(module)
         del modules[path]
@@ -352,9 +351,10 @@ def fuse_sums(graph, traced, modules):
         fresh.discard(node)
         fused[_called(traced, graph.units[conv_node].path)] = conv
     fresh.update(fused)
+    order = {n: k for k, n in enumerate(traced.nodes)}
     for node, conv in fused.items():
         source, other = node.args
-        conv.overwrite = source is not other and _overwritable(graph, other, node, fresh, fused)
+        conv.overwrite = source is not other and _overwritable(graph, other, node, fresh, fused, order)
     return ops
 
 
