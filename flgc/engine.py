@@ -5,6 +5,7 @@ sets up the FLGC layers, trains (train_one_epoch, a loop that never waits for th
 the loss flag, evaluates, writes the checkpoint and logs one metrics row.
 """
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -12,7 +13,7 @@ import time
 
 import torch
 
-from . import checkpoint, distributed, flops
+from . import checkpoint, distributed, flops, provenance
 from . import config as config_lib
 from .budget import check_budget_target, project_to_budget, regularizer_penalty
 from .builders import build_model
@@ -83,10 +84,11 @@ def autocast(amp, device):
 
 
 def resolve_compile(choice, device):
-    """train.compile on `device`: auto is cudagraphs on CUDA (the issue's H200 measurement, not
-    verified here: see README, Training speed) and none on CPU."""
+    """train.compile on `device`: auto is none (eager) on CPU and on CUDA. On CPU torch.compile
+    measured slower than eager; on CUDA graph capture has not been measured with this code yet, so
+    a first GPU run does not depend on it (configs/fast opt in to cudagraphs explicitly)."""
     if choice == "auto":
-        return "cudagraphs" if device.type == "cuda" else "none"
+        return "none"
     if choice == "cudagraphs" and device.type != "cuda":
         raise UsageError("train.compile=cudagraphs needs a CUDA device; on CPU use none, inductor or auto")
     return choice
@@ -104,6 +106,47 @@ def compiled(fn, choice):
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
         return graphed(*args)
     return replay
+
+
+def forward_backward(loss_fn, images, labels, optimizer, scaler=None):
+    """The objective's outputs after their backward pass (gradients set, optimizer not stepped)."""
+    outputs = loss_fn(images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(outputs[0]) if scaler is not None else outputs[0]).backward()
+    return outputs
+
+
+class GuardedObjective:
+    """The step's objective under a train.compile choice, with a way out: when compiling or graph
+    capture raises in the first step (forward or backward), one warning line says so, the model's
+    buffers (BatchNorm statistics) are put back, and that step and every later one run eagerly, so
+    the run continues with the results an eager run gives."""
+
+    def __init__(self, eager, choice, model):
+        self.eager, self.choice, self.model = eager, choice, model
+        self.fn = compiled(eager, choice)
+        self.proven = choice == "none"
+
+    def __call__(self, images, labels):
+        return self.fn(images, labels)
+
+    def forward_backward(self, images, labels, optimizer, scaler=None):
+        if self.proven:
+            return forward_backward(self.fn, images, labels, optimizer, scaler)
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        try:
+            outputs = forward_backward(self.fn, images, labels, optimizer, scaler)
+        except Exception as err:  # noqa: BLE001 - any failure of the compiler or of capture
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            print(f"warning: train.compile={self.choice} failed in the first step ({type(err).__name__}: {reason}); "
+                  f"continuing eager", file=sys.stderr, flush=True)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            self.fn, self.choice = self.eager, "none"
+            outputs = forward_backward(self.fn, images, labels, optimizer, scaler)
+        self.proven = True
+        return outputs
 
 
 # --- one epoch ----------------------------------------------------------------------------------
@@ -169,15 +212,13 @@ def train_one_epoch(loss_fn, optimizer, batches, sums, scheduler=None, scaler=No
     Returns the steps of the epoch done so far."""
     done = batches.start_step
     end = len(batches) if steps is None else min(len(batches), done + steps)
+    step = getattr(loss_fn, "forward_backward", None) or functools.partial(forward_backward, loss_fn)
     for images, labels in batches:
-        total, loss, penalty, correct = loss_fn(images, labels)
-        optimizer.zero_grad(set_to_none=True)
+        total, loss, penalty, correct = step(images, labels, optimizer, scaler)
         if scaler is not None:  # fp16: loss scaling
-            scaler.scale(total).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            total.backward()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -317,6 +358,8 @@ class Run:
         self.saved_at = (self.start_epoch, self.start_step) if state is not None else None
         self.last_path = os.path.join(cfg.out_dir, "last.pt")
         self.stop, self.trainable, self.loss_fn = StopRequest(), None, None
+        self.provenance = {"hardware": provenance.hardware(self.device, cfg.threads),
+                           "commit": provenance.source_commit()}
 
     def _restore(self, state):
         try:
@@ -354,7 +397,8 @@ class Run:
             amp = resolve_amp(self.cfg.train.amp, self.device)
             precision = None if amp == "none" else (lambda: autocast(amp, self.device))
             network = distributed.wrap(self.model)
-            self.loss_fn = compiled(objective(network, self.criterion, penalty, precision), self.compile)
+            self.loss_fn = GuardedObjective(objective(network, self.criterion, penalty, precision), self.compile,
+                                            self.model)
             self.trainable = trainable
         return self.loss_fn
 
@@ -428,6 +472,7 @@ def train_epoch(run, epoch, before):
             run.save(run.payload(epoch - 1, done, sums, before))
     if progress is not None:
         progress.close()
+    run.compile = loss_fn.choice  # none after a fallback: later rebuilds (freeze) and the log say so
     return None if done < len(batches) else sums
 
 
@@ -458,7 +503,7 @@ def epoch_row(run, epoch, sums, before, started):
         "reassign_inputs": sum(v[0] for v in per_layer.values()),
         "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
         "epoch_time_s": round(time.time() - started, 2), "amp": resolve_amp(cfg.train.amp, run.device),
-        "compile": run.compile}
+        "compile": run.compile, **run.provenance}
 
 
 def run_epoch(run, epoch, log):

@@ -33,7 +33,7 @@ if [ "$rehearse" = 1 ]; then
         data="$out/data"
         python scripts/reproduce_results.py --random-data "$data"
     fi
-    extra=(device=cpu threads=2 "data.root=$data" data.verify_checksums=false data.train_subset=256
+    extra=(device=cpu threads=2 train.compile=none "data.root=$data" data.verify_checksums=false data.train_subset=256
            data.test_subset=128 train.epochs=2 train.warmup_epochs=1 train.batch_size=64
            train.eval_batch_size=128 train.eval_interval=1 train.progress=false)
 else

@@ -156,7 +156,8 @@ def test_the_loop_stops_after_the_steps_asked_and_flags_a_nan(tmp_path):
 
 def test_compile_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_compile("auto", cpu) == "none" and resolve_compile("auto", cuda) == "cudagraphs"
+    assert resolve_compile("auto", cpu) == "none" and resolve_compile("auto", cuda) == "none"
+    assert resolve_compile("cudagraphs", cuda) == "cudagraphs"
     assert resolve_compile("inductor", cpu) == "inductor"
     with pytest.raises(UsageError, match="cudagraphs needs a CUDA device"):
         resolve_compile("cudagraphs", cpu)
@@ -170,6 +171,51 @@ def test_old_boolean_compile_values_still_load():
     assert config.from_dict({"train": {"compile": False}}).train.compile == "none"
     assert config.from_dict({"train": {"compile": True}}).train.compile == "inductor"
     assert config.from_dict({}, [("train.compile", True)]).train.compile == "inductor"
+
+
+class _FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("graph capture failed (simulated)")
+
+
+def _failing_compiler(where):
+    """A stand-in for engine.compiled whose result fails in the forward or the backward of its first call."""
+    def compiled_stub(fn, choice):
+        if choice == "none":
+            return fn
+
+        def broken(images, labels):
+            if where == "forward":
+                raise RuntimeError("compilation failed (simulated)")
+            total, *rest = fn(images, labels)  # runs the network: BatchNorm statistics move
+            return (_FailsInBackward.apply(total), *rest)
+        return broken
+    return compiled_stub
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_failing_compile_warns_once_and_continues_eager_with_the_same_results(tmp_path, monkeypatch, capsys, where):
+    from flgc import engine
+    runs = {}
+    for choice in ("none", "inductor"):
+        cfg = tiny_config(tmp_path, "train.epochs=2", "train.batch_size=10", "train.progress=false",
+                          f"train.compile={choice}", f"out_dir={tmp_path / choice}")
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "compiled", _failing_compiler(where))
+            row = engine.fit(cfg)
+        runs[choice] = (torch.load(tmp_path / choice / "last.pt", weights_only=True)["model"], row)
+        err = capsys.readouterr().err
+        warnings = [line for line in err.splitlines() if line.startswith("warning: train.compile")]
+        assert len(warnings) == (1 if choice == "inductor" else 0)
+    assert "failed in the first step (RuntimeError" in warnings[0] and warnings[0].endswith("continuing eager")
+    eager, fallback = runs["none"][0], runs["inductor"][0]
+    assert eager.keys() == fallback.keys() and all(torch.equal(eager[k], fallback[k]) for k in eager)
+    assert runs["inductor"][1]["compile"] == "none"
 
 
 @pytest.mark.slow
