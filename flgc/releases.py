@@ -126,3 +126,29 @@ def download(entry, directory, attempts=5, show_progress=True):
                          f"{entry['sha256'][:12]}...; it was deleted")
     publish(part, path)
     return path, True
+
+
+# --- releasing -----------------------------------------------------------------------------------
+def save_manifest(path, entries):
+    """Write the manifest atomically (indent 1, entries in the given order)."""
+    from .fileio import atomic_path
+    with atomic_path(path) as temp, open(temp, "w") as f:
+        json.dump({"checkpoints": entries}, f, indent=1)
+        f.write("\n")
+
+
+def add_entry(entries, entry, force=False):
+    """The manifest entries with `entry` added, or replacing the one of its name. Replacing an entry
+    whose file has another sha256 is refused (UsageError) unless `force`; returns (entries, replaced)."""
+    problem = entry_problem(entry)
+    if problem:
+        raise UsageError(f"entry {entry.get('name', '?')} {problem}")
+    old = next((e for e in entries if e["name"] == entry["name"]), None)
+    if old is not None and old["sha256"] != entry["sha256"] and not force:
+        raise UsageError(f"the manifest already releases {entry['name']} with sha256 {old['sha256'][:12]}..., "
+                         f"this file has {entry['sha256'][:12]}...; pass --force to replace the release")
+    clashing = [e["name"] for e in entries if e["file"] == entry["file"] and e["name"] != entry["name"]]
+    if clashing:
+        raise UsageError(f"file {entry['file']} already belongs to the release {clashing[0]}; choose another name")
+    kept = [entry if e["name"] == entry["name"] else e for e in entries]
+    return (kept if old is not None else kept + [entry]), old is not None

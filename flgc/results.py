@@ -17,6 +17,7 @@ from . import config as config_lib
 from .data import files_present
 from .errors import UsageError
 from .layer import FLGConv2d
+from .optim import peak_lr
 from .releases import load_manifest, verified
 
 MODEL_NAMES = {"dense": "MobileNetV2", "group": "MobileNetV2-SGC", "flgc": "MobileNetV2-FLGC"}
@@ -94,10 +95,17 @@ def data_description(data_cfg, images):
 
 
 def recipe_of(cfg):
+    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images."""
     t = cfg.train
-    milestones = "/".join(str(m) for m in t.milestones)
+    if t.schedule == "multistep":
+        schedule = f"x{t.lr_gamma:g} at {'/'.join(str(m) for m in t.milestones)}"
+    else:
+        schedule = f"{t.schedule} after a {t.warmup_epochs:g}-epoch warm-up" if t.warmup_epochs else t.schedule
+    extras = [f"wd {t.weight_decay:g}"] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
+    extras += [t.amp] if t.amp in ("bf16", "fp16") else []
     images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
-    return f"SGD {t.lr:g}, batch {t.batch_size}, x{t.lr_gamma:g} at {milestones}; {images} train images"
+    optimizer = "SGD nesterov" if t.nesterov else "SGD"
+    return f"{optimizer} {peak_lr(t):g}, batch {t.batch_size}, {schedule}, {', '.join(extras)}; {images} train images"
 
 
 def structure(cfg):
@@ -154,8 +162,9 @@ def local_row(path, overrides=(), evaluate=True):
     row.epochs = "?" if epoch is None else (str(epoch) if epoch == cfg.train.epochs else f"{epoch} of {cfg.train.epochs}")
     times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s") is not None and r.get("epoch", 0) <= (epoch or 0)]
     row.minutes = sum(times) / 60 if times else None
-    metrics = payload.get("metrics") or next((r for r in history if r.get("epoch") == epoch), {})
-    row.hardware = metrics.get("hardware") or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})"
+    logged = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
+    metrics = payload.get("metrics") or logged
+    row.hardware = logged.get("hardware") or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})"
     if not (evaluate and evaluate_row(row, model, cfg)):
         recorded = metrics.get("test_accuracy")
         images = cfg.data.test_subset or 10000

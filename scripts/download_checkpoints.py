@@ -32,9 +32,16 @@ def main(argv=None):
     unknown = [n for n in names if n not in entries]
     if unknown:
         raise UsageError(f"unknown checkpoint(s) {', '.join(unknown)}; available: {', '.join(entries) or 'none'}")
-    for name in names:
-        path, fetched = releases.download(entries[name], args.dir, show_progress=not args.no_progress)
+    failed = []
+    for name in names:  # every release is tried; the ones that fail are named together at the end
+        try:
+            path, fetched = releases.download(entries[name], args.dir, show_progress=not args.no_progress)
+        except UsageError as err:
+            failed.append(str(err))
+            continue
         print(f"{name}: {path} ({'downloaded and verified' if fetched else 'already verified'})")
+    if failed:
+        raise UsageError(f"{len(failed)} of {len(names)} checkpoint(s) not verified: " + " | ".join(failed))
 
 
 if __name__ == "__main__":

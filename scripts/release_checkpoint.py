@@ -1,0 +1,47 @@
+"""Release a finished training run: checkpoints/NAME.pt (weights + config) and its manifest entry.
+
+python scripts/release_checkpoint.py RUN_DIR --name NAME --config configs/cpu/mbv2_flgc8.yaml
+    [KEY=VALUE ...] [--hardware TEXT] [--commit SHA] [--force] [--dir checkpoints] [--manifest FILE]
+The run must be finished and trained with --config (only where its data and run directory lived and
+how fast it ran may differ). The released file is evaluated on the test set with the run's data keys
+(override them, e.g. data.root=DIR); the entry records sha256, bytes, accuracy, MMac, params, empty
+groups, recipe, epochs, wall time (the log's epoch times), hardware, data and the training commit.
+Hardware and commit come from the run's metrics.jsonl, or --hardware / --commit when it lacks them.
+Releasing over an entry whose file has another sha256 is refused unless --force.
+"""
+import os
+
+from flgc import config, release
+from flgc.cli import ArgumentParser, run
+from flgc.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDABLE = ("data.", "device", "threads", "train.eval_batch_size")
+
+
+def main(argv=None):
+    parser = ArgumentParser(prog="release_checkpoint.py", description=__doc__)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="evaluation data keys, e.g. data.root=DIR")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--config", required=True, help="the repository config file the run was trained with")
+    parser.add_argument("--hardware", help="what the run trained on, when its log does not say")
+    parser.add_argument("--commit", help="the commit that trained the run, when its log does not say")
+    parser.add_argument("--force", action="store_true", help="replace a release of this name with another file")
+    parser.add_argument("--dir", default=os.path.join(ROOT, "checkpoints"))
+    parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
+    args = parser.parse_args(argv)
+    overrides = config.parse_overrides(args.overrides)
+    for key, _ in overrides:
+        if not key.startswith(OVERRIDABLE):
+            raise UsageError(f"release_checkpoint.py cannot override {key!r}; allowed: data.*, device, threads, "
+                             f"train.eval_batch_size")
+    label = os.path.relpath(os.path.abspath(args.config), ROOT)
+    if label.startswith(".."):
+        raise UsageError(f"--config {args.config} is not a file of this repository (configs/...)")
+    release.release(args.run_dir, args.name, args.config, args.dir, args.manifest, overrides, args.hardware,
+                    args.commit, args.force, config_label=label)
+
+
+if __name__ == "__main__":
+    run(main)
