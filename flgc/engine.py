@@ -66,7 +66,7 @@ def prepare_model(model, cfg, device):
 
 def resolve_amp(amp, device):
     """The autocast setting `auto` stands for on `device`: bf16 on CUDA GPUs that compute it, else
-    none (fp32). On the 2-thread AVX512-BF16 CPU of the README's measurements a bf16 training step
+    none (fp32). On the 2-thread AVX512-BF16 CPU of docs/training-speed.md a bf16 training step
     is no faster than fp32 when each runs in its own process (as training does), so fp32 stays."""
     if amp != "auto":
         return amp

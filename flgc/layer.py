@@ -163,7 +163,7 @@ class FLGConv2d(nn.Module):
         """Fix the assignment: logits stop training and the straight-through path is skipped. With
         `grouped`, the forward then computes a grouped conv (groups padded to equal size) on gathered
         channels instead of the masked dense conv; the dense weight stays the trained parameter.
-        (Measured on 2 CPU threads, the gathers make `grouped` slower: see README, Training speed.)"""
+        (Measured on 2 CPU threads, the gathers make `grouped` slower: see docs/training-speed.md.)"""
         if self.frozen:
             return
         self.frozen = True

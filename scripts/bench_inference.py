@@ -50,7 +50,7 @@ def calibrate_bn(model, size, seed):
 def mobilenet_models(checkpoint_path):
     torch.manual_seed(0)
     models = {"dense": MobileNetV2(), "sgc8": MobileNetV2(pointwise="group"),
-              # the README's MobileNetV2 table: random, non-uniform N(0, 1) structures
+              # docs/inference.md's MobileNetV2 table: random, non-uniform N(0, 1) structures
               "flgc8": MobileNetV2(pointwise="flgc", init="random"),
               "flgc8both": MobileNetV2(pointwise="flgc", where="both", init="random")}
     models = {name: calibrate_bn(m, 32, i) for i, (name, m) in enumerate(models.items())}
