@@ -20,10 +20,9 @@ def main(argv=None):
             raise UsageError(f"eval.py cannot override {key!r}; allowed: data.*, device, threads, "
                              f"train.eval_batch_size, train.channels_last")
     model, cfg, _ = checkpoint.load_model(args.checkpoint, overrides)
-    from flgc.engine import evaluate, make_batches, prepare_model, select_device
-    device = select_device(cfg)
+    from flgc.evaluation import test_metrics
     mflops, params = flops.count(model)
-    test = evaluate(prepare_model(model, cfg, device), make_batches(cfg, device, train=False))
+    test = test_metrics(model, cfg)
     result = {"accuracy": test["accuracy"], "loss": test["loss"], "mflops": mflops, "params": params,
               "images": test["images"]}
     print(f"{args.checkpoint}: top-1 {test['accuracy']:.2f}% on {test['images']} test images, "

@@ -12,7 +12,7 @@ def main():
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=2")
     args = parser.parse_args()
     cfg = config.load(args.config, config.parse_overrides(args.overrides))
-    from flgc.engine import Diverged, Interrupted, fit
+    from flgc.training import Diverged, Interrupted, fit
     try:
         fit(cfg, args.resume)
     except Diverged as err:

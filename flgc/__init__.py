@@ -27,7 +27,7 @@ The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, out
   in-group connections (BatchNorm folded; a copy in eval mode).
 
 ``import flgc`` loads only the layer, the regularizer, the conversion and the model registry; the run
-machinery (flgc.config, flgc.data, flgc.engine, flgc.checkpoint, flgc.flops) and flgc.deploy load when
+machinery (flgc.config, flgc.data, flgc.step, flgc.training, flgc.evaluation, flgc.checkpoint, flgc.flops) and flgc.deploy load when
 first used.
 """
 import importlib

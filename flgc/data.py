@@ -215,3 +215,10 @@ class Batches:
             index = order[mine]
             batch_params = tuple(p[mine] for p in params) if params is not None else None
             yield self._normalise(self._images(index, batch_params)), self.labels[index]
+
+
+def make_batches(cfg, device, train, shard=(0, 1)):
+    """The Batches of the training (train=True, shard = (rank, processes)) or test split of `cfg`."""
+    images, labels = load_split(cfg.data, train)
+    batch_size = cfg.train.batch_size if train else cfg.train.eval_batch_size
+    return Batches(images, labels, cfg.data, batch_size, train, cfg.seed, device, cfg.train.channels_last, shard)

@@ -208,3 +208,8 @@ class FLGConv2d(nn.Module):
             return self._grouped_forward(x)
         weight = self.weight * self.mask()[:, :, None, None]
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+def flgc_layers(model):
+    """[(name, FLGConv2d)] of every FLGC layer in `model`, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, FLGConv2d)]

@@ -89,12 +89,11 @@ def write_slim(payload, released_cfg, directory):
 
 def measure(path, data_overrides):
     """{accuracy, test_images, mflops, params, structure counts} of the checkpoint file at `path`."""
-    from .engine import evaluate, make_batches, prepare_model, select_device
+    from .evaluation import test_metrics
     model, cfg, _ = checkpoint.load_model(path, data_overrides)
     mflops, params = flops.count(model)
     stats = structure_stats(model)
-    device = select_device(cfg)
-    test = evaluate(prepare_model(model, cfg, device), make_batches(cfg, device, train=False))
+    test = test_metrics(model, cfg)
     return {"accuracy": test["accuracy"], "test_images": test["images"], "mflops": mflops, "params": params,
             "empty_input_groups": stats["empty_input_groups"], "empty_filter_groups": stats["empty_filter_groups"]}
 

@@ -124,13 +124,12 @@ def structure_row(name, source, kind, cfg, model):
 
 
 def evaluate_row(row, model, cfg):
-    """Top-1 accuracy on the test set with flgc.engine.evaluate (as eval.py) when the data are at
+    """Top-1 accuracy on the test set with flgc.evaluation (as eval.py) when the data are at
     hand; returns whether it evaluated."""
     if not files_present(os.path.expanduser(cfg.data.root)):
         return False
-    from .engine import evaluate, make_batches, prepare_model, select_device
-    device = select_device(cfg)
-    test = evaluate(prepare_model(model, cfg, device), make_batches(cfg, device, train=False))
+    from .evaluation import test_metrics
+    test = test_metrics(model, cfg)
     row.accuracy, row.test_images, row.accuracy_source = test["accuracy"], test["images"], "evaluated"
     row.data = data_description(cfg.data, test["images"])
     return True

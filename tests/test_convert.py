@@ -9,8 +9,8 @@ import flgc
 from flgc import FLGConv2d, deploy, flops
 from flgc.convert import assign_balanced
 from flgc.deploy import BlockPointwise, GroupedConv
-from flgc.engine import assignments, reassignments
 from flgc.models import MobileNetV2
+from flgc.training import assignments, reassignments
 
 
 def torchvision_model(name):

@@ -10,8 +10,9 @@ import pytest
 import torch
 from helpers import ROOT, run_cli, write_tiny_cifar
 
-from flgc import checkpoint, config, engine
+from flgc import checkpoint, config, training
 from flgc.errors import UsageError
+from flgc.step import EpochSums
 
 
 def tiny_cfg(tmp_path, out, *overrides):
@@ -34,36 +35,36 @@ def assert_identical(a, b):
 
 
 def test_resume_after_an_epoch_is_bit_exact(tmp_path):
-    engine.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
-    engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=1"))
-    engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
+    training.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
+    training.fit(tiny_cfg(tmp_path, "split", "train.epochs=1"))
+    training.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
     assert_identical(parameters(tmp_path / "straight" / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
 
 
 def sigterm_after(adds, monkeypatch):
     """Send this process SIGTERM from inside the training loop after `adds` steps in all."""
     calls = {"n": 0}
-    add = engine.EpochSums.add
+    add = EpochSums.add
 
     def counting(self, *args):
         add(self, *args)
         calls["n"] += 1
         if calls["n"] == adds:
             os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(engine.EpochSums, "add", counting)
+    monkeypatch.setattr(EpochSums, "add", counting)
 
 
 def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch, capsys):
-    engine.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
+    training.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
     sigterm_after(7, monkeypatch)  # 5 steps an epoch: epoch 2, after its step 2
-    with pytest.raises(engine.Interrupted) as stopped:
-        engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"))
+    with pytest.raises(training.Interrupted) as stopped:
+        training.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"))
     assert stopped.value.code == 143
     assert "stopped by SIGTERM in epoch 2 after step 2 of 5" in capsys.readouterr().out
     saved = checkpoint.load(str(tmp_path / "split" / "last.pt"))
     assert saved["epoch"] == 1 and saved["step"] == 2
     monkeypatch.undo()
-    engine.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
+    training.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
     assert "resumed from" in capsys.readouterr().out.splitlines()[0]
     assert_identical(parameters(tmp_path / "straight" / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
     rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
@@ -73,21 +74,21 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
 
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
     sigterm_after(3, monkeypatch)
-    with pytest.raises(engine.Interrupted):
-        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    with pytest.raises(training.Interrupted):
+        training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
     stop = capsys.readouterr().out
     monkeypatch.undo()
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"), resume="auto")
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"), resume="auto")
     resume = capsys.readouterr().out
     assert "stopped by SIGTERM in epoch 1 after step 3 of 5" in stop
     assert "resumed from" in resume and resume.splitlines()[0].endswith("in epoch 1 after step 3 of 5")
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").iterdir()}
     capsys.readouterr()
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1", "threads=1"), resume="auto")
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1", "threads=1"), resume="auto")
     assert "is complete: 1 of 1 epochs trained; nothing to do" in capsys.readouterr().out
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").iterdir()}
     assert after == before
@@ -97,16 +98,16 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
                                       "train.lr=0.2", "train.schedule=cosine",
                                       "train.label_smoothing=0.1", "seed=1"])
 def test_resume_that_would_change_what_was_trained_is_refused(tmp_path, override):
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
     last = (tmp_path / "run" / "last.pt").read_bytes()
     with pytest.raises(UsageError, match=f"cannot resume .* with {override.split('=')[0]}="):
-        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", override), resume="auto")
+        training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", override), resume="auto")
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
 
 
 def test_extended_run_keeps_config_yaml_describing_the_checkpoint(tmp_path):
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", "threads=1", "train.checkpoint_steps=2"), resume="auto")
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", "threads=1", "train.checkpoint_steps=2"), resume="auto")
     saved = checkpoint.load(str(tmp_path / "run" / "last.pt"))
     described = config.load(str(tmp_path / "run" / "config.yaml"))
     assert saved["epoch"] == 2 and config.to_dict(described) == saved["config"]
@@ -114,11 +115,11 @@ def test_extended_run_keeps_config_yaml_describing_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("every, saves, window", [(50, 0, "between steps 1 and 5 of 5"), (2, 2, "between steps 1 and 2 of 5")])
 def test_nan_loss_names_epoch_and_step_window_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, every, saves, window):
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
     good = (tmp_path / "run" / "last.pt").read_bytes()
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, logits, labels: logits.sum() * float("nan"))
-    with pytest.raises(engine.Diverged, match=f"epoch 2 {window}"):
-        engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", f"train.finite_check_steps={every}",
+    with pytest.raises(training.Diverged, match=f"epoch 2 {window}"):
+        training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", f"train.finite_check_steps={every}",
                             f"train.checkpoint_steps={saves}"), resume="auto")
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
 
@@ -238,7 +239,7 @@ def test_two_processes_train_through_and_resume_past_the_freeze_epoch(tmp_path):
 
 def test_a_checkpoint_of_the_per_epoch_schedule_resumes_at_the_right_lr(tmp_path):
     """Checkpoints written before the per-step schedule hold a MultiStepLR state that counts epochs."""
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))  # milestones [1]: lr x0.1 from epoch 2
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))  # milestones [1]: lr x0.1 from epoch 2
     path = tmp_path / "run" / "last.pt"
     saved = checkpoint.load(str(path))
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -249,7 +250,7 @@ def test_a_checkpoint_of_the_per_epoch_schedule_resumes_at_the_right_lr(tmp_path
     for group in saved["optimizer"]["param_groups"]:
         group["lr"] = 0.01
     checkpoint.save(str(path), {k: v for k, v in saved.items() if k != "format_version"})
-    engine.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == 2 and rows[-1]["lr"] == pytest.approx(0.01)
     assert checkpoint.load(str(path))["scheduler"]["last_epoch"] == 10  # 5 steps an epoch

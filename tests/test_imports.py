@@ -13,9 +13,10 @@ from helpers import ROOT
 PACKAGE = os.path.join(ROOT, "flgc")
 # the core a library user imports: it must not pull in configs, data, training, checkpoints or CLIs
 CORE = ("flgc.layer", "flgc.planner", "flgc.regularizer")
-RUN_MACHINERY = ("flgc.config", "flgc.data", "flgc.engine", "flgc.checkpoint", "flgc.cli", "flgc.runlog",
-                 "flgc.distributed", "flgc.optim", "flgc.builders", "flgc.plots", "flgc.results", "flgc.releases",
-                 "flgc.reference", "flgc.flops", "flgc.fileio", "flgc.deploy", "flgc.export", "flgc.models")
+RUN_MACHINERY = ("flgc.config", "flgc.data", "flgc.step", "flgc.training", "flgc.evaluation", "flgc.checkpoint",
+                 "flgc.cli", "flgc.runlog", "flgc.distributed", "flgc.optim", "flgc.builders", "flgc.plots",
+                 "flgc.results", "flgc.releases", "flgc.release", "flgc.provenance", "flgc.reference", "flgc.flops",
+                 "flgc.fileio", "flgc.deploy", "flgc.export", "flgc.models")
 
 
 def module_files():
@@ -132,7 +133,7 @@ def test_no_sys_path_edits_anywhere():
 
 def test_import_flgc_is_light_and_gives_the_public_api():
     code = ("import sys, flgc; assert flgc.__version__; flgc.FLGConv2d, flgc.group_regularizer, flgc.convert_model;"
-            "heavy = sorted(m for m in sys.modules if m.startswith(('flgc.engine', 'flgc.data', 'flgc.deploy', "
+            "heavy = sorted(m for m in sys.modules if m.startswith(('flgc.step', 'flgc.training', 'flgc.data', 'flgc.deploy', "
             "'torchvision', 'yaml', 'onnx')));"
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], cwd=tempfile.gettempdir(), capture_output=True, text=True,

@@ -10,11 +10,11 @@ from helpers import run_main
 
 from flgc import checkpoint, config, flops
 from flgc.budget import model_mflops, project_to_budget, regularizer_penalty
-from flgc.engine import fit
 from flgc.errors import UsageError
 from flgc.layer import FLGConv2d
 from flgc.models import MobileNetV2
 from flgc.regularizer import connections, group_regularizer, hard_group_sizes, project_to_fraction, structure_stats
+from flgc.training import fit
 
 
 def set_assignment(layer, input_groups, output_groups, noise=0.0):

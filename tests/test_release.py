@@ -8,7 +8,7 @@ import torch
 import yaml
 from helpers import ROOT, assert_usage_error, last_json, run_captured, write_tiny_cifar
 
-from flgc import config, engine, release
+from flgc import config, release, training
 from flgc.errors import UsageError
 from flgc.releases import load_manifest, sha256_file
 
@@ -32,7 +32,7 @@ def setting(tmp_path):
 def train(config_path, root, out_dir, *overrides):
     cfg = config.load(config_path, config.parse_overrides([f"data.root={root}", "data.verify_checksums=false",
                                                            f"out_dir={out_dir}", *overrides]))
-    engine.fit(cfg)
+    training.fit(cfg)
     return out_dir
 
 

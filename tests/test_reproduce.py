@@ -3,7 +3,7 @@ import json
 
 from helpers import assert_usage_error, write_tiny_cifar
 
-from flgc import checkpoint, config, engine
+from flgc import checkpoint, config, training
 
 
 def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
@@ -11,7 +11,7 @@ def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
     cfg = config.load("configs/fast/mbv2_flgc8.yaml", config.parse_overrides(
         [f"data.root={data}", "data.verify_checksums=false", "train.batch_size=16", "train.eval_batch_size=16",
          "train.epochs=1", "train.warmup_epochs=0", "train.progress=false", f"out_dir={tmp_path / 'mbv2_flgc8'}"]))
-    engine.fit(cfg)
+    training.fit(cfg)
     result = call("scripts/reproduce_results.py", str(tmp_path), "mbv2_flgc8:90")
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]

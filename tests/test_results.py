@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pytest
 from helpers import ROOT, write_tiny_cifar
 
-from flgc import checkpoint, config, engine, flops, results
+from flgc import checkpoint, config, flops, results, training
 
 SCRIPT = os.path.join(ROOT, "scripts", "results_table.py")
 EMPTY = '{"checkpoints": []}'
@@ -39,7 +39,7 @@ def runs(tmp_path_factory):
         cfg = config.load(os.path.join(ROOT, "configs", f"{name}.yaml"), config.parse_overrides([
             f"out_dir={base / name}", f"data.root={data}", "data.verify_checksums=false", "train.epochs=1",
             "train.batch_size=20", "train.progress=false", "flgc.logit_init_std=0.001", "flgc.init=random"]))
-        engine.fit(cfg)
+        training.fit(cfg)
         paths[name] = base / name
     manifest = base / "manifest.json"
     manifest.write_text(EMPTY)

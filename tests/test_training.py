@@ -1,5 +1,6 @@
-"""The training loop: FLGC handling (reassignment tracking, freeze, the gradient ablation switch),
-on-device sums, compile choices, and the optimizer and schedule of flgc.optim."""
+"""The training step and run (flgc.step, flgc.training): FLGC handling (reassignment tracking, freeze,
+the gradient ablation switch), on-device sums, compile choices and the fallback to eager, and the
+optimizer and schedule of flgc.optim."""
 import math
 
 import pytest
@@ -8,22 +9,13 @@ from helpers import write_tiny_cifar
 
 from flgc import config
 from flgc.builders import build_model
-from flgc.engine import (
-    EpochSums,
-    assignments,
-    compiled,
-    flgc_layers,
-    make_batches,
-    objective,
-    prepare_flgc,
-    reassignments,
-    resolve_compile,
-    temperature,
-    train_one_epoch,
-)
+from flgc.data import make_batches
 from flgc.errors import UsageError
+from flgc.layer import flgc_layers
 from flgc.optim import build_optimizer, build_scheduler, lr_factor
 from flgc.regularizer import group_regularizer
+from flgc.step import EpochSums, compiled, objective, resolve_compile, train_steps
+from flgc.training import assignments, prepare_flgc, reassignments, temperature
 
 
 def tiny_config(tmp_path, *overrides):
@@ -33,13 +25,13 @@ def tiny_config(tmp_path, *overrides):
 
 
 def train(model, cfg, batches, optimizer=None, wrap=None, steps=None):
-    """One (part of an) epoch as the engine trains it; returns (EpochSums, steps done)."""
+    """One (part of an) epoch as a training run trains it; returns (EpochSums, steps done)."""
     optimizer = optimizer or build_optimizer(model, cfg.train, cfg.flgc)
     reg = cfg.flgc.regularizer
     loss_fn = objective(model, torch.nn.CrossEntropyLoss(), lambda: reg.weight * group_regularizer(model, reg.kind))
     sums = EpochSums(torch.device("cpu"))
     model.train()
-    done = train_one_epoch(wrap(loss_fn) if wrap else loss_fn, optimizer, batches, sums, steps=steps)
+    done = train_steps(wrap(loss_fn) if wrap else loss_fn, optimizer, batches, sums, steps=steps)
     return sums, done
 
 
@@ -107,7 +99,7 @@ def test_temperature_schedule_is_geometric(tmp_path):
 
 
 def test_amp_setting_reaches_the_convolutions():
-    from flgc.engine import autocast, resolve_amp
+    from flgc.step import autocast, resolve_amp
     conv = torch.nn.Conv2d(3, 4, 3)
     cpu = torch.device("cpu")
     for amp, dtype in (("none", torch.float32), ("bf16", torch.bfloat16)):
@@ -184,7 +176,7 @@ class _FailsInBackward(torch.autograd.Function):
 
 
 def _failing_compiler(where):
-    """A stand-in for engine.compiled whose result fails in the forward or the backward of its first call."""
+    """A stand-in for flgc.step.compiled whose result fails in the forward or the backward of its first call."""
     def compiled_stub(fn, choice):
         if choice == "none":
             return fn
@@ -200,14 +192,14 @@ def _failing_compiler(where):
 
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_a_failing_compile_warns_once_and_continues_eager_with_the_same_results(tmp_path, monkeypatch, capsys, where):
-    from flgc import engine
+    from flgc import step, training
     runs = {}
     for choice in ("none", "inductor"):
         cfg = tiny_config(tmp_path, "train.epochs=2", "train.batch_size=10", "train.progress=false",
                           f"train.compile={choice}", f"out_dir={tmp_path / choice}")
         with monkeypatch.context() as patch:
-            patch.setattr(engine, "compiled", _failing_compiler(where))
-            row = engine.fit(cfg)
+            patch.setattr(step, "compiled", _failing_compiler(where))
+            row = training.fit(cfg)
         runs[choice] = (torch.load(tmp_path / choice / "last.pt", weights_only=True)["model"], row)
         err = capsys.readouterr().err
         warnings = [line for line in err.splitlines() if line.startswith("warning: train.compile")]

@@ -1,11 +1,8 @@
-"""The training and evaluation loop shared by train.py and eval.py: read it top to bottom.
-
-fit(cfg, resume) builds a Run (model, optimizer, schedule, data, processes), then for every epoch
-sets up the FLGC layers, trains (train_one_epoch, a loop that never waits for the device), checks
-the loss flag, evaluates, writes the checkpoint and logs one metrics row.
+"""A training run, read top to bottom: fit(cfg, resume) builds a Run (model, optimizer, schedule,
+data, processes), then for every epoch sets up the FLGC layers, trains the epoch in stretches of
+steps (flgc.step.train_steps), checks the loss flag, evaluates (flgc.evaluation), writes the
+checkpoint and logs one metrics row. Signals stop it after a save; --resume continues it.
 """
-import contextlib
-import functools
 import os
 import signal
 import sys
@@ -15,14 +12,27 @@ import torch
 
 from . import checkpoint, distributed, flops, provenance
 from . import config as config_lib
-from .budget import check_budget_target, project_to_budget, regularizer_penalty
+from .budget import check_budget_target, project_to_budget
 from .builders import build_model
-from .data import Batches, load_split
+from .data import make_batches
 from .errors import UsageError
-from .layer import FLGConv2d
+from .evaluation import evaluate
+from .layer import flgc_layers
 from .optim import build_optimizer, build_scheduler
 from .regularizer import project_to_fraction, structure_stats
 from .runlog import RunLog, scalars
+from .step import (
+    EpochSums,
+    GuardedObjective,
+    autocast,
+    objective,
+    prepare_model,
+    resolve_amp,
+    resolve_compile,
+    select_device,
+    train_steps,
+    weighted_penalty,
+)
 
 
 class Diverged(Exception):
@@ -35,213 +45,6 @@ class Interrupted(Exception):
     def __init__(self, signum):
         super().__init__(signal.Signals(signum).name)
         self.code = 128 + signum
-
-
-# --- devices, data, precision -----------------------------------------------------------------
-def select_device(cfg):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def flgc_layers(model):
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, FLGConv2d)]
-
-
-def make_batches(cfg, device, train, shard=(0, 1)):
-    images, labels = load_split(cfg.data, train)
-    batch_size = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    return Batches(images, labels, cfg.data, batch_size, train, cfg.seed, device,
-                   cfg.train.channels_last, shard)
-
-
-def prepare_model(model, cfg, device):
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-
-
-def resolve_amp(amp, device):
-    """The autocast setting `auto` stands for on `device`: bf16 on CUDA GPUs that compute it, else
-    none (fp32). On the 2-thread AVX512-BF16 CPU of docs/training-speed.md a bf16 training step
-    is no faster than fp32 when each runs in its own process (as training does), so fp32 stays."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "none"
-
-
-def autocast(amp, device):
-    """The autocast context of a train.amp setting on `device`."""
-    amp = resolve_amp(amp, device)
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def resolve_compile(choice, device):
-    """train.compile on `device`: auto is none (eager) on CPU and on CUDA. On CPU torch.compile
-    measured slower than eager; on CUDA graph capture has not been measured with this code yet, so
-    a first GPU run does not depend on it (configs/fast opt in to cudagraphs explicitly)."""
-    if choice == "auto":
-        return "none"
-    if choice == "cudagraphs" and device.type != "cuda":
-        raise UsageError("train.compile=cudagraphs needs a CUDA device; on CPU use none, inductor or auto")
-    return choice
-
-
-def compiled(fn, choice):
-    """fn under train.compile `choice` (resolved): none, inductor, or inductor with CUDA graphs."""
-    if choice == "none":
-        return fn
-    if choice == "inductor":
-        return torch.compile(fn)
-    graphed = torch.compile(fn, mode="reduce-overhead")
-
-    def replay(*args):
-        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        return graphed(*args)
-    return replay
-
-
-def forward_backward(loss_fn, images, labels, optimizer, scaler=None):
-    """The objective's outputs after their backward pass (gradients set, optimizer not stepped)."""
-    outputs = loss_fn(images, labels)
-    optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(outputs[0]) if scaler is not None else outputs[0]).backward()
-    return outputs
-
-
-class GuardedObjective:
-    """The step's objective under a train.compile choice, with a way out: when compiling or graph
-    capture raises in the first step (forward or backward), one warning line says so, the model's
-    buffers (BatchNorm statistics) are put back, and that step and every later one run eagerly, so
-    the run continues with the results an eager run gives."""
-
-    def __init__(self, eager, choice, model):
-        self.eager, self.choice, self.model = eager, choice, model
-        self.fn = compiled(eager, choice)
-        self.proven = choice == "none"
-
-    def __call__(self, images, labels):
-        return self.fn(images, labels)
-
-    def forward_backward(self, images, labels, optimizer, scaler=None):
-        if self.proven:
-            return forward_backward(self.fn, images, labels, optimizer, scaler)
-        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
-        try:
-            outputs = forward_backward(self.fn, images, labels, optimizer, scaler)
-        except Exception as err:  # noqa: BLE001 - any failure of the compiler or of capture
-            reason = (str(err).strip().splitlines() or [""])[0][:200]
-            print(f"warning: train.compile={self.choice} failed in the first step ({type(err).__name__}: {reason}); "
-                  f"continuing eager", file=sys.stderr, flush=True)
-            with torch.no_grad():
-                for buffer, saved in buffers:
-                    buffer.copy_(saved)
-            self.fn, self.choice = self.eager, "none"
-            outputs = forward_backward(self.fn, images, labels, optimizer, scaler)
-        self.proven = True
-        return outputs
-
-
-# --- one epoch ----------------------------------------------------------------------------------
-class EpochSums:
-    """Running sums of an epoch on the device (loss x images, regularizer x images, correct
-    predictions), the count of images on the host (batches have one shape), and a device flag that
-    turns false when a loss is not finite. Reading them is the only wait for the device."""
-
-    KEYS = ("loss", "regularizer", "correct")
-
-    def __init__(self, device, saved=None):
-        saved = saved or {}
-        self.values = torch.tensor([float(saved.get(k, 0)) for k in self.KEYS], dtype=torch.float64, device=device)
-        self.seen = int(saved.get("seen", 0))
-        self.finite = torch.ones((), dtype=torch.bool, device=device)
-
-    def add(self, total, loss, penalty, correct, count):
-        self.finite &= torch.isfinite(total)
-        parts = torch.stack([loss.detach().double() * count, penalty.detach().double() * count, correct.double()])
-        self.values += parts
-        self.seen += count
-
-    def to_dict(self):
-        return {**dict(zip(self.KEYS, self.values.tolist())), "seen": self.seen}
-
-    def stats(self):
-        """Means over every process of a distributed run."""
-        totals = torch.cat([self.values, self.values.new_tensor([self.seen])])
-        loss, regularizer, correct, seen = distributed.sum_over_processes(totals).tolist()
-        seen = max(seen, 1)
-        return {"train_loss": loss / seen, "regularizer": regularizer / seen, "train_accuracy": 100.0 * correct / seen}
-
-
-def weighted_penalty(model, reg):
-    """penalty() -> weight x the regularizer `reg` (flgc.regularizer config) of `model`'s trainable FLGC
-    layers; None when it is 0 (no weight, or no FLGC layer still learning)."""
-    if not reg.weight or all(layer.frozen for _, layer in flgc_layers(model)):
-        return None
-
-    def penalty():
-        return reg.weight * regularizer_penalty(model, reg.kind, reg.target_mflops, reg.target_fraction)
-    penalty()  # eager once: the whole-model budget measures its MAC weights on first use, outside any graph
-    return penalty
-
-
-def objective(network, criterion, penalty=None, amp=None):
-    """f(images, labels) -> (total loss, criterion loss, penalty, correct predictions): the part of
-    a step that train.compile compiles or captures. penalty() is the weighted regularizer."""
-    precision = amp if amp is not None else contextlib.nullcontext
-
-    def forward(images, labels):
-        with precision():
-            logits = network(images)
-            loss = criterion(logits, labels)
-        extra = penalty() if penalty is not None else torch.zeros((), device=loss.device)
-        return loss.float() + extra, loss, extra, (logits.argmax(1) == labels).sum()
-    return forward
-
-
-def train_one_epoch(loss_fn, optimizer, batches, sums, scheduler=None, scaler=None, stop=None, steps=None):
-    """Train on `batches` from batches.start_step on, for at most `steps` steps (default: the rest
-    of the epoch) or until stop() turns true; adds to `sums`. Nothing here waits for the device.
-    Returns the steps of the epoch done so far."""
-    done = batches.start_step
-    end = len(batches) if steps is None else min(len(batches), done + steps)
-    step = getattr(loss_fn, "forward_backward", None) or functools.partial(forward_backward, loss_fn)
-    for images, labels in batches:
-        total, loss, penalty, correct = step(images, labels, optimizer, scaler)
-        if scaler is not None:  # fp16: loss scaling
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        sums.add(total, loss, penalty, correct, labels.shape[0])
-        done += 1
-        if done >= end or (stop is not None and stop()):
-            break
-    return done
-
-
-@torch.no_grad()
-def evaluate(model, batches):
-    """{"accuracy": top-1 %, "loss": mean cross-entropy, "images": count} over `batches`."""
-    model.eval()
-    sums, seen = None, 0
-    for images, labels in batches:
-        logits = model(images).float()
-        batch = torch.stack([torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-                             (logits.argmax(1) == labels).sum().double()])
-        sums = batch if sums is None else sums + batch
-        seen += labels.numel()
-    loss_sum, correct = sums.tolist() if sums is not None else (0.0, 0.0)
-    return {"accuracy": 100.0 * correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen}
 
 
 # --- FLGC structure across epochs ---------------------------------------------------------------
@@ -460,7 +263,7 @@ def train_epoch(run, epoch, before):
         batches.set_epoch(epoch, done)
         pause = min((done // checks + 1) * checks, (done // saves + 1) * saves if saves else len(batches))
         first = done + 1
-        done = train_one_epoch(loss_fn, run.optimizer, batches, sums, run.scheduler, run.scaler,
+        done = train_steps(loss_fn, run.optimizer, batches, sums, run.scheduler, run.scaler,
                                run.stop if run.world == 1 else None, pause - done)
         finite, stopping = run.pause_flags(sums)
         if not finite:
@@ -506,7 +309,7 @@ def epoch_row(run, epoch, sums, before, started):
         "compile": run.compile, **run.provenance}
 
 
-def run_epoch(run, epoch, log):
+def train_and_checkpoint_epoch(run, epoch, log):
     """One epoch: train, evaluate, save, log. Returns the metrics row, or None when stopped."""
     started = time.time()
     prepare_flgc(run.model, run.cfg, epoch)
@@ -558,7 +361,7 @@ def _loop(run, log):
     row = None
     try:
         for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
-            row = None if run.pause_flags()[1] else run_epoch(run, epoch, log)
+            row = None if run.pause_flags()[1] else train_and_checkpoint_epoch(run, epoch, log)
             if row is None:
                 _stopped(run, epoch)
     finally:
