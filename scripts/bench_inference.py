@@ -23,9 +23,10 @@ import torch.nn as nn
 import yardsticks
 
 import flgc
-from flgc import checkpoint, deploy, export, flops, native
+from flgc import checkpoint, deploy, flops
 from flgc.cli import ArgumentParser, run
 from flgc.convert import assign_balanced, pointwise_convs
+from flgc.deploy import export, native
 from flgc.errors import UsageError
 from flgc.models import MobileNetV2
 

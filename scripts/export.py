@@ -6,8 +6,9 @@ normalised images (dynamic batch for ONNX), the output N x 10 logits.
 """
 import os
 
-from flgc import checkpoint, deploy, export
+from flgc import checkpoint, deploy
 from flgc.cli import ArgumentParser, run
+from flgc.deploy import export
 from flgc.errors import UsageError
 
 

@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (flgc.native) against plain torch, and the deployed modules that use them
+"""The compiled CPU kernels (flgc.deploy.native) against plain torch, and the deployed modules that use them
 against their torch fallback. Set FLGC_NATIVE=0 to run without a compiler (these tests then skip)."""
 import os
 import subprocess
@@ -13,9 +13,9 @@ import torchvision
 from helpers import TOLERANCE, randomise
 
 import flgc
-from flgc import deploy, export, flops, native
+from flgc import deploy, flops
 from flgc.convert import assign_balanced
-from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum
+from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum, export, native
 
 if os.environ.get("FLGC_NATIVE") == "0":
     pytest.skip("FLGC_NATIVE=0: compiled kernels switched off", allow_module_level=True)
@@ -29,7 +29,7 @@ def test_the_kernels_build_here():
 
 
 def test_without_a_compiler_one_warning_line_and_the_torch_ops(tmp_path):
-    script = ("import torch; from flgc import native; from flgc.planner import channel_gather; "
+    script = ("import torch; from flgc.deploy import native; from flgc.deploy.modules import channel_gather; "
               "x = torch.randn(1, 4, 2, 2); print(native.available(), torch.equal(channel_gather(x, torch.tensor([3, 0])), "
               "x[:, [3, 0]]))")
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "cache")}

@@ -7,7 +7,7 @@ import io
 
 import torch
 
-from .fileio import atomic_path
+from ..fileio import atomic_path
 
 FORMATS = ("onnx", "torchscript")
 
