@@ -18,6 +18,7 @@ import torch
 from . import config as config_lib
 from .builders import build_model
 from .errors import UsageError
+from .extras import install_command
 from .fileio import atomic_path
 
 FORMAT_VERSION = 1
@@ -134,7 +135,7 @@ def rebuilder(key, path):
         except ImportError as err:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UsageError(f"checkpoint {path} holds a deployed model; loading it needs {package} ({reason}): "
-                             f'pip install -e ".[{extra}]"') from None
+                             f"{install_command(extra)}") from None
     return _rebuilders[key]
 
 

@@ -51,6 +51,7 @@ def parse(argv):
         raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
     if args.threads < 1 or args.repeats < 1 or any(b < 1 for b in args.batches):
         raise UsageError("--threads, --repeats and batch sizes must be >= 1")
+    native.require("bench_native.py")
     if not native.available():
         raise UsageError(f"flgc's compiled kernels are not available here: {native.unavailable_reason()}")
     return args
