@@ -3,6 +3,7 @@ import sys
 
 from flgc import config
 from flgc.cli import ArgumentParser, run
+from flgc.runlog import check_plotting
 
 
 def main():
@@ -12,6 +13,7 @@ def main():
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=2")
     args = parser.parse_args()
     cfg = config.load(args.config, config.parse_overrides(args.overrides))
+    check_plotting(cfg.flgc.plot_interval)
     from flgc.training import Diverged, Interrupted, fit
     try:
         fit(cfg, args.resume)

@@ -4,7 +4,11 @@ Keys: format_version, config (the resolved config as plain data), model (state_d
 training checkpoints optimizer, scheduler, epoch, best_accuracy, rng (torch CPU generator state);
 deployed checkpoints add deploy_spec (plain data describing the inference modules, see flgc.deploy).
 A checkpoint thus rebuilds its own model: `load_model(path)` needs nothing else.
+
+Rebuilding a deployed model is deployment's work: flgc.deploy registers its rebuilder here on import
+(register_rebuilder), and loading a checkpoint with a deploy_spec imports flgc.deploy by name.
 """
+import importlib
 import os
 import warnings
 from typing import Any, NamedTuple
@@ -14,11 +18,15 @@ import torch
 from . import config as config_lib
 from .builders import build_model
 from .errors import UsageError
+from .extras import install_command
 from .fileio import atomic_path
 
 FORMAT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 PICKLE_HEADERS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))  # legacy torch.save / plain pickle
+# payload key -> (the package that registers its rebuilder when imported, the pip extra it needs)
+REBUILDER_PACKAGES = {"deploy_spec": ("flgc.deploy", "deploy")}
+_rebuilders = {}  # payload key -> rebuild(model, spec), filled by register_rebuilder
 
 
 class Loaded(NamedTuple):
@@ -111,17 +119,38 @@ def load_weights(model, state_dict, path):
         raise UsageError(f"checkpoint {path} does not fit this model's architecture ({first})") from None
 
 
+def register_rebuilder(key, rebuild):
+    """Checkpoints holding `key` are rebuilt by rebuild(model, payload[key]): the freshly built training
+    model (weights not loaded yet) -> the model those weights belong to."""
+    _rebuilders[key] = rebuild
+
+
+def rebuilder(key, path):
+    """The rebuild function registered for `key`, importing the package that registers it on first need;
+    UsageError (one line, the extra to install) where that package cannot be imported."""
+    if key not in _rebuilders:
+        package, extra = REBUILDER_PACKAGES[key]
+        try:
+            importlib.import_module(package)
+        except ImportError as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(f"checkpoint {path} holds a deployed model; loading it needs {package} ({reason}): "
+                             f"{install_command(extra)}") from None
+    return _rebuilders[key]
+
+
 def model_from(payload, path, cfg=None):
     """The network stored in a checkpoint dict (training or deployed form), weights loaded, on CPU."""
     cfg = cfg or config_of(payload)
     model = build_model(cfg)
-    if payload.get("deploy_spec") is not None:
-        from .deploy import rebuild
+    spec = payload.get("deploy_spec")
+    if spec is not None:
+        rebuild = rebuilder("deploy_spec", path)
         try:
-            model = rebuild(model, payload["deploy_spec"])
+            model = rebuild(model, spec)
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise UsageError(f"checkpoint {path} holds a deployed model this code cannot rebuild ({err})") from None
-        model.deploy_spec = payload["deploy_spec"]
+        model.deploy_spec = spec
     load_weights(model, payload["model"], path)
     return model
 

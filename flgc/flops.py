@@ -3,6 +3,7 @@
 MFLOPS are ptflops (pytorch backend) multiply-accumulates in millions, counted per module with
 ptflops's own hooks; an FLGConv2d counts its learned hard structure (sum over groups of
 in_g * out_g * kh * kw * H_out * W_out), neither the dense conv nor the mask construction.
+Modules defined elsewhere add their own counts with register_flop_hook (flgc.deploy does, on import).
 """
 import dataclasses
 
@@ -30,30 +31,23 @@ def _flgc_dense_hook(module, inputs, output):
     module.__flops__ += output.numel() * module.in_channels * kh * kw
 
 
-def _block_pointwise_hook(module, inputs, output):
-    spatial = output.shape[0] * output.shape[2] * output.shape[3]
-    module.__flops__ += spatial * sum((i1 - i0) * (o1 - o0) for i0, i1, o0, o1 in module.blocks)
-    module.__flops__ += output.numel() if module.blocks else 0  # bias adds, as ptflops counts them
+# module class -> forward hook adding its MACs to module.__flops__; filled by register_flop_hook
+_REGISTERED_HOOKS = {}
 
 
-def _grouped_conv_hook(module, inputs, output):
-    # the matmul path (taken for contiguous NCHW inputs; a gather keeps the layout) and the native
-    # kernel bypass the inner conv, whose own hook then never fires: count what that conv would have
-    if (module.matmul and inputs[0].is_contiguous()) or module.runs_native(inputs[0]):
-        conv = module.conv
-        positions = output.shape[0] * output.shape[2] * output.shape[3]
-        module.__flops__ += positions * conv.out_channels * (conv.in_channels // conv.groups + 1)
+def register_flop_hook(module_class, hook):
+    """Count modules of `module_class` (and its subclasses) with `hook(module, inputs, output)`, which adds
+    their MACs for the batch to module.__flops__. For modules ptflops does not know (flgc.deploy's)."""
+    _REGISTERED_HOOKS[module_class] = hook
 
 
 def _hook_for(module, flgc_as_computed):
     """The forward hook that adds `module`'s MACs to module.__flops__, or None for uncounted modules."""
-    from .deploy import BlockPointwise, GroupedConv
     if isinstance(module, FLGConv2d):
         return _flgc_dense_hook if flgc_as_computed else _flgc_hook
-    if isinstance(module, BlockPointwise):
-        return _block_pointwise_hook
-    if isinstance(module, GroupedConv):
-        return _grouped_conv_hook
+    for module_class, hook in _REGISTERED_HOOKS.items():
+        if isinstance(module, module_class):
+            return hook
     if isinstance(module, _BatchNorm):  # SyncBatchNorm and other subclasses count as BatchNorm2d
         return MODULES_MAPPING[nn.BatchNorm2d]
     return MODULES_MAPPING.get(type(module))
@@ -63,7 +57,7 @@ def module_macs(model, input_size=(3, 32, 32), flgc_as_computed=False):
     """[(name, module, MACs for one image)] for every counted leaf module, in forward order.
 
     FLGC layers count their hard structure; with flgc_as_computed, the dense conv a masked FLGC
-    layer really runs. Deployed BlockPointwise layers count their blocks.
+    layer really runs. Modules with a registered hook (register_flop_hook) count as it says.
     """
     counted, handles = [], []
     for name, module in model.named_modules():

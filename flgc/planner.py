@@ -1,17 +1,14 @@
 """Planning a grouped convolution as contiguous channel slices, and the channel gather it may need.
 
-Used by the layer (its frozen grouped forward) and by deployment; depends only on flgc.native.
+Used by the layer (its frozen grouped forward) and by deployment (flgc.deploy); plain torch only.
 """
 import torch
-
-from . import native
 
 
 def channel_gather(x, index, stride=1):
     """x[:, index] keeping a channels_last tensor channels_last (a gather on its N*H*W x C view);
-    with stride, of every stride-th row and column only (what a 1x1 conv of that stride reads)."""
-    if native.eligible(x):
-        return native.gather_channels(x, index, stride)
+    with stride, of every stride-th row and column only (what a 1x1 conv of that stride reads).
+    Deployed modules use flgc.deploy.modules.channel_gather: the same, through a compiled kernel where one applies."""
     if stride > 1:
         x = x[:, :, ::stride, ::stride]
     if x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing():

@@ -16,6 +16,7 @@ from . import checkpoint, flops, runlog
 from . import config as config_lib
 from .data import files_present
 from .errors import UsageError
+from .extras import require
 from .layer import FLGConv2d
 from .optim import peak_lr
 from .releases import load_manifest, verified
@@ -322,6 +323,7 @@ def figure(rows, baseline):
 def check_plot_path(path):
     if os.path.splitext(path)[1].lower() not in PLOT_TYPES:
         raise UsageError(f"--plot {path}: allowed file types are {', '.join(PLOT_TYPES)}")
+    require("matplotlib", "--plot")
 
 
 def save_figure(fig, path):

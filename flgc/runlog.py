@@ -4,6 +4,7 @@ import json
 import os
 
 from .errors import UsageError
+from .extras import require
 from .layer import FLGConv2d
 
 METRICS = "metrics.jsonl"
@@ -44,11 +45,18 @@ def summary_line(row, epochs):
     return line + f"  {row['epoch_time_s']:.1f}s"
 
 
+def check_plotting(plot_interval):
+    """UsageError (one line) when figures are asked for (flgc.plot_interval > 0) and matplotlib is missing."""
+    if plot_interval:
+        require("matplotlib", "flgc.plot_interval > 0 (group figures in TensorBoard)")
+
+
 class RunLog:
     """Writes one run's logs; only the main process of a run makes one. TensorBoard's event file is
     opened on the first row, so a run that trains nothing leaves none."""
 
     def __init__(self, out_dir, epochs, log_per_layer=False, plot_interval=0):
+        check_plotting(plot_interval)
         self.out_dir, self.epochs = out_dir, epochs
         self.log_per_layer, self.plot_interval = log_per_layer, plot_interval
         self.writer = None

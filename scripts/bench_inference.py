@@ -23,10 +23,12 @@ import torch.nn as nn
 import yardsticks
 
 import flgc
-from flgc import checkpoint, deploy, export, flops, native
+from flgc import checkpoint, deploy, flops
 from flgc.cli import ArgumentParser, run
 from flgc.convert import assign_balanced, pointwise_convs
+from flgc.deploy import export, native
 from flgc.errors import UsageError
+from flgc.extras import require
 from flgc.models import MobileNetV2
 
 GROUPS = 8
@@ -143,6 +145,9 @@ def parse(argv):
     if args.device == "cuda" and "onnxruntime" in args.runtimes:
         args.runtimes.remove("onnxruntime")
         print("note: ONNX Runtime is timed on CPU only; --device cuda times torch", file=sys.stderr)
+    if "onnxruntime" in args.runtimes:
+        require("onnx", "--runtimes onnxruntime")
+        require("onnxruntime", "--runtimes onnxruntime")
     return args
 
 

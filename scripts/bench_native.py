@@ -1,4 +1,4 @@
-"""The compiled kernels (flgc/native.cpp) on ResNet-50's shapes, side by side with what torch does there.
+"""The compiled kernels (flgc/deploy/native.cpp) on ResNet-50's shapes, side by side with what torch does there.
 
 python scripts/bench_native.py [--batch-sizes 1,32] [--threads 2] [--repeats 15] [--json]
 
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 import yardsticks
 
-from flgc import native
 from flgc.cli import ArgumentParser, run
+from flgc.deploy import native
 from flgc.errors import UsageError
 
 STREAM = [(256, 56, 3), (512, 28, 4), (1024, 14, 6), (2048, 7, 2)]  # channels, size, permuted sums per forward
@@ -51,6 +51,7 @@ def parse(argv):
         raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
     if args.threads < 1 or args.repeats < 1 or any(b < 1 for b in args.batches):
         raise UsageError("--threads, --repeats and batch sizes must be >= 1")
+    native.require("bench_native.py")
     if not native.available():
         raise UsageError(f"flgc's compiled kernels are not available here: {native.unavailable_reason()}")
     return args

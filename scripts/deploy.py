@@ -9,6 +9,7 @@ import torch
 
 from flgc import checkpoint, deploy, flops
 from flgc.cli import ArgumentParser, run
+from flgc.deploy import native
 from flgc.errors import UsageError
 
 TOLERANCE = 1e-4
@@ -26,6 +27,8 @@ def main():
         raise UsageError(f"{args.out} exists; pass --force to overwrite it")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.strategy == "native":
+        native.require("--strategy native")
     model, _, payload = checkpoint.load_model(args.checkpoint)
     if payload.get("deploy_spec") is not None:
         raise UsageError(f"{args.checkpoint} is already deployed")

@@ -6,8 +6,9 @@ normalised images (dynamic batch for ONNX), the output N x 10 logits.
 """
 import os
 
-from flgc import checkpoint, deploy, export
+from flgc import checkpoint, deploy
 from flgc.cli import ArgumentParser, run
+from flgc.deploy import export
 from flgc.errors import UsageError
 
 
@@ -19,6 +20,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=1, help="batch size kernels are chosen for")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = parser.parse_args()
+    export.check_format(args.format)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if os.path.exists(args.out) and not args.force:

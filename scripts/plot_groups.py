@@ -7,6 +7,7 @@ import os
 from flgc import checkpoint
 from flgc.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.extras import require
 from flgc.fileio import atomic_path
 from flgc.layer import FLGConv2d
 
@@ -19,6 +20,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.path.splitext(args.out)[1].lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--out {args.out}: allowed file types are .png, .pdf, .svg")
+    require("matplotlib", "plot_groups.py")
     model, _, payload = checkpoint.load_model(args.checkpoint)
     if not any(isinstance(m, FLGConv2d) for m in model.modules()):
         raise UsageError(f"checkpoint {args.checkpoint} has no FLGC layers to draw")

@@ -140,3 +140,12 @@ def max_difference(model, deployed, x):
         plain = deployed(x)
         channels_last = deployed.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     return max(float((reference - plain).abs().max()), float((reference - channels_last).abs().max()))
+
+
+def kernels_missing():
+    """Why flgc's compiled kernels cannot run here ("" when they can be built: ninja and a C++ compiler found)."""
+    if os.environ.get("FLGC_NATIVE") == "0":
+        return "FLGC_NATIVE=0: compiled kernels switched off"
+    from flgc.deploy import native
+    problem = native.missing_tools()
+    return f"needs flgc's compiled kernels: {problem}" if problem else ""

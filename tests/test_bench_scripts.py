@@ -81,7 +81,7 @@ def test_bench_inference_refuses_what_it_cannot_run(call):
 
 
 def test_bench_native_times_every_kernel_and_instruction_set():
-    from flgc import native
+    from flgc.deploy import native
     if not native.available():
         pytest.skip(f"compiled kernels not available: {native.unavailable_reason()}")
     out = last_json(run_cli("scripts/bench_native.py", "--batch-sizes", "1", "--repeats", "1", "--json"))

@@ -40,7 +40,7 @@ def test_deploy_then_eval_matches_the_training_checkpoint(trained, tiny_data, tm
 
 
 def test_onnx_runtime_parity(trained, tmp_path, call):
-    import onnxruntime as ort
+    ort = pytest.importorskip("onnxruntime")
     path, model = trained
     out = tmp_path / "model.onnx"
     result = call("scripts/export.py", "--checkpoint", str(path), "--format", "onnx", "--out", str(out))

@@ -1,14 +1,16 @@
 """The import graph of the flgc package points down: no circles, the core modules stay free of the run
-machinery, and nothing in the repository edits sys.path."""
+machinery, the training core free of deployment (flgc.deploy, an optional layer on top), and nothing in
+the repository edits sys.path."""
 import ast
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, write_tiny_cifar
 
 PACKAGE = os.path.join(ROOT, "flgc")
 # the core a library user imports: it must not pull in configs, data, training, checkpoints or CLIs
@@ -16,7 +18,10 @@ CORE = ("flgc.layer", "flgc.planner", "flgc.regularizer")
 RUN_MACHINERY = ("flgc.config", "flgc.data", "flgc.step", "flgc.training", "flgc.evaluation", "flgc.checkpoint",
                  "flgc.cli", "flgc.runlog", "flgc.distributed", "flgc.optim", "flgc.builders", "flgc.plots",
                  "flgc.results", "flgc.releases", "flgc.release", "flgc.provenance", "flgc.reference", "flgc.flops",
-                 "flgc.fileio", "flgc.deploy", "flgc.export", "flgc.models")
+                 "flgc.fileio", "flgc.deploy", "flgc.models")
+DEPLOYMENT = "flgc.deploy"  # the optional layer: everything under it may import the core, never the reverse
+# what only deployment may import: its compiled kernels' build, its exporters
+DEPLOYMENT_ONLY = ("onnx", "onnxruntime", "ninja", "torch.utils.cpp_extension")
 
 
 def module_files():
@@ -104,6 +109,111 @@ def test_no_import_circles():
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
+def core_modules(graph):
+    return sorted(m for m in graph if m != DEPLOYMENT and not m.startswith(DEPLOYMENT + "."))
+
+
+def external_imports(path):
+    """Every module name an import statement of the file names (absolute imports only)."""
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module
+
+
+def test_the_training_core_imports_nothing_of_deployment():
+    graph, files = import_graph(), module_files()
+    core = core_modules(graph)
+    assert {"flgc.layer", "flgc.planner", "flgc.flops", "flgc.checkpoint", "flgc.training", "flgc.step"} <= set(core)
+    assert "flgc.deploy.native" in graph and "flgc.deploy.export" in graph
+    for module in core:
+        upward = sorted(m for m in reachable(graph, module) if m == DEPLOYMENT or m.startswith(DEPLOYMENT + "."))
+        assert not upward, f"{module} imports {upward}"
+        named = sorted(n for n in external_imports(files[module])
+                       if any(n == d or n.startswith(d + ".") for d in DEPLOYMENT_ONLY))
+        assert not named, f"{module} imports {named}, which only flgc.deploy may"
+
+
+def test_the_static_check_sees_an_import_of_deployment(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("def f():\n    from flgc.deploy import native\n    import onnx\n")
+    assert sorted(external_imports(str(path))) == ["flgc.deploy", "onnx"]
+
+
+# the core, used with flgc.deploy and the deploy extra's packages made unimportable: a model from a config,
+# its FLOPs, a short training run (checkpoints, TensorBoard, a grouped frozen forward), the checkpoint loaded
+# back; a deployed checkpoint is refused in one line naming the extra
+BLOCKED_CORE_RUN = """
+import sys
+
+BLOCKED = ("flgc.deploy", "onnx", "onnxruntime", "ninja", "matplotlib")
+# None in sys.modules: what Python takes for a module that cannot be imported (import raises ImportError,
+# importlib.util.find_spec answers None, as for a package not installed); submodules need their parent
+for name in BLOCKED:
+    sys.modules[name] = None
+import torch
+from flgc import checkpoint, config, flops
+from flgc.builders import build_model
+from flgc.training import fit
+from flgc.errors import UsageError
+from flgc.layer import FLGConv2d
+
+cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
+    "data.root=" + sys.argv[1], "data.verify_checksums=false", "out_dir=" + sys.argv[2], "train.batch_size=20",
+    "train.epochs=2", "flgc.freeze_epoch=2", "flgc.frozen_compute=grouped", "train.progress=false", "device=cpu"]))
+mflops, params = flops.count(build_model(cfg))
+assert 0 < mflops < 100 and params > 0
+fit(cfg)
+model, _, payload = checkpoint.load_model(sys.argv[2] + "/last.pt")
+assert payload["epoch"] == 2 and flops.count(model)[0] == payload["metrics"]["mflops"]
+layer = next(m for m in model.modules() if isinstance(m, FLGConv2d))
+layer.freeze(grouped=True)
+x = torch.randn(2, layer.in_channels, 4, 4).contiguous(memory_format=torch.channels_last)
+with torch.no_grad():
+    assert torch.allclose(layer(x), torch.nn.functional.conv2d(x, layer.weight * layer.hard_mask()[:, :, None, None]),
+                          atol=1e-5)
+try:
+    checkpoint.load_model(sys.argv[3])
+except UsageError as err:
+    print("refused:", err)
+blocked = sorted(m for m, module in sys.modules.items() if m.startswith(BLOCKED) and module is not None)
+assert not blocked, blocked
+print("core ok")
+"""
+
+
+def test_the_core_trains_counts_and_loads_without_deployment(tmp_path):
+    """The direction in practice: the training core runs with flgc.deploy and the deploy and plot extras
+    unimportable; a deployed checkpoint then needs the deploy layer, and says so in one line."""
+    import torch
+
+    from flgc import checkpoint, config, deploy
+    from flgc.builders import build_model
+    cfg = config.load("configs/mbv2_flgc8.yaml")
+    deployed = deploy.convert(build_model(cfg).eval(), strategy="conv")
+    checkpoint.save(str(tmp_path / "deployed.pt"), checkpoint.deployed_payload(deployed, config.to_dict(cfg)))
+    data = write_tiny_cifar(str(tmp_path / "data"), per_batch=8, test=8)
+    script = tmp_path / "core_only.py"
+    script.write_text(textwrap.dedent(BLOCKED_CORE_RUN))
+    done = subprocess.run([sys.executable, str(script), data, str(tmp_path / "run"), str(tmp_path / "deployed.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "core ok"
+    refused = next(line for line in lines if line.startswith("refused:"))
+    assert 'pip install -e ".[deploy]"' in refused and "deployed model" in refused
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_deployment_registers_its_flop_hooks_and_checkpoint_rebuilder():
+    from flgc import checkpoint, deploy, flops
+    assert flops._REGISTERED_HOOKS[deploy.BlockPointwise] is deploy.counting.block_pointwise_hook
+    assert flops._REGISTERED_HOOKS[deploy.GroupedConv] is deploy.counting.grouped_conv_hook
+    assert checkpoint.rebuilder("deploy_spec", "unused.pt") is deploy.rebuild
+
+
 def test_the_core_imports_nothing_of_the_run_machinery():
     graph = import_graph()
     for module in CORE:
@@ -152,7 +262,8 @@ def test_pip_install_gives_the_package_with_its_subpackages(tmp_path):
     assert install.returncode == 0, install.stderr
     code = ("import flgc, flgc.models, flgc.deploy, torch; assert flgc.__file__.startswith({target!r});"
             "m = flgc.create_model('mobilenetv2_cifar', pointwise='flgc', groups=8);"
-            "assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10); assert callable(flgc.deploy.convert)")
+            "assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10); assert callable(flgc.deploy.convert);"
+            "from flgc.deploy import native; assert native.SOURCE.is_file(), native.SOURCE")
     result = subprocess.run([sys.executable, "-c", code.format(target=str(target))], cwd=tmp_path, capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(target)))
     assert result.returncode == 0, result.stderr

@@ -11,8 +11,8 @@ import torchvision
 from helpers import TOLERANCE, max_difference, randomise
 
 import flgc
-from flgc import deploy, export
-from flgc.deploy import ChannelGather, PermutedAdd, PermutedSum
+from flgc import deploy
+from flgc.deploy import ChannelGather, PermutedAdd, PermutedSum, export
 
 
 def gathered_sum(base, other, module):

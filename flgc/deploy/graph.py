@@ -11,7 +11,7 @@ several times) keeps its compute order, carried on by flgc.deploy.orders; an FLG
 chain is gathered, x[:, index], once. Each FLGC layer's kernel ('blocks': one product
 per group, 'conv': one grouped conv with groups padded to equal size, 'dense': zeros outside the
 groups, 'matmul': the padded groups as one batched product, 'native': the padded groups by
-flgc.native's grouped 1x1 kernel, CPU and channels_last only) is the fastest measured on the target
+flgc.deploy.native's grouped 1x1 kernel, CPU and channels_last only) is the fastest measured on the target
 device for its input shape, batch size and memory layout.
 """
 

@@ -7,8 +7,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from .. import native
-from ..planner import channel_gather
+from .. import planner
+from . import native
+
+
+def channel_gather(x, index, stride=1):
+    """flgc.planner.channel_gather, by the compiled kernel where it applies (see flgc.deploy.native)."""
+    if native.eligible(x):
+        return native.gather_channels(x, index, stride)
+    return planner.channel_gather(x, index, stride)
 
 
 class ChannelGather(nn.Module):
@@ -100,7 +107,7 @@ class GroupedConv(nn.Module):
     With `matmul` (1x1, stride 1, no padding only), an NCHW input is computed as one batched matrix
     product (G x out/G x in/G weights times N x G x in/G x HW inputs): torch's CPU grouped conv on
     NCHW runs one im2col conv per group and concatenates them. With `native` (the same geometry), a
-    channels_last float32 CPU input is computed by flgc.native's grouped 1x1 kernel (torch's grouped
+    channels_last float32 CPU input is computed by flgc.deploy.native's grouped 1x1 kernel (torch's grouped
     conv is slow for small groups); anything else (export, autograd, autocast, other layouts and
     devices, no compiled kernels) takes the conv.
 

@@ -57,40 +57,62 @@ def apply_ops(graph, ops):
     sum's place (the conv's call and the single-use steps between it and the sum leave the graph)."""
     nodes = {node.name: node for node in graph.nodes}
     for kind, name, *rest in ops:
-        if kind == "relu":
-            node = nodes.pop(name)
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-            continue
-        if kind == "fuse":
-            node, conv = nodes.pop(name), nodes.pop(rest[0])
-            with graph.inserting_before(node):
-                new = graph.call_module(conv.target, (conv.args[0], node.args[1]))
-            node.replace_all_uses_with(new)
-            step = node.args[0]
-            graph.erase_node(node)
-            while step is not conv:
-                following, step = step, step.args[0]
-                graph.erase_node(nodes.pop(following.name))
-            graph.erase_node(conv)
+        new = _REPLAY[kind](graph, nodes, name, *rest)
+        if new is not None:
             nodes[new.name] = new
-            continue
-        if kind == "gather":
-            source, user, path = nodes[name], nodes[rest[0]], rest[1]
-            new = _called(graph, path)
-            if new is None:
-                with graph.inserting_before(user):
-                    new = graph.call_module(path, (source,))
-            user.replace_input_with(source, new)
-        else:
-            node, base = nodes[name], rest[-1]
-            operands = (node.args[base], node.args[1 - base])
-            with graph.inserting_before(node):
-                new = graph.call_module(rest[0], operands) if kind == "add" else graph.call_function(operator.iadd, operands)
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
-        nodes[new.name] = new
     return graph
+
+
+def _replay_relu(graph, nodes, name):
+    node = nodes.pop(name)
+    node.replace_all_uses_with(node.args[0])
+    graph.erase_node(node)
+
+
+def _replay_fuse(graph, nodes, name, conv_name):
+    node, conv = nodes.pop(name), nodes.pop(conv_name)
+    with graph.inserting_before(node):
+        new = graph.call_module(conv.target, (conv.args[0], node.args[1]))
+    node.replace_all_uses_with(new)
+    step = node.args[0]
+    graph.erase_node(node)
+    while step is not conv:  # the single-use steps between the conv and the sum, nearest the sum first
+        following, step = step, step.args[0]
+        graph.erase_node(nodes.pop(following.name))
+    graph.erase_node(conv)
+    return new
+
+
+def _replay_gather(graph, nodes, name, user_name, path):
+    source, user = nodes[name], nodes[user_name]
+    new = _called(graph, path)
+    if new is None:
+        with graph.inserting_before(user):
+            new = graph.call_module(path, (source,))
+    user.replace_input_with(source, new)
+    return new
+
+
+def _replay_add(graph, nodes, name, path, base):
+    return _replace_sum(graph, nodes[name], base, lambda operands: graph.call_module(path, operands))
+
+
+def _replay_iadd(graph, nodes, name, base):
+    return _replace_sum(graph, nodes[name], base, lambda operands: graph.call_function(operator.iadd, operands))
+
+
+def _replace_sum(graph, node, base, call):
+    """The sum `node` replaced by call((base operand, other operand)), inserted in its place."""
+    operands = (node.args[base], node.args[1 - base])
+    with graph.inserting_before(node):
+        new = call(operands)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
+
+
+_REPLAY = {"relu": _replay_relu, "fuse": _replay_fuse, "gather": _replay_gather, "add": _replay_add,
+           "iadd": _replay_iadd}
 
 
 def _shapes(model, graph, input_size):
@@ -177,35 +199,45 @@ class _Pass:
         self.linears[node.target] = new
 
     def add(self, node):
-        def order(k):
-            return self.orders.get(node.args[k])
-
-        if order(0) == order(1):
-            if order(0) is not None:
-                self.orders[node] = order(0)
-            for base in (0, 1):  # as the network's own `out += identity` would: no new tensor
-                if self._fresh(node.args[base]):
-                    self._edit(["iadd", node.name, base])
-                    break
+        """A two-tensor sum: in place where both operands hold one order, else delivered in the order an
+        FLGC conv reading it wants (PermutedSum), else in one operand's order (PermutedAdd)."""
+        orders = [self.orders.get(operand) for operand in node.args[:2]]
+        if orders[0] == orders[1]:
+            self._same_order_add(node, orders[0])
             return
         wanted = self._reader_layout(node)
-        held = [order(k) or list(range(len(wanted) - wanted.count(-1))) for k in (0, 1)] if wanted else None
+        held = [order or list(range(len(wanted) - wanted.count(-1))) for order in orders] if wanted else None
         if wanted is not None and wanted not in held:
-            # delivered in the order an FLGC reader wants: no gather before that reader
-            first = next((k for k in (0, 1) if self._fresh(node.args[k])), None)  # may be overwritten
-            module = PermutedSum(len(wanted), inplace=first is not None, padded=_padded(wanted))
-            first = first or 0
-            for buffer, k in ((module.left, first), (module.right, 1 - first)):
-                buffer.copy_(torch.as_tensor([i if c >= 0 else -1 for i, c in zip(index_in(held[k], wanted), wanted)]))
-            path = self._add_module("sum", module)
-            self._edit(["add", node.name, path, first])
-            self.orders[_called(self.traced, path)] = wanted
-            return
+            self._permuted_sum(node, wanted, held)
+        else:
+            self._permuted_add(node, orders)
+
+    def _same_order_add(self, node, order):
+        if order is not None:
+            self.orders[node] = order
+        for base in (0, 1):  # as the network's own `out += identity` would: no new tensor
+            if self._fresh(node.args[base]):
+                self._edit(["iadd", node.name, base])
+                break
+
+    def _permuted_sum(self, node, wanted, held):
+        """The sum delivered in the order an FLGC reader wants: no gather before that reader."""
+        first = next((k for k in (0, 1) if self._fresh(node.args[k])), None)  # may be overwritten
+        module = PermutedSum(len(wanted), inplace=first is not None, padded=_padded(wanted))
+        first = first or 0
+        for buffer, k in ((module.left, first), (module.right, 1 - first)):
+            buffer.copy_(torch.as_tensor([i if c >= 0 else -1 for i, c in zip(index_in(held[k], wanted), wanted)]))
+        path = self._add_module("sum", module)
+        self._edit(["add", node.name, path, first])
+        self.orders[_called(self.traced, path)] = wanted
+
+    def _permuted_add(self, node, orders):
+        """The sum in one operand's order (the base), the other's channels scattered into it."""
         # padding channels of the other operand go onto a padding channel of the base: it must have one
-        allowed = [k for k in (0, 1) if _padded(order(k)) or not _padded(order(1 - k))]
+        allowed = [k for k in (0, 1) if _padded(orders[k]) or not _padded(orders[1 - k])]
         fresh = [k for k in allowed if self._fresh(node.args[k])]
-        base = (fresh or [k for k in allowed if order(k) is not None])[0]
-        base_order, other_order = order(base), order(1 - base)
+        base = (fresh or [k for k in allowed if orders[k] is not None])[0]
+        base_order, other_order = orders[base], orders[1 - base]
         if base_order is None:
             base_order = list(range(len(other_order)))
         if other_order is None:
@@ -216,10 +248,9 @@ class _Pass:
             index = [i if c >= 0 else base_order.index(-1) for i, c in zip(index, other_order)]
         module.index.copy_(torch.as_tensor(index))
         module.inverse.copy_(torch.as_tensor(index_in(other_order, base_order)))
-        keeps_order = order(base) is not None
         path = self._add_module("add", module)
         self._edit(["add", node.name, path, base])  # node leaves the graph
-        if keeps_order:
+        if orders[base] is not None:
             self.orders[_called(self.traced, path)] = base_order
 
     def _reader_layout(self, node):

@@ -1,8 +1,8 @@
 """A planned grouped convolution (flgc.planner.Plan) as an inference module."""
 import torch
 
-from .. import native
 from ..planner import plan_pointwise, positions, take_rows
+from . import native
 from .folding import folded
 from .modules import BlockPointwise, GroupedConv
 

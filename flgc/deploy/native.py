@@ -2,28 +2,55 @@
 travel in permuted orders (sums, gathers) and for grouped 1x1 convs on channels_last tensors.
 
 torch's C++ extension loader compiles native.cpp once per torch build and caches the library
-(TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a C++ compiler with OpenMP and
-ninja (a declared dependency). Where the build fails, or FLGC_NATIVE=0
-is set, every caller uses plain torch ops instead: the same results, slower on the CPU.
+(TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a C++ compiler with OpenMP (g++,
+or the one CXX names) and ninja (the deploy extra: pip install -e ".[deploy]"). Where either is
+missing, the build fails, or FLGC_NATIVE=0 is set, every caller uses plain torch ops instead: the
+same results, slower on the CPU.
 
 The kernels serve inference only (no autograd): callers check eligible() first.
 """
 import logging
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
+from ..extras import install_command
+
 SOURCE = Path(__file__).with_name("native.cpp")
 _state = {}
 _lock = threading.Lock()
 
 
+def missing_tools():
+    """What the kernels' build lacks, in one line ("" when ninja and a C++ compiler are found; a compiler
+    that is found may still fail to build them). Looked up as torch's extension loader does: on PATH."""
+    if shutil.which("ninja") is None:
+        return f"ninja is not installed ({install_command('deploy')})"
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler {compiler!r} found (install g++, or name one with CXX)"
+    return ""
+
+
+def require(purpose):
+    """UsageError, one line, when the kernels cannot be built here; `purpose`: what needs them."""
+    problem = missing_tools()
+    if problem:
+        raise UsageError(f"{purpose} needs flgc's compiled kernels: {problem}")
+
+
 def _build():
     if os.environ.get("FLGC_NATIVE", "1") == "0":
         return "FLGC_NATIVE=0"
+    problem = missing_tools()
+    if problem:
+        _warn(problem)
+        return problem
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)  # its import warns that a CUDA build of torch finds no CUDA runtime
@@ -35,12 +62,16 @@ def _build():
              is_python_module=False, verbose=False)
     except Exception as error:  # no compiler, no ninja, no OpenMP: the torch ops remain
         reason = _reason(str(error))
-        print(f"warning: flgc's compiled CPU kernels are not available ({reason}); using torch ops "
-              "(FLGC_NATIVE=0 skips the build)", file=sys.stderr)
+        _warn(reason)
         return reason
     finally:
         logger.setLevel(level)
     return ""
+
+
+def _warn(reason):
+    print(f"warning: flgc's compiled CPU kernels are not available ({reason}); using torch ops "
+          "(FLGC_NATIVE=0 skips the build)", file=sys.stderr)
 
 
 def _reason(message):
