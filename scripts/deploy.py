@@ -46,6 +46,11 @@ def main():
     after, params = flops.count(deployed)
     print(f"deployed {args.checkpoint} -> {args.out}: max |logit diff| {error:.2e}, "
           f"{before:.2f} MMac (learned structure) -> {after:.2f} MMac computed, {params:,} parameters")
+    if after > before + 0.005:
+        print(f"the deployed form computes {after - before:.2f} MMac more than the learned structure: with "
+              f"--strategy {args.strategy}, layers run the kernel {'timed fastest' if args.strategy == 'auto' else 'chosen'} "
+              f"at batch {args.batch_size}, and a dense or padded kernel also computes the connections the groups "
+              f"leave out (auto's picks follow timings and may differ between conversions; pin them with --strategy)")
 
 
 if __name__ == "__main__":

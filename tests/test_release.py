@@ -69,7 +69,8 @@ def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(s
 def test_another_file_under_a_released_name_is_refused_unless_forced(setting, tmp_path):
     config_path, root, directory = setting
     first = train(config_path, root, str(tmp_path / "a"))
-    second = train(config_path, root, str(tmp_path / "b"), "seed=1")
+    other_data = write_tiny_cifar(str(tmp_path / "other"), per_batch=8, test=20, seed=1)
+    second = train(config_path, other_data, str(tmp_path / "b"))  # the same recipe on other images
     do_release(setting, first)
     before = snapshot(directory)
     with pytest.raises(UsageError, match="already releases tiny"):
