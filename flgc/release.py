@@ -55,18 +55,23 @@ def check_trained_with(cfg, config_path):
 
 
 def provenance_of(run_dir, epochs, hardware=None, commit=None):
-    """(minutes of training, hardware, commit) from the run's metrics.jsonl; arguments fill what it lacks."""
+    """(minutes of training, hardware, commit) from the run's metrics.jsonl; `hardware` and `commit`
+    stand in for epochs whose rows lack them (logs written before runs recorded them). A run resumed
+    on other hardware or with other code lists each, in the order they trained."""
     rows = {r["epoch"]: r for r in runlog.read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
     missing = [e for e in range(1, epochs + 1) if e not in rows or rows[e].get("epoch_time_s") is None]
     if missing:
         raise UsageError(f"{run_dir}/{runlog.METRICS} has no epoch time for epochs {missing[:5]}; it is not this run's log")
     minutes = sum(rows[e]["epoch_time_s"] for e in range(1, epochs + 1)) / 60
-    hardware = hardware or rows[epochs].get("hardware")
-    commit = commit or rows[epochs].get("commit")
-    if not hardware or not commit:
-        what = "hardware (--hardware TEXT)" if not hardware else "commit (--commit SHA)"
-        raise UsageError(f"{run_dir} did not record its {what}; pass it")
-    return minutes, hardware, commit
+    found = {"hardware": [], "commit": []}
+    for key, given, flag in (("hardware", hardware, "--hardware TEXT"), ("commit", commit, "--commit SHA")):
+        for epoch in range(1, epochs + 1):
+            value = rows[epoch].get(key) or given
+            if not value:
+                raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
+            if value not in found[key]:
+                found[key].append(value)
+    return minutes, "; ".join(found["hardware"]), ", ".join(found["commit"])
 
 
 def data_label(cfg, images):

@@ -6,7 +6,8 @@ The run must be finished and trained with --config (only where its data and run 
 how fast it ran may differ). The released file is evaluated on the test set with the run's data keys
 (override them, e.g. data.root=DIR); the entry records sha256, bytes, accuracy, MMac, params, empty
 groups, recipe, epochs, wall time (the log's epoch times), hardware, data and the training commit.
-Hardware and commit come from the run's metrics.jsonl, or --hardware / --commit when it lacks them.
+Hardware and commit come from the run's metrics.jsonl (each one, when a resumed run trained on several),
+or from --hardware / --commit for epochs whose rows lack them.
 Releasing over an entry whose file has another sha256 is refused unless --force.
 """
 import os
