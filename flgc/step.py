@@ -85,34 +85,39 @@ def forward_backward(loss_fn, images, labels, optimizer, scaler=None):
 
 class GuardedObjective:
     """The step's objective under a train.compile choice, with a way out: when compiling or graph
-    capture raises in the first step (forward or backward), one warning line says so, the model's
-    buffers (BatchNorm statistics) are put back, and that step and every later one run eagerly, so
-    the run continues with the results an eager run gives."""
+    capture raises in one of the first GUARDED_STEPS steps (forward or backward; CUDA graphs are
+    recorded after warm-up calls, not in the first), one warning line says so, the model's buffers
+    (BatchNorm statistics) are put back, and that step and every later one run eagerly, so the run
+    continues with the results an eager run gives. The optimizer has not stepped in a failed step."""
+
+    GUARDED_STEPS = 3
 
     def __init__(self, eager, choice, model):
         self.eager, self.choice, self.model = eager, choice, model
         self.fn = compiled(eager, choice)
-        self.proven = choice == "none"
+        self.unproven = 0 if choice == "none" else self.GUARDED_STEPS
 
     def __call__(self, images, labels):
         return self.fn(images, labels)
 
     def forward_backward(self, images, labels, optimizer, scaler=None):
-        if self.proven:
+        if not self.unproven:
             return forward_backward(self.fn, images, labels, optimizer, scaler)
         buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         try:
             outputs = forward_backward(self.fn, images, labels, optimizer, scaler)
         except Exception as err:  # noqa: BLE001 - any failure of the compiler or of capture
             reason = (str(err).strip().splitlines() or [""])[0][:200]
-            print(f"warning: train.compile={self.choice} failed in the first step ({type(err).__name__}: {reason}); "
+            step = self.GUARDED_STEPS - self.unproven + 1
+            print(f"warning: train.compile={self.choice} failed in step {step} ({type(err).__name__}: {reason}); "
                   f"continuing eager", file=sys.stderr, flush=True)
             with torch.no_grad():
                 for buffer, saved in buffers:
                     buffer.copy_(saved)
             self.fn, self.choice = self.eager, "none"
             outputs = forward_backward(self.fn, images, labels, optimizer, scaler)
-        self.proven = True
+            self.unproven = 1
+        self.unproven -= 1
         return outputs
 
 

@@ -175,13 +175,18 @@ class _FailsInBackward(torch.autograd.Function):
         raise RuntimeError("graph capture failed (simulated)")
 
 
-def _failing_compiler(where):
-    """A stand-in for flgc.step.compiled whose result fails in the forward or the backward of its first call."""
+def _failing_compiler(where, at_call):
+    """A stand-in for flgc.step.compiled whose result fails in the forward or the backward of its
+    `at_call`-th call (the calls before it compute what eager does)."""
     def compiled_stub(fn, choice):
         if choice == "none":
             return fn
+        calls = []
 
         def broken(images, labels):
+            calls.append(1)
+            if len(calls) < at_call:
+                return fn(images, labels)
             if where == "forward":
                 raise RuntimeError("compilation failed (simulated)")
             total, *rest = fn(images, labels)  # runs the network: BatchNorm statistics move
@@ -190,21 +195,22 @@ def _failing_compiler(where):
     return compiled_stub
 
 
-@pytest.mark.parametrize("where", ["forward", "backward"])
-def test_a_failing_compile_warns_once_and_continues_eager_with_the_same_results(tmp_path, monkeypatch, capsys, where):
+@pytest.mark.parametrize("where, at_call", [("forward", 1), ("backward", 1), ("backward", 3)])
+def test_a_failing_compile_warns_once_and_continues_eager_with_the_same_results(tmp_path, monkeypatch, capsys,
+                                                                                where, at_call):
     from flgc import step, training
     runs = {}
     for choice in ("none", "inductor"):
         cfg = tiny_config(tmp_path, "train.epochs=2", "train.batch_size=10", "train.progress=false",
                           f"train.compile={choice}", f"out_dir={tmp_path / choice}")
         with monkeypatch.context() as patch:
-            patch.setattr(step, "compiled", _failing_compiler(where))
+            patch.setattr(step, "compiled", _failing_compiler(where, at_call))
             row = training.fit(cfg)
         runs[choice] = (torch.load(tmp_path / choice / "last.pt", weights_only=True)["model"], row)
         err = capsys.readouterr().err
         warnings = [line for line in err.splitlines() if line.startswith("warning: train.compile")]
         assert len(warnings) == (1 if choice == "inductor" else 0)
-    assert "failed in the first step (RuntimeError" in warnings[0] and warnings[0].endswith("continuing eager")
+    assert f"failed in step {at_call} (RuntimeError" in warnings[0] and warnings[0].endswith("continuing eager")
     eager, fallback = runs["none"][0], runs["inductor"][0]
     assert eager.keys() == fallback.keys() and all(torch.equal(eager[k], fallback[k]) for k in eager)
     assert runs["inductor"][1]["compile"] == "none"
