@@ -1,11 +1,9 @@
 """Evaluate a checkpoint on the CIFAR-10 test set: python eval.py --checkpoint PATH [KEY=VALUE ...] [--json]"""
 import json
 
-from flgc import checkpoint, config, flops
+from flgc import checkpoint, flops
 from flgc.cli import ArgumentParser, human_stream, run
-from flgc.errors import UsageError
-
-OVERRIDABLE = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
+from flgc.evaluation import parse_evaluation_overrides, test_metrics
 
 
 def main(argv=None):
@@ -14,13 +12,8 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="stdout is only one JSON object; the summary goes to stderr")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data keys, e.g. data.root=/data")
     args = parser.parse_args(argv)
-    overrides = config.parse_overrides(args.overrides)
-    for key, _ in overrides:
-        if not key.startswith(OVERRIDABLE):
-            raise UsageError(f"eval.py cannot override {key!r}; allowed: data.*, device, threads, "
-                             f"train.eval_batch_size, train.channels_last")
+    overrides = parse_evaluation_overrides(args.overrides, "eval.py")
     model, cfg, _ = checkpoint.load_model(args.checkpoint, overrides)
-    from flgc.evaluation import test_metrics
     mflops, params = flops.count(model)
     test = test_metrics(model, cfg)
     result = {"accuracy": test["accuracy"], "loss": test["loss"], "mflops": mflops, "params": params,

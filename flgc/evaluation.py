@@ -2,7 +2,9 @@
 evaluated epoch and what eval.py, the results table and releases report."""
 import torch
 
+from . import config as config_lib
 from .data import make_batches
+from .errors import UsageError
 from .step import prepare_model, select_device
 
 
@@ -19,6 +21,21 @@ def evaluate(model, batches):
         seen += labels.numel()
     loss_sum, correct = sums.tolist() if sums is not None else (0.0, 0.0)
     return {"accuracy": 100.0 * correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen}
+
+
+# what an evaluation may change in a checkpoint's config: where the data are and how fast it runs
+EVALUATION_OVERRIDES = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
+
+
+def parse_evaluation_overrides(pairs, program):
+    """[(key, value)] of KEY=VALUE `pairs` for evaluating a checkpoint; UsageError (naming `program`)
+    for a key that would change what was trained."""
+    overrides = config_lib.parse_overrides(pairs)
+    for key, _ in overrides:
+        if not key.startswith(EVALUATION_OVERRIDES):
+            raise UsageError(f"{program} cannot override {key!r}; allowed: data.*, device, threads, "
+                             f"train.eval_batch_size, train.channels_last")
+    return overrides
 
 
 def test_metrics(model, cfg):

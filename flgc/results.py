@@ -16,13 +16,13 @@ from . import checkpoint, flops, runlog
 from . import config as config_lib
 from .data import files_present
 from .errors import UsageError
+from .evaluation import test_metrics
 from .extras import require
 from .layer import FLGConv2d
 from .optim import peak_lr
 from .releases import load_manifest, verified
 
 MODEL_NAMES = {"dense": "MobileNetV2", "group": "MobileNetV2-SGC", "flgc": "MobileNetV2-FLGC"}
-OVERRIDABLE = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
 PLOT_TYPES = (".png", ".pdf", ".svg")
 
 
@@ -65,16 +65,6 @@ PUBLISHED = [
         where="project", mflops=62.6, accuracy=93.7, accuracy_source="published", test_images=10000,
         data="CIFAR-10 test set", recipe=REFERENCE_RECIPE, epochs="400", hardware="not stated (a GPU)"),
 ]
-
-
-def parse_overrides(pairs):
-    """KEY=VALUE pairs that may change how checkpoints are evaluated (data keys, device, threads)."""
-    overrides = config_lib.parse_overrides(pairs)
-    for key, _ in overrides:
-        if not key.startswith(OVERRIDABLE):
-            raise UsageError(f"results_table.py cannot override {key!r}; allowed: data.*, device, threads, "
-                             f"train.eval_batch_size, train.channels_last")
-    return overrides
 
 
 def baseline_mflops(config_path):
@@ -129,7 +119,6 @@ def evaluate_row(row, model, cfg):
     hand; returns whether it evaluated."""
     if not files_present(os.path.expanduser(cfg.data.root)):
         return False
-    from .evaluation import test_metrics
     test = test_metrics(model, cfg)
     row.accuracy, row.test_images, row.accuracy_source = test["accuracy"], test["images"], "evaluated"
     row.data = data_description(cfg.data, test["images"])

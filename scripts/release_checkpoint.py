@@ -12,12 +12,12 @@ Releasing over an entry whose file has another sha256 is refused unless --force.
 """
 import os
 
-from flgc import config, release
+from flgc import release
 from flgc.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.evaluation import parse_evaluation_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDABLE = ("data.", "device", "threads", "train.eval_batch_size")
 
 
 def main(argv=None):
@@ -32,11 +32,7 @@ def main(argv=None):
     parser.add_argument("--dir", default=os.path.join(ROOT, "checkpoints"))
     parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
     args = parser.parse_args(argv)
-    overrides = config.parse_overrides(args.overrides)
-    for key, _ in overrides:
-        if not key.startswith(OVERRIDABLE):
-            raise UsageError(f"release_checkpoint.py cannot override {key!r}; allowed: data.*, device, threads, "
-                             f"train.eval_batch_size")
+    overrides = parse_evaluation_overrides(args.overrides, "release_checkpoint.py")
     label = os.path.relpath(os.path.abspath(args.config), ROOT)
     if label.startswith(".."):
         raise UsageError(f"--config {args.config} is not a file of this repository (configs/...)")

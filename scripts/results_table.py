@@ -10,6 +10,7 @@ import sys
 
 from flgc import results
 from flgc.cli import ArgumentParser, run
+from flgc.evaluation import parse_evaluation_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def main():
     parser.add_argument("--baseline-config", default=os.path.join(ROOT, "configs", "mbv2_baseline.yaml"))
     args = parser.parse_args()
     paths = [a for a in args.inputs if "=" not in a or os.path.exists(a)]
-    overrides = results.parse_overrides([a for a in args.inputs if a not in paths])
+    overrides = parse_evaluation_overrides([a for a in args.inputs if a not in paths], "results_table.py")
     if args.plot:
         results.check_plot_path(args.plot)
     baseline = results.baseline_mflops(args.baseline_config)
