@@ -55,7 +55,7 @@ def check_trained_with(cfg, config_path):
 
 
 def provenance_of(run_dir, epochs, hardware=None, commit=None):
-    """(minutes of training, hardware, commit) from the run's metrics.jsonl; `hardware` and `commit`
+    """(minutes of training, hardware, commit, the last epoch's row) from the run's metrics.jsonl; `hardware` and `commit`
     stand in for epochs whose rows lack them (logs written before runs recorded them). A run resumed
     on other hardware or with other code lists each, in the order they trained."""
     rows = {r["epoch"]: r for r in runlog.read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
@@ -71,7 +71,7 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
                 raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
             if value not in found[key]:
                 found[key].append(value)
-    return minutes, "; ".join(found["hardware"]), ", ".join(found["commit"])
+    return minutes, "; ".join(found["hardware"]), ", ".join(found["commit"]), rows[epochs]
 
 
 def data_label(cfg, images):
@@ -111,9 +111,8 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
         raise UsageError(f"release name {name!r}: use letters, digits, '_', '.', '-' (e.g. mbv2_flgc8_cpu)")
     payload, cfg = finished_run(run_dir)
     released_cfg = check_trained_with(cfg, config_path)
-    minutes, hardware, commit = provenance_of(run_dir, cfg.train.epochs, hardware, commit)
+    minutes, hardware, commit, trained = provenance_of(run_dir, cfg.train.epochs, hardware, commit)
     entries = releases.load_manifest(manifest_path)
-    trained = next((r for r in reversed(runlog.read_metrics(run_dir)) if r.get("epoch") == cfg.train.epochs), {})
     data = [("data.root", cfg.data.root), ("data.verify_checksums", cfg.data.verify_checksums),
             ("data.download", False), ("threads", cfg.threads)]
     temp, size = write_slim(payload, released_cfg, directory)
