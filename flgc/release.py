@@ -104,9 +104,10 @@ def measure(path, data_overrides):
 
 
 def release(run_dir, name, config_path, directory, manifest_path, overrides=(), hardware=None, commit=None,
-            force=False, config_label=None, report=print):
+            force=False, config_label=None, note=None, report=print):
     """Release the finished run in `run_dir` as `name` (see the module docstring); returns the entry.
-    The entry names the config as `config_label` (default `config_path`), e.g. configs/cpu/NAME.yaml."""
+    The entry names the config as `config_label` (default `config_path`), e.g. configs/cpu/NAME.yaml, and
+    holds `note` when given (e.g. what else ran on the machine while the run trained)."""
     if not NAME.match(name):
         raise UsageError(f"release name {name!r}: use letters, digits, '_', '.', '-' (e.g. mbv2_flgc8_cpu)")
     payload, cfg = finished_run(run_dir)
@@ -123,6 +124,8 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
                  "sha256": releases.sha256_file(temp), "bytes": size, **measured, "trained_accuracy": trained.get("test_accuracy"),
                  "data": data_label(eval_cfg, measured["test_images"]), "recipe": recipe_of(released_cfg),
                  "epochs": cfg.train.epochs, "minutes": round(minutes, 1), "hardware": hardware, "commit": commit}
+        if note:
+            entry["note"] = note
         entries, replaced = releases.add_entry(entries, entry, force)
         target = os.path.join(directory, entry["file"])
         if os.path.exists(target) and not releases.verified(target, entry) and not force and not replaced:

@@ -49,7 +49,7 @@ def snapshot(directory):
 def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(setting, tmp_path):
     config_path, root, directory = setting
     run_dir = train(config_path, root, str(tmp_path / "run"))
-    entry = do_release(setting, run_dir)
+    entry = do_release(setting, run_dir, note="nothing else ran")
     path = os.path.join(directory, "tiny.pt")
     assert load_manifest(os.path.join(directory, "manifest.json")) == [entry]
     assert entry["sha256"] == sha256_file(path) and entry["bytes"] == os.path.getsize(path)
@@ -58,12 +58,13 @@ def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(s
     assert entry["model"] == "MobileNetV2-FLGC" and entry["groups"] == 4 and entry["epochs"] == 1
     assert entry["hardware"].startswith(f"{os.cpu_count()} CPU cores") and entry["commit"]
     assert entry["minutes"] >= 0 and "CIFAR-10 copy" in entry["data"] and entry["recipe"].startswith("SGD 0.05")
-    assert entry["empty_input_groups"] >= 0 and entry["mflops"] > 0
+    assert entry["empty_input_groups"] >= 0 and entry["mflops"] > 0 and entry["note"] == "nothing else ran"
     result = run_captured("eval.py", "--checkpoint", path, f"data.root={root}", "data.verify_checksums=false", "--json")
     assert result.returncode == 0
     evaluated = last_json(result)
     assert evaluated["accuracy"] == entry["accuracy"] and evaluated["mflops"] == entry["mflops"]
-    assert do_release(setting, run_dir)["sha256"] == entry["sha256"]  # the same file again: nothing changes
+    again = do_release(setting, run_dir)  # the same file again: the same entry, without a note this time
+    assert again["sha256"] == entry["sha256"] and "note" not in again
 
 
 def test_another_file_under_a_released_name_is_refused_unless_forced(setting, tmp_path):
