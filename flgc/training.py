@@ -156,6 +156,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type) if resolve_amp(cfg.train.amp, self.device) == "fp16" else None
         self.start_epoch, self.start_step, self.best_accuracy = 1, 0, 0.0
         self.epoch_sums, self.epoch_start_assignments = None, None
+        self.epoch_elapsed, self.epoch_clock = 0.0, time.time()
         if state is not None:
             self._restore(state)
         self.saved_at = (self.start_epoch, self.start_step) if state is not None else None
@@ -176,6 +177,7 @@ class Run:
         if self.start_step:
             self.epoch_sums = EpochSums(self.device, state["epoch_sums"])
             self.epoch_start_assignments = state["epoch_start_assignments"]
+            self.epoch_elapsed = state.get("epoch_elapsed_s", 0.0)
 
     def project_to_budget(self, moves=True):
         """With kind=budget: refuse a whole-model target the model cannot meet (UsageError) and, with
@@ -211,7 +213,8 @@ class Run:
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "epoch": epoch, "best_accuracy": self.best_accuracy, "rng": torch.get_rng_state()}
         if step:
-            payload.update(step=step, epoch_sums=sums.to_dict(), epoch_start_assignments=before)
+            payload.update(step=step, epoch_sums=sums.to_dict(), epoch_start_assignments=before,
+                           epoch_elapsed_s=round(time.time() - self.epoch_clock, 2))
         if metrics is not None:
             payload["metrics"] = metrics
         return payload
@@ -289,7 +292,7 @@ def _progress(cfg, total, epoch, done):
     return bar
 
 
-def epoch_row(run, epoch, sums, before, started):
+def epoch_row(run, epoch, sums, before):
     """Evaluate (when due) and assemble the metrics row of a finished epoch."""
     cfg, model = run.cfg, run.model
     per_layer = reassignments(before, assignments(model))
@@ -305,15 +308,16 @@ def epoch_row(run, epoch, sums, before, started):
         **structure_stats(model),
         "reassign_inputs": sum(v[0] for v in per_layer.values()),
         "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
-        "epoch_time_s": round(time.time() - started, 2), "amp": resolve_amp(cfg.train.amp, run.device),
+        "epoch_time_s": round(time.time() - run.epoch_clock, 2), "amp": resolve_amp(cfg.train.amp, run.device),
         "compile": run.compile, **run.provenance}
 
 
 def train_and_checkpoint_epoch(run, epoch, log):
     """One epoch: train, evaluate, save, log. Returns the metrics row, or None when stopped."""
-    started = time.time()
     prepare_flgc(run.model, run.cfg, epoch)
     resumed_inside = epoch == run.start_epoch and run.start_step
+    # an epoch's time includes what it ran before a stop (saved with its mid-epoch checkpoint)
+    run.epoch_clock = time.time() - (run.epoch_elapsed if resumed_inside else 0.0)
     before = run.epoch_start_assignments if resumed_inside else assignments(run.model)
     run.epoch_lr = run.optimizer.param_groups[0]["lr"]
     run.model.train()
@@ -321,7 +325,7 @@ def train_and_checkpoint_epoch(run, epoch, log):
     if sums is None:
         return None
     moves, run.budget_moves = run.budget_moves + run.project_to_budget(), 0  # before counting and saving
-    improved, row = epoch_row(run, epoch, sums, before, started)
+    improved, row = epoch_row(run, epoch, sums, before)
     row["budget_moves"] = moves
     run.save(run.payload(epoch, metrics=scalars(row)), best=improved)
     if log is not None:

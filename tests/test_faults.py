@@ -62,7 +62,9 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
     assert stopped.value.code == 143
     assert "stopped by SIGTERM in epoch 2 after step 2 of 5" in capsys.readouterr().out
     saved = checkpoint.load(str(tmp_path / "split" / "last.pt"))
-    assert saved["epoch"] == 1 and saved["step"] == 2
+    assert saved["epoch"] == 1 and saved["step"] == 2 and saved["epoch_elapsed_s"] > 0
+    saved["epoch_elapsed_s"] = 1000.0  # as if the steps before the stop had taken that long
+    checkpoint.save(str(tmp_path / "split" / "last.pt"), saved)
     monkeypatch.undo()
     training.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
     assert "resumed from" in capsys.readouterr().out.splitlines()[0]
@@ -70,6 +72,7 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
     rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(rows[-1])["train_loss"] == json.loads(straight[-1])["train_loss"]
+    assert 1000.0 < json.loads(rows[-1])["epoch_time_s"] < 1000.0 + 60  # the time before the stop counts
 
 
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
