@@ -67,6 +67,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 4e-5
+    norm_weight_decay: Optional[float] = None  # normalization weights and biases; null = train.weight_decay
+    depthwise_weight_decay: Optional[float] = None  # depthwise conv filters; null = train.weight_decay
     schedule: str = "multistep"  # multistep | cosine | onecycle; stepped every optimizer step
     warmup_epochs: float = 0.0  # linear warm-up from 0 to the peak lr (fractions of an epoch allowed)
     milestones: List[int] = field(default_factory=lambda: [150, 250, 350])  # multistep: epochs
@@ -114,7 +116,7 @@ POSITIVE = ("flgc.freeze_epoch", "train.epochs", "train.batch_size", "train.eval
 POSITIVE_REAL = ("train.lr", "train.lr_gamma", "flgc.temperature_start", "flgc.temperature_end", "flgc.logit_init_std")
 NON_NEGATIVE = ("train.weight_decay", "flgc.logit_weight_decay", "flgc.logit_lr_scale", "flgc.regularizer.weight",
                 "train.checkpoint_steps", "flgc.plot_interval", "data.crop_padding")
-NON_NEGATIVE += ("train.warmup_epochs",)
+NON_NEGATIVE += ("train.warmup_epochs", "train.norm_weight_decay", "train.depthwise_weight_decay")
 
 
 def _fields(cls):

@@ -13,8 +13,11 @@ when train.base_batch_size is null.
 import math
 
 import torch
+import torch.nn as nn
 
 from .layer import FLGConv2d
+
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def peak_lr(train_cfg):
@@ -23,14 +26,34 @@ def peak_lr(train_cfg):
     return train_cfg.lr * train_cfg.batch_size / train_cfg.base_batch_size
 
 
+def weight_decay_groups(model, train_cfg):
+    """{weight decay: parameters} of the network's weights: train.norm_weight_decay for normalization
+    layers and biases, train.depthwise_weight_decay for depthwise conv filters (each null = the same
+    as train.weight_decay), train.weight_decay for the rest. FLGC assignment logits are left out."""
+    def decay(value):
+        return train_cfg.weight_decay if value is None else value
+    norm, depthwise = decay(train_cfg.norm_weight_decay), decay(train_cfg.depthwise_weight_decay)
+    groups = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, FLGConv2d) and name in ("input_group_logits", "output_group_logits"):
+                continue
+            if isinstance(module, NORMS) or name == "bias":
+                wd = norm
+            elif isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+                wd = depthwise
+            else:
+                wd = train_cfg.weight_decay
+            groups.setdefault(wd, []).append(param)
+    return groups
+
+
 def build_optimizer(model, train_cfg, flgc_cfg):
     """SGD; FLGC assignment logits get their own lr scale (flgc.logit_lr_scale) and weight decay."""
-    layers = [m for m in model.modules() if isinstance(m, FLGConv2d)]
-    logits = [p for m in layers for p in (m.input_group_logits, m.output_group_logits)]
-    logit_ids = {id(p) for p in logits}
-    weights = [p for p in model.parameters() if id(p) not in logit_ids]
+    logits = [p for m in model.modules() if isinstance(m, FLGConv2d) for p in (m.input_group_logits, m.output_group_logits)]
     lr = peak_lr(train_cfg)
-    groups = [{"params": weights, "weight_decay": train_cfg.weight_decay, "lr": lr}]
+    groups = [{"params": params, "weight_decay": wd, "lr": lr}
+              for wd, params in weight_decay_groups(model, train_cfg).items()]
     if logits:
         groups.append({"params": logits, "weight_decay": flgc_cfg.logit_weight_decay,
                        "lr": lr * flgc_cfg.logit_lr_scale})

@@ -85,6 +85,14 @@ def data_description(data_cfg, images):
     return f"CIFAR-10 ({checked}), {images:,} test images"
 
 
+def weight_decay_of(train_cfg):
+    """'wd 0.0005', with the parameter kinds that decay otherwise: 'wd 0.0005 (0 on norms and biases)'."""
+    t = train_cfg
+    kinds = {"norms and biases": t.norm_weight_decay, "depthwise": t.depthwise_weight_decay}
+    other = [f"{value:g} on {kind}" for kind, value in kinds.items() if value is not None and value != t.weight_decay]
+    return f"wd {t.weight_decay:g}" + (f" ({', '.join(other)})" if other else "")
+
+
 def recipe_of(cfg):
     """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images."""
     t = cfg.train
@@ -92,7 +100,7 @@ def recipe_of(cfg):
         schedule = f"x{t.lr_gamma:g} at {'/'.join(str(m) for m in t.milestones)}"
     else:
         schedule = f"{t.schedule} after a {t.warmup_epochs:g}-epoch warm-up" if t.warmup_epochs else t.schedule
-    extras = [f"wd {t.weight_decay:g}"] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
+    extras = [weight_decay_of(t)] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
     extras += [t.amp] if t.amp in ("bf16", "fp16") else []
     images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
     optimizer = "SGD nesterov" if t.nesterov else "SGD"

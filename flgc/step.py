@@ -31,15 +31,35 @@ def prepare_model(model, cfg, device):
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
+def cpu_computes_bf16():
+    """Whether this CPU has bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX, Arm's BF16
+    extension). Elsewhere bf16 is emulated: a training step was measured 15x slower than fp32 on an
+    AVX2-only CPU (docs/training-speed.md)."""
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if any(check is not None and check() for check in native):
+        return True
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("Features") and " bf16" in line for line in cpuinfo)  # aarch64
+    except OSError:
+        return False
+
+
 def resolve_amp(amp, device):
-    """The autocast setting `auto` stands for on `device`: bf16 on CUDA GPUs that compute it, else
-    none (fp32). On the 2-thread AVX512-BF16 CPU of docs/training-speed.md a bf16 training step
-    is no faster than fp32 when each runs in its own process (as training does), so fp32 stays."""
+    """The autocast setting `auto` stands for on `device`: bf16 on CUDA GPUs and CPUs that compute
+    it natively, else none (fp32)."""
     if amp != "auto":
         return amp
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "none"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    return "bf16" if cpu_computes_bf16() else "none"
+
+
+def warn_emulated_bf16(amp, device):
+    """One line on stderr when train.amp=bf16 is forced on a CPU that only emulates bf16."""
+    if amp == "bf16" and device.type == "cpu" and not cpu_computes_bf16():
+        print("warning: train.amp=bf16 on a CPU without native bf16 (no AVX512-BF16 / AMX / Arm BF16): "
+              "training will be many times slower than train.amp=auto (fp32 here)", file=sys.stderr)
 
 
 def autocast(amp, device):

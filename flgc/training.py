@@ -31,6 +31,7 @@ from .step import (
     resolve_compile,
     select_device,
     train_steps,
+    warn_emulated_bf16,
     weighted_penalty,
 )
 
@@ -154,6 +155,8 @@ class Run:
         self.optimizer = build_optimizer(self.model, cfg.train, cfg.flgc)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_batches))
         self.scaler = torch.amp.GradScaler(self.device.type) if resolve_amp(cfg.train.amp, self.device) == "fp16" else None
+        if self.main:
+            warn_emulated_bf16(cfg.train.amp, self.device)
         self.start_epoch, self.start_step, self.best_accuracy = 1, 0, 0.0
         self.epoch_sums, self.epoch_start_assignments = None, None
         self.epoch_elapsed, self.epoch_clock = 0.0, time.time()

@@ -105,8 +105,20 @@ def test_amp_setting_reaches_the_convolutions():
     for amp, dtype in (("none", torch.float32), ("bf16", torch.bfloat16)):
         with autocast(amp, cpu):
             assert conv(torch.randn(1, 3, 8, 8)).dtype == dtype
-    assert resolve_amp("auto", cpu) == "none"  # measured: bf16 does not speed up CPU training here
     assert resolve_amp("bf16", cpu) == "bf16"
+
+
+def test_auto_amp_follows_the_cpus_bf16_support(monkeypatch, capsys):
+    from flgc import step
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bf16"), (False, "none")):
+        monkeypatch.setattr(step, "cpu_computes_bf16", lambda native=native: native)
+        assert step.resolve_amp("auto", cpu) == expected
+        step.warn_emulated_bf16("bf16", cpu)
+        warned = capsys.readouterr().err
+        assert ("without native bf16" in warned) is not native and warned.count("\n") <= 1
+    step.warn_emulated_bf16("none", cpu)
+    assert capsys.readouterr().err == ""
 
 
 def test_on_device_sums_equal_the_host_sums_read_every_step(tmp_path):
@@ -257,3 +269,23 @@ def test_warmup_cosine_onecycle_and_lr_scaling():
     scaled = recipe(lr=0.1, batch_size=512, base_batch_size=128, nesterov=True)
     optimizer = build_optimizer(torch.nn.Linear(2, 2), scaled, config.from_dict({}).flgc)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4) and optimizer.defaults["nesterov"]
+
+
+def test_weight_decay_spares_norms_biases_and_depthwise_filters_when_asked(tmp_path):
+    cfg = tiny_config(tmp_path, "train.weight_decay=0.0005", "train.norm_weight_decay=0", "train.depthwise_weight_decay=0")
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg.train, cfg.flgc)
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(decay_of) == len(list(model.parameters()))
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if "logits" in name:
+                assert decay_of[id(param)] == cfg.flgc.logit_weight_decay
+            elif isinstance(module, torch.nn.BatchNorm2d) or name == "bias":
+                assert decay_of[id(param)] == 0.0
+            elif isinstance(module, torch.nn.Conv2d) and module.groups == module.in_channels > 1:
+                assert decay_of[id(param)] == 0.0
+            else:
+                assert decay_of[id(param)] == 5e-4
+    plain = build_optimizer(model, tiny_config(tmp_path, "train.weight_decay=0.0005").train, cfg.flgc)
+    assert [group["weight_decay"] for group in plain.param_groups] == [5e-4, cfg.flgc.logit_weight_decay]  # weights, logits
