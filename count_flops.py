@@ -10,10 +10,12 @@ import os
 
 import torch
 
-from flgc import checkpoint, config, flops
-from flgc.builders import build_model
-from flgc.cli import ArgumentParser, human_stream, run
+from flgc.engine import checkpoint, config
+from flgc.engine.cli import ArgumentParser, human_stream, run
 from flgc.errors import UsageError
+from flgc.method import flops
+from flgc.models import build_model
+from flgc.records.results import dense_baseline_mflops
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -41,7 +43,7 @@ def load_source(path, is_config, overrides=()):
 
 def measure(model, cfg):
     mflops, params = flops.count(model)
-    baseline = flops.dense_baseline_mflops(cfg)
+    baseline = dense_baseline_mflops(cfg)
     return {"mflops": mflops, "params": params, "baseline_mflops": baseline, "ratio": baseline / mflops}
 
 

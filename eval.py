@@ -1,9 +1,10 @@
 """Evaluate a checkpoint on the CIFAR-10 test set: python eval.py --checkpoint PATH [KEY=VALUE ...] [--json]"""
 import json
 
-from flgc import checkpoint, flops
-from flgc.cli import ArgumentParser, human_stream, run
-from flgc.evaluation import parse_evaluation_overrides, test_metrics
+from flgc.engine import checkpoint
+from flgc.engine.cli import ArgumentParser, human_stream, run
+from flgc.engine.evaluation import parse_evaluation_overrides, test_metrics
+from flgc.method import flops
 
 
 def main(argv=None):

@@ -1,9 +1,9 @@
 """Train a network on CIFAR-10: python train.py --config configs/NAME.yaml [KEY=VALUE ...] [--resume auto|PATH]"""
 import sys
 
-from flgc import config
-from flgc.cli import ArgumentParser, run
-from flgc.runlog import check_plotting
+from flgc.engine import config
+from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.runlog import check_plotting
 
 
 def main():
@@ -14,7 +14,7 @@ def main():
     args = parser.parse_args()
     cfg = config.load(args.config, config.parse_overrides(args.overrides))
     check_plotting(cfg.flgc.plot_interval)
-    from flgc.training import Diverged, Interrupted, fit
+    from flgc.engine.training import Diverged, Interrupted, fit
     try:
         fit(cfg, args.resume)
     except Diverged as err:

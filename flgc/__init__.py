@@ -13,35 +13,35 @@ The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, out
   straight-through gradient: ``hard_group_sizes(layer)`` gives the channel and filter counts per group
   (two float tensors of length G); ``balance_penalty`` / ``budget_penalty`` are the per-layer terms;
   ``structure_stats(model)`` counts empty groups and dead filters. The whole-model MMac target lives in
-  ``flgc.budget``: ``regularizer_penalty(model, kind, target_mflops)`` and
+  ``flgc.method.budget``: ``regularizer_penalty(model, kind, target_mflops)`` and
   ``project_to_budget(model, target_mflops)``, which moves channels and filters until the learned
   structure costs at most ``target_mflops`` MMac.
 - ``convert_model(model, groups=8, select=None)``: turns the chosen nn.Conv2d layers of any network
   (default: every 1x1 conv whose channels G divides) into FLGConv2d in place, keeping weights and geometry.
 - ``create_model(name, **kwargs)`` / ``model_names()``: registered networks (``mobilenetv2_cifar``: input
-  N x 3 x 32 x 32, output N x num_classes logits); ``build_model(cfg)``: the network a flgc.config.Config
+  N x 3 x 32 x 32, output N x num_classes logits); ``build_model(cfg)``: the network a flgc.engine.config.Config
   describes.
 - ``load_model(path, overrides=())``: a checkpoint written by train.py (or scripts/deploy.py) as
   ``Loaded(model, config, payload)``, the model on CPU.
 - ``flgc.deploy.convert(model, batch_size=1)``: the inference form of a trained network, computing only
   in-group connections (BatchNorm folded; a copy in eval mode).
 
-``import flgc`` loads only the layer, the regularizer, the conversion and the model registry; the run
-machinery (flgc.config, flgc.data, flgc.step, flgc.training, flgc.evaluation, flgc.checkpoint, flgc.flops) and flgc.deploy load when
-first used.
+``import flgc`` loads only the method's layer, regularizer and conversion and the model registry; the run
+engine (flgc.engine: config, data, training, evaluation, checkpoints), the MMac counting (flgc.method.flops),
+the records (flgc.records) and flgc.deploy load when first used.
 """
 import importlib
 
-from .builders import build_model
-from .convert import convert_model
-from .layer import FLGConv2d, hard_assignment
-from .models import create_model, model_names, register_model
-from .regularizer import balance_penalty, budget_penalty, group_regularizer, hard_group_sizes, structure_stats
+from .method.convert import convert_model
+from .method.layer import FLGConv2d, hard_assignment
+from .method.regularizer import balance_penalty, budget_penalty, group_regularizer, hard_group_sizes, structure_stats
+from .models import build_model, create_model, model_names, register_model
 
 __version__ = "0.2.0"
 
 # name -> module that defines it, imported on first access (these pull in yaml, or the deploy package)
-_LAZY = {"load_model": "flgc.checkpoint", "Loaded": "flgc.checkpoint", "project_to_budget": "flgc.budget",
+_LAZY = {"load_model": "flgc.engine.checkpoint", "Loaded": "flgc.engine.checkpoint",
+         "project_to_budget": "flgc.method.budget",
          "deploy": None}
 
 __all__ = ["FLGConv2d", "Loaded", "__version__", "balance_penalty", "budget_penalty", "build_model", "convert_model",

@@ -1,4 +1,4 @@
-"""Bad input from a user: one line on stderr and exit code 2 (see flgc.cli)."""
+"""Bad input from a user: one line on stderr and exit code 2 (see flgc.engine.cli)."""
 
 
 class UsageError(Exception):

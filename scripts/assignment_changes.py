@@ -6,9 +6,9 @@ Each cell is 'inputs/filters' that changed group during that epoch (from RUN_DIR
 import json
 import os
 
-from flgc.cli import ArgumentParser, human_stream, run
+from flgc.engine.cli import ArgumentParser, human_stream, run
+from flgc.engine.runlog import METRICS, read_metrics
 from flgc.errors import UsageError
-from flgc.runlog import METRICS, read_metrics
 
 
 def read_rows(run_dir):

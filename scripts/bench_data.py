@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from flgc import config
-from flgc.cli import ArgumentParser, run
-from flgc.data import Batches, UncheckedCIFAR10, load_split
+from flgc.engine import config
+from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.data import Batches, UncheckedCIFAR10, load_split
 from flgc.errors import UsageError
 
 

@@ -23,12 +23,14 @@ import torch.nn as nn
 import yardsticks
 
 import flgc
-from flgc import checkpoint, deploy, flops
-from flgc.cli import ArgumentParser, run
-from flgc.convert import assign_balanced, pointwise_convs
+from flgc import deploy
 from flgc.deploy import export, native
+from flgc.engine import checkpoint
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 from flgc.extras import require
+from flgc.method import flops
+from flgc.method.convert import assign_balanced, pointwise_convs
 from flgc.models import MobileNetV2
 
 GROUPS = 8

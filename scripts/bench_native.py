@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 import yardsticks
 
-from flgc.cli import ArgumentParser, run
 from flgc.deploy import native
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 STREAM = [(256, 56, 3), (512, 28, 4), (1024, 14, 6), (2048, 7, 2)]  # channels, size, permuted sums per forward

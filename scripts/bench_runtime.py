@@ -17,7 +17,7 @@ import sys
 
 from runtime_env import SETTINGS, environment
 
-from flgc.cli import ArgumentParser, run
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -6,7 +6,7 @@ python scripts/bench_train.py [--settings] --only NAME [...]
 python scripts/bench_train.py --projections [--threads 2] [--batch 128] [--repeats 10] [--json]
 python scripts/bench_train.py --device cuda [--batch 512] [--modes eager,graphs] [--repeats 30] [--json]
 Random inputs at batch 128, channels_last, CPU by default; the variants are timed in interleaved
-rounds and the medians reported. A step is the trainer's (flgc.step): its objective (network, cross-entropy,
+rounds and the medians reported. A step is the trainer's (flgc.engine.step): its objective (network, cross-entropy,
 group regularizer, under train.amp autocast) then backward and the SGD step. On CUDA every step is
 timed with CUDA events after warm-up steps (which also compile), and each variant runs in each
 --mode: eager, inductor (torch.compile) and graphs (torch.compile mode="reduce-overhead": forward
@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from yardsticks import interleaved_medians
 
-from flgc import config
-from flgc.builders import build_model
-from flgc.cli import ArgumentParser, run
+from flgc.engine import config
+from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.optim import build_optimizer
+from flgc.engine.step import autocast, compiled, objective, resolve_amp, weighted_penalty
 from flgc.errors import UsageError
-from flgc.layer import flgc_layers
+from flgc.method.layer import flgc_layers
+from flgc.models import build_model
 from flgc.models.mobilenetv2 import InvertedResidual
-from flgc.optim import build_optimizer
-from flgc.step import autocast, compiled, objective, resolve_amp, weighted_penalty
 
 VARIANTS = {"dense": ["flgc.pointwise=dense"], "sgc8": ["flgc.pointwise=group"], "flgc8": ["flgc.pointwise=flgc"],
             "flgc8-frozen": ["flgc.pointwise=flgc", "flgc.logit_init_std=1"],
@@ -48,7 +48,7 @@ MODES = {"eager": "none", "inductor": "inductor", "graphs": "cudagraphs"}
 
 
 def stepper(name, overrides, batch, amp, channels_last=True, compile="none", device=torch.device("cpu")):
-    """One training step of a variant as flgc.step makes it, on random inputs."""
+    """One training step of a variant as flgc.engine.step makes it, on random inputs."""
     cfg = config.from_dict({}, config.parse_overrides(overrides + [f"train.amp={amp}"]))
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format

@@ -6,9 +6,10 @@ evaluates with `python eval.py --checkpoint DST`.
 """
 import os
 
-from flgc import checkpoint, config, reference
-from flgc.cli import ArgumentParser, run
+from flgc.engine import checkpoint, config
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.records import reference
 
 
 def main(argv=None):

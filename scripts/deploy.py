@@ -7,10 +7,12 @@ import os
 
 import torch
 
-from flgc import checkpoint, deploy, flops
-from flgc.cli import ArgumentParser, run
+from flgc import deploy
 from flgc.deploy import native
+from flgc.engine import checkpoint
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.method import flops
 
 TOLERANCE = 1e-4
 

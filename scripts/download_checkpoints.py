@@ -7,9 +7,9 @@ Verified files are skipped; an interrupted download resumes; nothing unverified 
 import os
 import sys
 
-from flgc import releases
-from flgc.cli import ArgumentParser, run
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.records import releases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

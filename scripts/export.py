@@ -6,9 +6,10 @@ normalised images (dynamic batch for ONNX), the output N x 10 logits.
 """
 import os
 
-from flgc import checkpoint, deploy
-from flgc.cli import ArgumentParser, run
+from flgc import deploy
 from flgc.deploy import export
+from flgc.engine import checkpoint
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 

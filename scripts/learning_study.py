@@ -17,7 +17,7 @@ import sys
 
 import yaml
 
-from flgc.cli import ArgumentParser, run
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,12 +4,12 @@ python scripts/plot_groups.py CHECKPOINT --out FILE.png
 """
 import os
 
-from flgc import checkpoint
-from flgc.cli import ArgumentParser, run
+from flgc.engine import checkpoint
+from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 from flgc.extras import require
 from flgc.fileio import atomic_path
-from flgc.layer import FLGConv2d
+from flgc.method.layer import FLGConv2d
 
 
 def main(argv=None):
@@ -24,7 +24,7 @@ def main(argv=None):
     model, _, payload = checkpoint.load_model(args.checkpoint)
     if not any(isinstance(m, FLGConv2d) for m in model.modules()):
         raise UsageError(f"checkpoint {args.checkpoint} has no FLGC layers to draw")
-    from flgc.plots import group_figure
+    from flgc.engine.plots import group_figure
     figure = group_figure(model, args.title or f"{args.checkpoint} (epoch {payload.get('epoch', '?')})")
     with atomic_path(args.out) as temp:
         figure.savefig(temp, dpi=110, format=os.path.splitext(args.out)[1][1:])

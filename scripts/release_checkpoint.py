@@ -13,10 +13,10 @@ Releasing over an entry whose file has another sha256 is refused unless --force.
 """
 import os
 
-from flgc import release
-from flgc.cli import ArgumentParser, run
+from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.evaluation import parse_evaluation_overrides
 from flgc.errors import UsageError
-from flgc.evaluation import parse_evaluation_overrides
+from flgc.records import release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

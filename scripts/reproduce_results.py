@@ -10,10 +10,11 @@ python scripts/reproduce_results.py --random-data DIR   writes random images in 
 import json
 import os
 
-from flgc import checkpoint, flops
-from flgc.cli import ArgumentParser, run
-from flgc.data import write_random_cifar
+from flgc.engine import checkpoint
+from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.data import write_random_cifar
 from flgc.errors import UsageError
+from flgc.method import flops
 
 LIMIT_BYTES = 16 * 2**20
 

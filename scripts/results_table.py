@@ -8,9 +8,9 @@ the data are at hand (data.root=DIR), else taken from what the checkpoint record
 import os
 import sys
 
-from flgc import results
-from flgc.cli import ArgumentParser, run
-from flgc.evaluation import parse_evaluation_overrides
+from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.evaluation import parse_evaluation_overrides
+from flgc.records import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.nn as nn
 
-from flgc.data import write_random_cifar
+from flgc.engine.data import write_random_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a directory holding cifar-10-batches-py/ (real CIFAR-10 or a re-encoded copy) for the real-data test
@@ -66,7 +66,7 @@ def run_main(path, *argv):
     import inspect
     from unittest import mock
 
-    from flgc.cli import run
+    from flgc.engine.cli import run
     main, argv = load_script(path).main, [str(a) for a in argv]
     try:
         if inspect.signature(main).parameters:

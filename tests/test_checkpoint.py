@@ -5,10 +5,10 @@ import re
 import pytest
 import torch
 
-from flgc import checkpoint, config
-from flgc.builders import build_model
+from flgc.engine import checkpoint, config
 from flgc.errors import UsageError
 from flgc.fileio import atomic_path
+from flgc.models import build_model
 
 
 class Exploit:

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from flgc import config
+from flgc.engine import config
 from flgc.errors import UsageError
 
 

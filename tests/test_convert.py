@@ -6,11 +6,12 @@ import torchvision
 from helpers import TOLERANCE, max_difference, randomise
 
 import flgc
-from flgc import FLGConv2d, deploy, flops
-from flgc.convert import assign_balanced
+from flgc import FLGConv2d, deploy
 from flgc.deploy import BlockPointwise, GroupedConv
+from flgc.engine.training import assignments, reassignments
+from flgc.method import flops
+from flgc.method.convert import assign_balanced
 from flgc.models import MobileNetV2
-from flgc.training import assignments, reassignments
 
 
 def torchvision_model(name):

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from flgc import config
-from flgc.data import Batches, augment_params
+from flgc.engine import config
+from flgc.engine.data import Batches, augment_params
 from flgc.errors import UsageError
 
 

@@ -6,8 +6,9 @@ from helpers import TOLERANCE, max_difference, randomise
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flgc import FLGConv2d, deploy, flops
+from flgc import FLGConv2d, deploy
 from flgc.deploy import BlockPointwise, GroupedConv
+from flgc.method import flops
 from flgc.models import MobileNetV2
 from flgc.models.mobilenetv2 import InvertedResidual
 from flgc.models.pointwise import pointwise_conv
@@ -160,8 +161,8 @@ def test_matmul_kernel_is_a_batched_product_and_round_trips():
 
 
 def test_grouped_matmul_counts_the_macs_of_the_conv_it_replaces():
-    from flgc import flops
     from flgc.deploy.modules import GroupedConv
+    from flgc.method import flops
     counts = {}
     for matmul in (False, True):
         model = nn.Sequential(GroupedConv(64, 64, 64, 64, 8, matmul=matmul))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import randomise
 
-from flgc import checkpoint, config
-from flgc.builders import build_model
+from flgc.engine import checkpoint, config
+from flgc.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import ROOT, run_cli, write_tiny_cifar
 
-from flgc import checkpoint, config, training
+from flgc.engine import checkpoint, config, training
+from flgc.engine.step import EpochSums
 from flgc.errors import UsageError
-from flgc.step import EpochSums
 
 
 def tiny_cfg(tmp_path, out, *overrides):
@@ -210,7 +210,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     cfg = config.load("configs/mbv2_flgc8.yaml")
     torch.manual_seed(cfg.seed)
-    from flgc.builders import build_model
+    from flgc.models import build_model
     start = build_model(cfg).state_dict()
     one, two, control = (parameters(tmp_path / n / "last.pt") for n in ("one", "two", "control"))
     assert one.keys() == two.keys()

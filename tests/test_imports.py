@@ -1,6 +1,7 @@
-"""The import graph of the flgc package points down: no circles, the core modules stay free of the run
-machinery, the training core free of deployment (flgc.deploy, an optional layer on top), and nothing in
-the repository edits sys.path."""
+"""The import graph of the flgc package points down: no circles, each room imports only rooms below it
+(records -> engine -> models -> method -> the ground floor), the method stays free of the run machinery,
+the training core free of deployment (flgc.deploy, an optional layer on top), and nothing in the
+repository edits sys.path."""
 import ast
 import os
 import shutil
@@ -14,11 +15,13 @@ from helpers import ROOT, write_tiny_cifar
 
 PACKAGE = os.path.join(ROOT, "flgc")
 # the core a library user imports: it must not pull in configs, data, training, checkpoints or CLIs
-CORE = ("flgc.layer", "flgc.planner", "flgc.regularizer")
-RUN_MACHINERY = ("flgc.config", "flgc.data", "flgc.step", "flgc.training", "flgc.evaluation", "flgc.checkpoint",
-                 "flgc.cli", "flgc.runlog", "flgc.distributed", "flgc.optim", "flgc.builders", "flgc.plots",
-                 "flgc.results", "flgc.releases", "flgc.release", "flgc.provenance", "flgc.reference", "flgc.flops",
-                 "flgc.fileio", "flgc.deploy", "flgc.models")
+CORE = ("flgc.method.layer", "flgc.method.planner", "flgc.method.regularizer")
+RUN_MACHINERY = ("flgc.engine", "flgc.records", "flgc.models", "flgc.deploy", "flgc.method.flops", "flgc.fileio")
+# the rooms from the bottom up: a module imports only modules of its own room or of a room below it
+ROOMS = (("flgc.errors", "flgc.fileio", "flgc.extras"), ("flgc.method",), ("flgc.models",), ("flgc.engine",),
+         ("flgc.records",))
+# deployment sits on top of the method and the models, and needs of the engine only the checkpoint format
+DEPLOYMENT_MAY_IMPORT = ROOMS[0] + ROOMS[1] + ROOMS[2] + ("flgc.engine.checkpoint",)
 DEPLOYMENT = "flgc.deploy"  # the optional layer: everything under it may import the core, never the reverse
 # what only deployment may import: its compiled kernels' build, its exporters
 DEPLOYMENT_ONLY = ("onnx", "onnxruntime", "ninja", "torch.utils.cpp_extension")
@@ -97,8 +100,9 @@ def reachable(graph, start):
 
 def test_the_graph_sees_relative_absolute_and_function_level_imports():
     graph = import_graph()
-    assert "flgc.layer" in graph["flgc.regularizer"]  # from .layer import FLGConv2d
-    assert "flgc.config" in graph["flgc.checkpoint"]  # from . import config as config_lib
+    assert "flgc.method.layer" in graph["flgc.method.regularizer"]  # from .layer import FLGConv2d
+    assert "flgc.engine.config" in graph["flgc.engine.checkpoint"]  # from . import config as config_lib
+    assert "flgc.method.layer" in graph["flgc.models.pointwise"]  # from ..method.layer import FLGConv2d
     assert "flgc.models.registry" in graph["flgc.models"]  # a package's relative import
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -107,6 +111,28 @@ def test_the_graph_sees_relative_absolute_and_function_level_imports():
 def test_no_import_circles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def room_of(module):
+    """The floor of `module` (0: the ground floor ... 4: records), or None outside the rooms (flgc.deploy)."""
+    return next((floor for floor, prefixes in enumerate(ROOMS)
+                 if any(module == p or module.startswith(p + ".") for p in prefixes)), None)
+
+
+def test_every_module_lives_in_a_room_and_imports_point_down():
+    """flgc/__init__.py (the public API) may reach into any room; every other module imports only its own
+    room and the rooms below; deployment only the rooms it builds on and the checkpoint format."""
+    graph = import_graph()
+    for module, targets in graph.items():
+        if module == "flgc":
+            continue
+        if module == DEPLOYMENT or module.startswith(DEPLOYMENT + "."):
+            allowed = [t for t in targets if not t.startswith(DEPLOYMENT)]
+            upward = sorted(t for t in allowed if not any(t == p or t.startswith(p + ".") for p in DEPLOYMENT_MAY_IMPORT))
+        else:
+            assert room_of(module) is not None, f"{module} is in no room"
+            upward = sorted(t for t in targets if t == "flgc" or room_of(t) is None or room_of(t) > room_of(module))
+        assert not upward, f"{module} imports {upward}, above its room"
 
 
 def core_modules(graph):
@@ -125,7 +151,8 @@ def external_imports(path):
 def test_the_training_core_imports_nothing_of_deployment():
     graph, files = import_graph(), module_files()
     core = core_modules(graph)
-    assert {"flgc.layer", "flgc.planner", "flgc.flops", "flgc.checkpoint", "flgc.training", "flgc.step"} <= set(core)
+    assert {"flgc.method.layer", "flgc.method.planner", "flgc.method.flops", "flgc.engine.checkpoint",
+            "flgc.engine.training", "flgc.engine.step"} <= set(core)
     assert "flgc.deploy.native" in graph and "flgc.deploy.export" in graph
     for module in core:
         upward = sorted(m for m in reachable(graph, module) if m == DEPLOYMENT or m.startswith(DEPLOYMENT + "."))
@@ -153,11 +180,12 @@ BLOCKED = ("flgc.deploy", "onnx", "onnxruntime", "ninja", "matplotlib")
 for name in BLOCKED:
     sys.modules[name] = None
 import torch
-from flgc import checkpoint, config, flops
-from flgc.builders import build_model
-from flgc.training import fit
+from flgc.engine import checkpoint, config
+from flgc.engine.training import fit
 from flgc.errors import UsageError
-from flgc.layer import FLGConv2d
+from flgc.method import flops
+from flgc.method.layer import FLGConv2d
+from flgc.models import build_model
 
 cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([
     "data.root=" + sys.argv[1], "data.verify_checksums=false", "out_dir=" + sys.argv[2], "train.batch_size=20",
@@ -188,8 +216,9 @@ def test_the_core_trains_counts_and_loads_without_deployment(tmp_path):
     unimportable; a deployed checkpoint then needs the deploy layer, and says so in one line."""
     import torch
 
-    from flgc import checkpoint, config, deploy
-    from flgc.builders import build_model
+    from flgc import deploy
+    from flgc.engine import checkpoint, config
+    from flgc.models import build_model
     cfg = config.load("configs/mbv2_flgc8.yaml")
     deployed = deploy.convert(build_model(cfg).eval(), strategy="conv")
     checkpoint.save(str(tmp_path / "deployed.pt"), checkpoint.deployed_payload(deployed, config.to_dict(cfg)))
@@ -208,7 +237,9 @@ def test_the_core_trains_counts_and_loads_without_deployment(tmp_path):
 
 
 def test_deployment_registers_its_flop_hooks_and_checkpoint_rebuilder():
-    from flgc import checkpoint, deploy, flops
+    from flgc import deploy
+    from flgc.engine import checkpoint
+    from flgc.method import flops
     assert flops._REGISTERED_HOOKS[deploy.BlockPointwise] is deploy.counting.block_pointwise_hook
     assert flops._REGISTERED_HOOKS[deploy.GroupedConv] is deploy.counting.grouped_conv_hook
     assert checkpoint.rebuilder("deploy_spec", "unused.pt") is deploy.rebuild
@@ -243,7 +274,7 @@ def test_no_sys_path_edits_anywhere():
 
 def test_import_flgc_is_light_and_gives_the_public_api():
     code = ("import sys, flgc; assert flgc.__version__; flgc.FLGConv2d, flgc.group_regularizer, flgc.convert_model;"
-            "heavy = sorted(m for m in sys.modules if m.startswith(('flgc.step', 'flgc.training', 'flgc.data', 'flgc.deploy', "
+            "heavy = sorted(m for m in sys.modules if m.startswith(('flgc.engine', 'flgc.records', 'flgc.deploy', "
             "'torchvision', 'yaml', 'onnx')));"
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], cwd=tempfile.gettempdir(), capture_output=True, text=True,

@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flgc import FLGConv2d, flops, hard_assignment
-from flgc.builders import build_model
-from flgc.config import load, parse_overrides
+from flgc import FLGConv2d, hard_assignment
+from flgc.engine.config import load, parse_overrides
+from flgc.method import flops
+from flgc.models import build_model
 
 
 def set_assignment(layer, input_groups, output_groups):

@@ -2,9 +2,10 @@ import pytest
 import torch
 from ptflops import get_model_complexity_info
 
-from flgc import FLGConv2d, config, flops
-from flgc.builders import build_model
-from flgc.models import MobileNetV2
+from flgc import FLGConv2d
+from flgc.engine import config
+from flgc.method import flops
+from flgc.models import MobileNetV2, build_model
 
 
 def build(path):
@@ -67,7 +68,7 @@ def replace_batchnorms(model, make):
 
 
 def test_synchronised_batchnorm_counts_like_batchnorm():
-    from flgc.distributed import CPUSyncBatchNorm
+    from flgc.engine.distributed import CPUSyncBatchNorm
     model = build("configs/mbv2_flgc8.yaml")
     before = flops.count(model)
     assert flops.count(torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)) == before

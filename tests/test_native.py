@@ -14,9 +14,10 @@ import torchvision
 from helpers import TOLERANCE, kernels_missing, randomise
 
 import flgc
-from flgc import deploy, flops
-from flgc.convert import assign_balanced
+from flgc import deploy
 from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum, export, native
+from flgc.method import flops
+from flgc.method.convert import assign_balanced
 
 MISSING = kernels_missing()
 needs_kernels = pytest.mark.skipif(bool(MISSING), reason=MISSING)

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import run_main
 
-from flgc import checkpoint
+from flgc.engine import checkpoint
 
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 

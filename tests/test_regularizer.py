@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from helpers import run_main
 
-from flgc import checkpoint, config, flops
-from flgc.budget import model_mflops, project_to_budget, regularizer_penalty
+from flgc.engine import checkpoint, config
+from flgc.engine.training import fit
 from flgc.errors import UsageError
-from flgc.layer import FLGConv2d
+from flgc.method import flops
+from flgc.method.budget import model_mflops, project_to_budget, regularizer_penalty
+from flgc.method.layer import FLGConv2d
+from flgc.method.regularizer import connections, group_regularizer, hard_group_sizes, project_to_fraction, structure_stats
 from flgc.models import MobileNetV2
-from flgc.regularizer import connections, group_regularizer, hard_group_sizes, project_to_fraction, structure_stats
-from flgc.training import fit
 
 
 def set_assignment(layer, input_groups, output_groups, noise=0.0):

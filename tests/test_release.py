@@ -1,4 +1,4 @@
-"""Releasing a finished run (flgc.release, scripts/release_checkpoint.py): the file and its manifest entry,
+"""Releasing a finished run (flgc.records.release, scripts/release_checkpoint.py): the file and its manifest entry,
 the accuracy eval.py reproduces, and refusals that leave every file as it was."""
 import json
 import os
@@ -8,9 +8,10 @@ import torch
 import yaml
 from helpers import ROOT, assert_usage_error, last_json, run_captured, write_tiny_cifar
 
-from flgc import config, release, training
+from flgc.engine import config, training
 from flgc.errors import UsageError
-from flgc.releases import load_manifest, sha256_file
+from flgc.records import release
+from flgc.records.releases import load_manifest, sha256_file
 
 RECIPE = {"seed": 0, "data": {"train_subset": 40, "test_subset": 20, "download": False},
           "train": {"epochs": 1, "batch_size": 20, "eval_batch_size": 20, "progress": False, "lr": 0.05},

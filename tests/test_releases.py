@@ -9,7 +9,7 @@ import pytest
 from helpers import ROOT, run_main
 
 from flgc.errors import UsageError
-from flgc.releases import load_manifest
+from flgc.records.releases import load_manifest
 
 PAYLOAD = os.urandom(300_000)
 

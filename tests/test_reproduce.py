@@ -3,7 +3,7 @@ import json
 
 from helpers import assert_usage_error, write_tiny_cifar
 
-from flgc import checkpoint, config, training
+from flgc.engine import checkpoint, config, training
 
 
 def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):

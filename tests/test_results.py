@@ -1,4 +1,4 @@
-"""scripts/results_table.py and flgc/results.py: published rows next to local runs, --json, --plot,
+"""scripts/results_table.py and flgc/records/results.py: published rows next to local runs, --json, --plot,
 the README table, released checkpoints, bad input."""
 import hashlib
 import json
@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt
 import pytest
 from helpers import ROOT, write_tiny_cifar
 
-from flgc import checkpoint, config, flops, results, training
+from flgc.engine import checkpoint, config, training
+from flgc.method import flops
+from flgc.records import results
 
 SCRIPT = os.path.join(ROOT, "scripts", "results_table.py")
 EMPTY = '{"checkpoints": []}'

@@ -1,21 +1,21 @@
-"""The training step and run (flgc.step, flgc.training): FLGC handling (reassignment tracking, freeze,
+"""The training step and run (flgc.engine.step, flgc.engine.training): FLGC handling (reassignment tracking, freeze,
 the gradient ablation switch), on-device sums, compile choices and the fallback to eager, and the
-optimizer and schedule of flgc.optim."""
+optimizer and schedule of flgc.engine.optim."""
 import math
 
 import pytest
 import torch
 from helpers import write_tiny_cifar
 
-from flgc import config
-from flgc.builders import build_model
-from flgc.data import make_batches
+from flgc.engine import config
+from flgc.engine.data import make_batches
+from flgc.engine.optim import build_optimizer, build_scheduler, lr_factor
+from flgc.engine.step import EpochSums, compiled, objective, resolve_compile, train_steps
+from flgc.engine.training import assignments, prepare_flgc, reassignments, temperature
 from flgc.errors import UsageError
-from flgc.layer import flgc_layers
-from flgc.optim import build_optimizer, build_scheduler, lr_factor
-from flgc.regularizer import group_regularizer
-from flgc.step import EpochSums, compiled, objective, resolve_compile, train_steps
-from flgc.training import assignments, prepare_flgc, reassignments, temperature
+from flgc.method.layer import flgc_layers
+from flgc.method.regularizer import group_regularizer
+from flgc.models import build_model
 
 
 def tiny_config(tmp_path, *overrides):
@@ -99,7 +99,7 @@ def test_temperature_schedule_is_geometric(tmp_path):
 
 
 def test_amp_setting_reaches_the_convolutions():
-    from flgc.step import autocast, resolve_amp
+    from flgc.engine.step import autocast, resolve_amp
     conv = torch.nn.Conv2d(3, 4, 3)
     cpu = torch.device("cpu")
     for amp, dtype in (("none", torch.float32), ("bf16", torch.bfloat16)):
@@ -109,7 +109,7 @@ def test_amp_setting_reaches_the_convolutions():
 
 
 def test_auto_amp_follows_the_cpus_bf16_support(monkeypatch, capsys):
-    from flgc import step
+    from flgc.engine import step
     cpu = torch.device("cpu")
     for native, expected in ((True, "bf16"), (False, "none")):
         monkeypatch.setattr(step, "cpu_computes_bf16", lambda native=native: native)
@@ -188,7 +188,7 @@ class _FailsInBackward(torch.autograd.Function):
 
 
 def _failing_compiler(where, at_call):
-    """A stand-in for flgc.step.compiled whose result fails in the forward or the backward of its
+    """A stand-in for flgc.engine.step.compiled whose result fails in the forward or the backward of its
     `at_call`-th call (the calls before it compute what eager does)."""
     def compiled_stub(fn, choice):
         if choice == "none":
@@ -210,7 +210,7 @@ def _failing_compiler(where, at_call):
 @pytest.mark.parametrize("where, at_call", [("forward", 1), ("backward", 1), ("backward", 3)])
 def test_a_failing_compile_warns_once_and_continues_eager_with_the_same_results(tmp_path, monkeypatch, capsys,
                                                                                 where, at_call):
-    from flgc import step, training
+    from flgc.engine import step, training
     runs = {}
     for choice in ("none", "inductor"):
         cfg = tiny_config(tmp_path, "train.epochs=2", "train.batch_size=10", "train.progress=false",

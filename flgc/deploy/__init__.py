@@ -3,8 +3,8 @@
 An optional layer on top of the training core (pip install -e ".[deploy]" adds ninja for the compiled
 kernels, onnx and onnxruntime for export): the core never imports it. Importing it registers with
 the core what the core needs to know of deployed networks: their MAC counts
-(flgc.flops.register_flop_hook) and the rebuilding of deployed checkpoints
-(flgc.checkpoint.register_rebuilder, which flgc.checkpoint triggers by importing flgc.deploy).
+(flgc.method.flops.register_flop_hook) and the rebuilding of deployed checkpoints
+(flgc.engine.checkpoint.register_rebuilder, which flgc.engine.checkpoint triggers by importing flgc.deploy).
 
 convert(model) folds every BatchNorm into the convolution before it and rewrites the grouped convs
 (FLGC's learned groups, standard group conv) so that each group's input channels and filters are
@@ -19,8 +19,8 @@ records the replaced modules and any dataflow edits as a plain-data spec (model.
 checkpoint can rebuild it: rebuild(model, spec). flgc.deploy.native holds the compiled CPU kernels,
 flgc.deploy.export the ONNX and TorchScript export.
 """
-from ..checkpoint import register_rebuilder
-from ..flops import register_flop_hook
+from ..engine.checkpoint import register_rebuilder
+from ..method.flops import register_flop_hook
 from .counting import block_pointwise_hook, grouped_conv_hook
 from .modules import BlockPointwise, ChannelGather, GroupedConv, PermutedAdd, PermutedSum
 from .network import STRATEGIES, convert, fold_batchnorm, rebuild

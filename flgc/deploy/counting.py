@@ -1,5 +1,5 @@
-"""MAC counts of the deployed modules, as flgc.flops counts other modules (ptflops's convention: bias
-adds included). flgc.deploy registers these hooks with flgc.flops.register_flop_hook on import."""
+"""MAC counts of the deployed modules, as flgc.method.flops counts other modules (ptflops's convention: bias
+adds included). flgc.deploy registers these hooks with flgc.method.flops.register_flop_hook on import."""
 
 
 def block_pointwise_hook(module, inputs, output):

@@ -4,7 +4,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from ..layer import FLGConv2d
+from ..method.layer import FLGConv2d
 from .modules import set_module
 
 

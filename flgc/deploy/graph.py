@@ -20,8 +20,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layer import FLGConv2d
-from ..planner import Plan, index_in, plan_pointwise, take_rows
+from ..method.layer import FLGConv2d
+from ..method.planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
 from .orders import carry_orders, fuse_sums, reads_sum, worth_carrying
 from .pointwise import build_pointwise, kernel_choices

@@ -11,9 +11,9 @@ computes one product per run of hidden channels that share an expand group.
 import torch
 import torch.nn as nn
 
-from ..layer import FLGConv2d
+from ..method.layer import FLGConv2d
+from ..method.planner import Plan, plan_pointwise, take_rows
 from ..models.mobilenetv2 import InvertedResidual
-from ..planner import Plan, plan_pointwise, take_rows
 from .folding import folded, groups_of, plain_conv
 from .modules import BlockPointwise, ChannelGather
 from .pointwise import build_pointwise, kernel_choices

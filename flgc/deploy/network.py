@@ -4,7 +4,7 @@ import copy
 import torch
 import torch.fx as fx
 
-from ..layer import FLGConv2d
+from ..method.layer import FLGConv2d
 from .folding import fold_sequences
 from .graph import deploy as deploy_graph
 from .graph import fold_pairs, trace

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..planner import index_in, take_rows
+from ..method.planner import index_in, take_rows
 from .folding import is_depthwise
 from .modules import ChannelGather, Orders, PermutedAdd, PermutedSum
 

@@ -1,7 +1,7 @@
-"""A planned grouped convolution (flgc.planner.Plan) as an inference module."""
+"""A planned grouped convolution (flgc.method.planner.Plan) as an inference module."""
 import torch
 
-from ..planner import plan_pointwise, positions, take_rows
+from ..method.planner import plan_pointwise, positions, take_rows
 from . import native
 from .folding import folded
 from .modules import BlockPointwise, GroupedConv

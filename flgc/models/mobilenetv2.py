@@ -7,7 +7,7 @@ from functools import partial
 
 import torch.nn as nn
 
-from ..layer import FLGConv2d
+from ..method.layer import FLGConv2d
 from .pointwise import pointwise_conv
 from .registry import register_model
 

@@ -1,7 +1,7 @@
 """The one place where the kind of a 1x1 convolution is chosen: dense, standard group, or FLGC."""
 import torch.nn as nn
 
-from ..layer import FLGConv2d
+from ..method.layer import FLGConv2d
 
 KINDS = ("dense", "group", "flgc")
 

@@ -1,4 +1,7 @@
-"""Model builders by name (as timm's registry): a model module registers itself on import."""
+"""Model builders by name (as timm's registry): a model module registers itself on import;
+build_model(cfg) builds the one a config names."""
+from ..errors import UsageError
+
 _MODELS = {}
 
 
@@ -25,3 +28,17 @@ def create_model(name, **kwargs):
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; allowed: {', '.join(model_names())}")
     return _MODELS[name](**kwargs)
+
+
+def build_model(cfg):
+    """The network described by a Config (cfg.model and cfg.flgc; see flgc.engine.config), freshly
+    initialised on CPU: create_model with the config's keys. Bad structure settings raise UsageError."""
+    if cfg.model.name not in model_names():
+        raise UsageError(f"unknown model {cfg.model.name!r}; allowed: {', '.join(model_names())}")
+    f = cfg.flgc
+    try:
+        return create_model(cfg.model.name, num_classes=cfg.model.num_classes, pointwise=f.pointwise,
+                            groups=f.groups, where=f.where, logit_init_std=f.logit_init_std, init=f.init,
+                            gradient=f.gradient)
+    except ValueError as err:
+        raise UsageError(f"bad model configuration: {err}") from None

@@ -2,7 +2,7 @@
 regularizer) under train.compile, and the loop over a stretch of steps that never waits for the device.
 
 A step is forward_backward (objective, then its backward) followed by the optimizer's step; the
-training run (flgc.training) calls train_steps for every stretch of an epoch.
+training run (flgc.engine.training) calls train_steps for every stretch of an epoch.
 """
 import contextlib
 import functools
@@ -10,10 +10,10 @@ import sys
 
 import torch
 
+from ..errors import UsageError
+from ..method.budget import regularizer_penalty
+from ..method.layer import flgc_layers
 from . import distributed
-from .budget import regularizer_penalty
-from .errors import UsageError
-from .layer import flgc_layers
 
 
 # --- device and precision --------------------------------------------------------------------
@@ -173,7 +173,7 @@ class EpochSums:
 
 
 def weighted_penalty(model, reg):
-    """penalty() -> weight x the regularizer `reg` (flgc.regularizer config) of `model`'s trainable FLGC
+    """penalty() -> weight x the regularizer `reg` (the flgc.regularizer config keys) of `model`'s trainable FLGC
     layers; None when it is 0 (no weight, or no FLGC layer still learning)."""
     if not reg.weight or all(layer.frozen for _, layer in flgc_layers(model)):
         return None

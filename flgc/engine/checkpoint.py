@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..errors import UsageError
+from ..extras import install_command
+from ..fileio import atomic_path
+from ..models import build_model
 from . import config as config_lib
-from .builders import build_model
-from .errors import UsageError
-from .extras import install_command
-from .fileio import atomic_path
 
 FORMAT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
@@ -158,7 +158,7 @@ def model_from(payload, path, cfg=None):
 def load_model(path, overrides=()):
     """Load the checkpoint at `path`: Loaded(model, config, payload); the model is on CPU, in train mode.
 
-    `overrides` ((key, value) pairs, see flgc.config.parse_overrides) change the stored config, e.g. the
+    `overrides` ((key, value) pairs, see flgc.engine.config.parse_overrides) change the stored config, e.g. the
     data keys for evaluation; one that changes the architecture makes the weights not fit (UsageError).
     """
     payload = load(path)

@@ -119,7 +119,7 @@ def project_to_fraction(model, fraction=None):
 def group_regularizer(model, kind, target_fraction=None):
     """The penalty of `kind` on `model` (a scalar tensor, 0 without trainable FLGC layers); budget is
     per layer, with target_fraction of the dense layer (default 1/G). The whole-model MMac target is
-    flgc.budget.regularizer_penalty."""
+    flgc.method.budget.regularizer_penalty."""
     if kind not in KINDS:
         raise ValueError(f"unknown regularizer {kind!r}; allowed: {', '.join(KINDS)}")
     layers = [m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen]

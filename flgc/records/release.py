@@ -11,11 +11,13 @@ import os
 import re
 import tempfile
 
-from . import checkpoint, flops, releases, runlog
-from . import config as config_lib
-from .errors import UsageError
-from .fileio import publish
-from .regularizer import structure_stats
+from ..engine import checkpoint, runlog
+from ..engine import config as config_lib
+from ..errors import UsageError
+from ..fileio import publish
+from ..method import flops
+from ..method.regularizer import structure_stats
+from . import releases
 from .results import recipe_of, structure
 
 LIMIT_BYTES = 12 * 10**6
@@ -94,7 +96,7 @@ def write_slim(payload, released_cfg, directory):
 
 def measure(path, data_overrides):
     """{accuracy, test_images, mflops, params, structure counts} of the checkpoint file at `path`."""
-    from .evaluation import test_metrics
+    from ..engine.evaluation import test_metrics
     model, cfg, _ = checkpoint.load_model(path, data_overrides)
     mflops, params = flops.count(model)
     stats = structure_stats(model)

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """A training run, read top to bottom: fit(cfg, resume) builds a Run (model, optimizer, schedule,
 data, processes), then for every epoch sets up the FLGC layers, trains the epoch in stretches of
-steps (flgc.step.train_steps), checks the loss flag, evaluates (flgc.evaluation), writes the
+steps (flgc.engine.step.train_steps), checks the loss flag, evaluates (flgc.engine.evaluation), writes the
 checkpoint and logs one metrics row. Signals stop it after a save; --resume continues it.
 """
 import os
@@ -10,16 +10,17 @@ import time
 
 import torch
 
-from . import checkpoint, distributed, flops, provenance
+from ..errors import UsageError
+from ..method import flops
+from ..method.budget import check_budget_target, project_to_budget
+from ..method.layer import flgc_layers
+from ..method.regularizer import project_to_fraction, structure_stats
+from ..models import build_model
+from . import checkpoint, distributed, provenance
 from . import config as config_lib
-from .budget import check_budget_target, project_to_budget
-from .builders import build_model
 from .data import make_batches
-from .errors import UsageError
 from .evaluation import evaluate
-from .layer import flgc_layers
 from .optim import build_optimizer, build_scheduler
-from .regularizer import project_to_fraction, structure_stats
 from .runlog import RunLog, scalars
 from .step import (
     EpochSums,

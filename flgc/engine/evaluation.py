@@ -2,9 +2,9 @@
 evaluated epoch and what eval.py, the results table and releases report."""
 import torch
 
+from ..errors import UsageError
 from . import config as config_lib
 from .data import make_batches
-from .errors import UsageError
 from .step import prepare_model, select_device
 
 

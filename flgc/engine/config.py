@@ -9,7 +9,7 @@ from typing import List, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass
@@ -27,8 +27,8 @@ class DataConfig:
 
 @dataclass
 class RegularizerConfig:
-    kind: str = "balance"  # balance | budget | none (formulas: flgc/regularizer.py, README)
-    weight: float = 10.0  # the penalties are relative sizes / excesses; README: The group-assignment regularizer
+    kind: str = "balance"  # balance | budget | none (formulas: flgc/method/regularizer.py, docs/learning.md)
+    weight: float = 10.0  # the penalties are relative sizes / excesses; docs/learning.md: The group-assignment regularizer
     target_mflops: Optional[float] = None  # budget: whole-model MMac ceiling, e.g. 62.6; overrides the fraction
     target_fraction: Optional[float] = None  # budget: per-layer MAC fraction of the dense layer; null = 1/G
 

@@ -12,8 +12,8 @@ import os
 import urllib.error
 import urllib.request
 
-from .errors import UsageError
-from .fileio import publish
+from ..errors import UsageError
+from ..fileio import publish
 
 REQUIRED = ("name", "file", "sha256", "bytes")
 CHUNK = 1 << 16
@@ -131,7 +131,7 @@ def download(entry, directory, attempts=5, show_progress=True):
 # --- releasing -----------------------------------------------------------------------------------
 def save_manifest(path, entries):
     """Write the manifest atomically (indent 1, entries in the given order)."""
-    from .fileio import atomic_path
+    from ..fileio import atomic_path
     with atomic_path(path) as temp, open(temp, "w") as f:
         json.dump({"checkpoints": entries}, f, indent=1)
         f.write("\n")

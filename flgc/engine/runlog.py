@@ -3,9 +3,9 @@ figures, and the one-line summary printed per epoch; and reading metrics.jsonl b
 import json
 import os
 
-from .errors import UsageError
-from .extras import require
-from .layer import FLGConv2d
+from ..errors import UsageError
+from ..extras import require
+from ..method.layer import FLGConv2d
 
 METRICS = "metrics.jsonl"
 

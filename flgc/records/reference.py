@@ -10,7 +10,7 @@ row-wise argmax of softmax(map), mask = filters_onehot x inputs_onehot^T, weight
 """
 import re
 
-from .errors import UsageError
+from ..errors import UsageError
 
 REFERENCE_KEYS = ("state_dict", "optimizer_state_dict", "lr_scheduler_state_dict", "best_accuracy", "last_epoch")
 # reference sub-layer -> our index in InvertedResidual.conv, by block type

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .layer import FLGConv2d  # noqa: E402
+from ..method.layer import FLGConv2d  # noqa: E402
 
 PER_ROW = 3
 

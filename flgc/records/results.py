@@ -1,6 +1,6 @@
 """The paper's CIFAR-10 results table: released checkpoints and local runs next to the published rows.
 
-A row holds the model, G, where the grouped 1x1 convs sit, MMac (ptflops convention, flgc.flops) and
+A row holds the model, G, where the grouped 1x1 convs sit, MMac (ptflops convention, flgc.method.flops) and
 its ratio to the dense baseline, parameters, top-1 accuracy and where that accuracy comes from
 (`accuracy_source`: evaluated now on the test set, recorded in the checkpoint during training, taken
 from the manifest, or published), the training recipe and epochs, hardware and source.
@@ -12,14 +12,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from . import checkpoint, flops, runlog
-from . import config as config_lib
-from .data import files_present
-from .errors import UsageError
-from .evaluation import test_metrics
-from .extras import require
-from .layer import FLGConv2d
-from .optim import peak_lr
+from ..engine import checkpoint, runlog
+from ..engine import config as config_lib
+from ..engine.data import files_present
+from ..engine.evaluation import test_metrics
+from ..engine.optim import peak_lr
+from ..errors import UsageError
+from ..extras import require
+from ..method import flops
+from ..method.layer import FLGConv2d
+from ..models import build_model
 from .releases import load_manifest, verified
 
 MODEL_NAMES = {"dense": "MobileNetV2", "group": "MobileNetV2-SGC", "flgc": "MobileNetV2-FLGC"}
@@ -67,9 +69,15 @@ PUBLISHED = [
 ]
 
 
+def dense_baseline_mflops(cfg, input_size=(3, 32, 32)):
+    """MMac of the network `cfg` describes with every 1x1 conv dense: what FLGC or group convs save against."""
+    dense = dataclasses.replace(cfg, flgc=dataclasses.replace(cfg.flgc, pointwise="dense"))
+    return flops.count(build_model(dense), input_size)[0]
+
+
 def baseline_mflops(config_path):
     """MMac of the dense network of `config_path` (94.99 for configs/mbv2_baseline.yaml)."""
-    return flops.dense_baseline_mflops(config_lib.load(config_path))
+    return dense_baseline_mflops(config_lib.load(config_path))
 
 
 def per_layer_macs(model):
@@ -123,7 +131,7 @@ def structure_row(name, source, kind, cfg, model):
 
 
 def evaluate_row(row, model, cfg):
-    """Top-1 accuracy on the test set with flgc.evaluation (as eval.py) when the data are at
+    """Top-1 accuracy on the test set with flgc.engine.evaluation (as eval.py) when the data are at
     hand; returns whether it evaluated."""
     if not files_present(os.path.expanduser(cfg.data.root)):
         return False

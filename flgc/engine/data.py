@@ -11,7 +11,7 @@ import sys
 import torch
 from torchvision.datasets import CIFAR10
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FOLDER = "cifar-10-batches-py"
 SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

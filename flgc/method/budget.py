@@ -1,5 +1,5 @@
 """The whole-model MMac budget: the penalty max(0, (MMac - T) / (T - fixed)) of the learned structure
-(MMac as flgc.flops counts it, with the straight-through gradient of the FLGC layers' group sizes) and
+(MMac as flgc.method.flops counts it, with the straight-through gradient of the FLGC layers' group sizes) and
 the projection that moves channels and filters until the structure costs at most T MMac. Kept apart
 from flgc.regularizer because it measures the network with flgc.flops.
 """
@@ -7,7 +7,7 @@ import weakref
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 from .flops import module_macs
 from .layer import FLGConv2d
 from .regularizer import apply_move, connections, group_regularizer, lowering_moves
@@ -17,7 +17,7 @@ _MAC_WEIGHTS = weakref.WeakKeyDictionary()
 
 def _mac_weights(model):
     """({FLGC layer: kh kw H_out W_out}, MACs of every other counted module) for one 32x32 image;
-    measured once per model by one forward pass (flgc.flops) and cached."""
+    measured once per model by one forward pass (flgc.method.flops) and cached."""
     if model not in _MAC_WEIGHTS:
         weights, other = {}, 0
         for _, module, macs in module_macs(model, flgc_as_computed=True):  # FLGC: the dense count
@@ -30,7 +30,7 @@ def _mac_weights(model):
 
 
 def model_mflops(model):
-    """MMac of `model` (the value flgc.flops counts) as a tensor, with the straight-through gradient of
+    """MMac of `model` (the value flgc.method.flops counts) as a tensor, with the straight-through gradient of
     the trainable FLGC layers' group sizes."""
     weights, other = _mac_weights(model)
     if not weights:

@@ -5,14 +5,11 @@ ptflops's own hooks; an FLGConv2d counts its learned hard structure (sum over gr
 in_g * out_g * kh * kw * H_out * W_out), neither the dense conv nor the mask construction.
 Modules defined elsewhere add their own counts with register_flop_hook (flgc.deploy does, on import).
 """
-import dataclasses
-
 import torch
 import torch.nn as nn
 from ptflops.pytorch_ops import MODULES_MAPPING
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .builders import build_model
 from .layer import FLGConv2d
 
 
@@ -97,12 +94,6 @@ def count(model, input_size=(3, 32, 32), flgc_as_computed=False):
     """(MMac, parameters) of `model` for one image."""
     macs = sum(m for _, _, m in module_macs(model, input_size, flgc_as_computed))
     return macs / 1e6, count_params(model)
-
-
-def dense_baseline_mflops(cfg, input_size=(3, 32, 32)):
-    """MMac of the network `cfg` describes with every 1x1 conv dense: what FLGC or group convs save against."""
-    dense = dataclasses.replace(cfg, flgc=dataclasses.replace(cfg.flgc, pointwise="dense"))
-    return count(build_model(dense), input_size)[0]
 
 
 def describe(module):

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .layer import FLGConv2d
+from ..method.layer import FLGConv2d
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
