@@ -23,7 +23,7 @@ The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, out
   describes.
 - ``load_model(path, overrides=())``: a checkpoint written by train.py (or scripts/deploy.py) as
   ``Loaded(model, config, payload)``, the model on CPU.
-- ``flgc.deploy.convert(model, batch_size=1)``: the inference form of a trained network, computing only
+- ``flgc.deploy.deploy_model(model, batch_size=1)``: the inference form of a trained network, computing only
   in-group connections (BatchNorm folded; a copy in eval mode).
 
 ``import flgc`` loads only the method's layer, regularizer and conversion and the model registry; the run

@@ -68,24 +68,24 @@ def mobilenet_models(checkpoint_path):
     return models
 
 
-def both_layouts(convert, model):
+def both_layouts(deploy_form, model):
     """{layout: deployed model with its kernels timed in that layout (torch)}, and the form with every
     grouped layer as a grouped conv ("onnx"), which ONNX Runtime may run faster (ort_runners)."""
-    forms = {layout: convert(model, channels_last=layout == "channels_last") for layout in ("channels_last", "contiguous")}
-    return {**forms, "onnx": convert(model, strategy="conv", channels_last=False)}
+    forms = {layout: deploy_form(model, channels_last=layout == "channels_last") for layout in ("channels_last", "contiguous")}
+    return {**forms, "onnx": deploy_form(model, strategy="conv", channels_last=False)}
 
 
-def mobilenet_variants(models, batch, convert):
-    dense = convert(models["dense"])
+def mobilenet_variants(models, batch, deploy_form):
+    dense = deploy_form(models["dense"])
     return {
         "dense": dense,
-        "sgc8": convert(models["sgc8"]),
+        "sgc8": deploy_form(models["sgc8"]),
         "flgc8-masked": yardsticks.masked_model(models["flgc8"]),
-        "flgc8-deployed": both_layouts(convert, models["flgc8"]),
+        "flgc8-deployed": both_layouts(deploy_form, models["flgc8"]),
         "flgc8both-masked": yardsticks.masked_model(models["flgc8both"]),
-        "flgc8both-deployed": both_layouts(convert, models["flgc8both"]),
-        "flgc8-bound": yardsticks.mobilenet_bound(convert(models["dense"], strategy="conv"), GROUPS, "project"),
-        "flgc8both-bound": yardsticks.mobilenet_bound(convert(models["dense"], strategy="conv"), GROUPS, "both"),
+        "flgc8both-deployed": both_layouts(deploy_form, models["flgc8both"]),
+        "flgc8-bound": yardsticks.mobilenet_bound(deploy_form(models["dense"], strategy="conv"), GROUPS, "project"),
+        "flgc8both-bound": yardsticks.mobilenet_bound(deploy_form(models["dense"], strategy="conv"), GROUPS, "both"),
     }
 
 
@@ -100,13 +100,13 @@ def resnet_models():
     return {"dense": dense, "sgc8": sgc, "flgc8": flgc8.eval(), "paths": paths}
 
 
-def resnet_variants(models, batch, convert):
+def resnet_variants(models, batch, deploy_form):
     return {
-        "dense": convert(models["dense"]),
-        "sgc8": convert(models["sgc8"]),
+        "dense": deploy_form(models["dense"]),
+        "sgc8": deploy_form(models["sgc8"]),
         "flgc8-masked": yardsticks.masked_model(models["flgc8"]),
-        "flgc8-deployed": both_layouts(convert, models["flgc8"]),
-        "flgc8-bound": yardsticks.generic_bound(convert(models["dense"]), models["paths"], GROUPS),
+        "flgc8-deployed": both_layouts(deploy_form, models["flgc8"]),
+        "flgc8-bound": yardsticks.generic_bound(deploy_form(models["dense"]), models["paths"], GROUPS),
     }
 
 
@@ -258,14 +258,14 @@ def main(argv=None):
         models, variants = mobilenet_models(args.checkpoint), mobilenet_variants
     results = []
     for batch in args.batches:
-        def convert(model, strategy="auto", channels_last=True, batch=batch):
-            return deploy.convert(model, batch_size=batch, strategy=strategy, channels_last=channels_last,
+        def deploy_form(model, strategy="auto", channels_last=True, batch=batch):
+            return deploy.deploy_model(model, batch_size=batch, strategy=strategy, channels_last=channels_last,
                                   input_size=(3, args.size, args.size), device=args.device).cpu()
-        results += measure(variants(models, batch, convert), batch, args)
+        results += measure(variants(models, batch, deploy_form), batch, args)
     print_table(results)
     if args.per_layer:
         batch = max(args.batches)
-        print_per_layer(mobilenet_variants(models, batch, lambda m, strategy="auto", channels_last=True: deploy.convert(
+        print_per_layer(mobilenet_variants(models, batch, lambda m, strategy="auto", channels_last=True: deploy.deploy_model(
             m, batch_size=batch, strategy=strategy, channels_last=channels_last)), batch)
     if args.json:
         print(json.dumps({"model": args.model, "size": args.size, "device": args.device, "threads": args.threads,

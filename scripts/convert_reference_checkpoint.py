@@ -1,4 +1,4 @@
-"""Convert a checkpoint of the public FLGC reference implementation into ours.
+"""Import a checkpoint of the public FLGC reference implementation into ours.
 
 python scripts/convert_reference_checkpoint.py SRC DST
 The variant (baseline, standard group conv, FLGC) and G are detected from the state_dict; the result
@@ -9,7 +9,7 @@ import os
 from flgc.engine import checkpoint, config
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
-from flgc.records import reference
+from flgc.records.reference_checkpoints import REFERENCE_KEYS, import_reference_checkpoint, is_reference
 
 
 def main(argv=None):
@@ -21,9 +21,9 @@ def main(argv=None):
     if os.path.exists(args.dst) and not args.force:
         raise UsageError(f"{args.dst} exists; pass --force to overwrite it")
     payload = checkpoint.read(args.src)
-    if not reference.is_reference(payload):
-        raise UsageError(f"{args.src} is not a reference checkpoint (expected keys {', '.join(reference.REFERENCE_KEYS)})")
-    overrides, state_dict, epoch, best = reference.convert(payload)
+    if not is_reference(payload):
+        raise UsageError(f"{args.src} is not a reference checkpoint (expected keys {', '.join(REFERENCE_KEYS)})")
+    overrides, state_dict, epoch, best = import_reference_checkpoint(payload)
     cfg = config.from_dict(overrides)
     model = checkpoint.model_from({"config": config.to_dict(cfg), "model": state_dict}, args.src, cfg)
     best = float(best) if best is not None else None

@@ -35,7 +35,7 @@ def main():
     if payload.get("deploy_spec") is not None:
         raise UsageError(f"{args.checkpoint} is already deployed")
     model = model.eval()
-    deployed = deploy.convert(model, batch_size=args.batch_size, strategy=args.strategy)
+    deployed = deploy.deploy_model(model, batch_size=args.batch_size, strategy=args.strategy)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         error = float((deployed(x) - model(x)).abs().max())

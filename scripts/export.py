@@ -29,7 +29,7 @@ def main():
     model, _, payload = checkpoint.load_model(args.checkpoint)
     model = model.eval()
     if payload.get("deploy_spec") is None:
-        model = deploy.convert(model, batch_size=args.batch_size)
+        model = deploy.deploy_model(model, batch_size=args.batch_size)
     export.export(model, args.format, args.out, args.batch_size)
     print(f"exported {args.checkpoint} ({args.format}) -> {args.out}")
 

@@ -16,7 +16,7 @@ import os
 from flgc.engine.cli import ArgumentParser, run
 from flgc.engine.evaluation import parse_evaluation_overrides
 from flgc.errors import UsageError
-from flgc.records import release
+from flgc.records import releases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def main(argv=None):
     label = os.path.relpath(os.path.abspath(args.config), ROOT)
     if label.startswith(".."):
         raise UsageError(f"--config {args.config} is not a file of this repository (configs/...)")
-    release.release(args.run_dir, args.name, args.config, args.dir, args.manifest, overrides, args.hardware,
+    releases.release(args.run_dir, args.name, args.config, args.dir, args.manifest, overrides, args.hardware,
                     args.commit, args.force, config_label=label, note=args.note)
 
 

@@ -89,7 +89,7 @@ def test_deployed_equals_the_training_form_with_non_uniform_groups(name, strateg
     model = randomise(flgc.convert_model(torchvision_model(name), groups=8, logit_init_std=1.0, init="random"), 2)
     sizes = {tuple(int(s) for s in m.group_sizes()[0]) for m in model.modules() if isinstance(m, FLGConv2d)}
     assert any(len(set(s)) > 1 for s in sizes)  # non-uniform structures
-    deployed = deploy.convert(model, strategy=strategy, input_size=(3, 32, 32))
+    deployed = deploy.deploy_model(model, strategy=strategy, input_size=(3, 32, 32))
     assert not any(isinstance(m, (FLGConv2d, nn.BatchNorm2d)) for m in deployed.modules())
     assert max_difference(model, deployed, torch.randn(2, 3, 32, 32)) <= TOLERANCE
 
@@ -100,7 +100,7 @@ def test_permutations_fold_into_the_neighbouring_dense_convs():
     (the sum delivers it so), except in the first block, which reads the stem's output."""
     torch.manual_seed(0)
     model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0, init="random"), 3)
-    deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
+    deployed = deploy.deploy_model(model, strategy="conv", input_size=(3, 32, 32))
     blocks = [name for name, m in model.named_modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
     assert len(blocks) == 16
     for name in blocks:  # the deployed model is an fx.GraphModule: its blocks are plain containers
@@ -113,7 +113,7 @@ def test_permutations_fold_into_the_neighbouring_dense_convs():
 def test_rebuild_from_spec_and_count_the_deployed_form():
     torch.manual_seed(0)
     model = randomise(flgc.convert_model(torchvision_model("resnet50"), groups=8, logit_init_std=1.0, init="random"), 4)
-    deployed = deploy.convert(model, strategy="blocks", input_size=(3, 32, 32))
+    deployed = deploy.deploy_model(model, strategy="blocks", input_size=(3, 32, 32))
     assert any(isinstance(m, BlockPointwise) for m in deployed.modules())
     fresh = flgc.convert_model(torchvision_model("resnet50"), groups=8)
     rebuilt = deploy.rebuild(fresh, deployed.deploy_spec)
@@ -137,6 +137,6 @@ def test_our_mobilenet_converted_everywhere_deploys_exactly():
     the generic path together."""
     torch.manual_seed(0)
     model = randomise(flgc.convert_model(MobileNetV2(), groups=8, logit_init_std=1.0, init="random"), 5)
-    deployed = deploy.convert(model, strategy="auto")
+    deployed = deploy.deploy_model(model, strategy="auto")
     assert not any(isinstance(m, (FLGConv2d, nn.BatchNorm2d)) for m in deployed.modules())
     assert max_difference(model, deployed, torch.randn(2, 3, 32, 32)) <= TOLERANCE

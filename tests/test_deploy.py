@@ -27,7 +27,7 @@ def assign(layer, inputs, filters):
 def test_whole_network_equality(kind, where, strategy):
     torch.manual_seed(0)
     model = randomise(MobileNetV2(pointwise=kind, where=where, logit_init_std=1.0), 1)
-    deployed = deploy.convert(model, strategy=strategy)
+    deployed = deploy.deploy_model(model, strategy=strategy)
     assert not any(isinstance(m, (FLGConv2d, nn.BatchNorm2d)) for m in deployed.modules())
     assert max_difference(model, deployed, torch.randn(3, 3, 32, 32)) <= TOLERANCE
 
@@ -66,7 +66,7 @@ def test_random_non_uniform_structures_with_empty_groups(structure):
     if where in ("expand", "both"):
         assign(layers[0], *expand)
     model = randomise(nn.Sequential(block), seed)
-    deployed = deploy.convert(model, strategy=strategy, input_size=(cin, 6, 6))
+    deployed = deploy.deploy_model(model, strategy=strategy, input_size=(cin, 6, 6))
     assert max_difference(model, deployed, torch.randn(2, cin, 6, 6)) <= TOLERANCE
 
 
@@ -77,12 +77,12 @@ def test_unused_inputs_are_pruned_with_their_producers():
     # hidden channels 0-5 in group 0, 6-7 in group 1; every filter in group 0: group 1 feeds nothing
     assign(block.conv[6], [0] * 6 + [1] * 2, [0] * 4)
     model = randomise(nn.Sequential(block), 3)
-    deployed = deploy.convert(model, strategy="blocks", input_size=(4, 5, 5))
+    deployed = deploy.deploy_model(model, strategy="blocks", input_size=(4, 5, 5))
     expand, depthwise = deployed[0].conv[0], deployed[0].conv[2]
     assert expand.out_channels == 6 and depthwise.in_channels == 6
     assert max_difference(model, deployed, torch.randn(2, 4, 5, 5)) <= TOLERANCE
     macs, _ = flops.count(deployed, (4, 5, 5))
-    dense_macs, _ = flops.count(deploy.convert(randomise(nn.Sequential(InvertedResidual(
+    dense_macs, _ = flops.count(deploy.deploy_model(randomise(nn.Sequential(InvertedResidual(
         4, 4, 1, 2, lambda i, o: pointwise_conv(i, o, "dense"), lambda i, o: pointwise_conv(i, o, "dense"))), 3),
         input_size=(4, 5, 5)), (4, 5, 5))
     assert macs < dense_macs
@@ -91,7 +91,7 @@ def test_unused_inputs_are_pruned_with_their_producers():
 def test_projection_permutation_is_folded_not_gathered():
     torch.manual_seed(0)
     model = randomise(MobileNetV2(pointwise="flgc", logit_init_std=1.0), 2)
-    deployed = deploy.convert(model, strategy="blocks")
+    deployed = deploy.deploy_model(model, strategy="blocks")
     for block in list(deployed.features)[2:-1]:  # t=6 blocks: expand conv produces the group order
         assert isinstance(block.conv[0], nn.Conv2d) and isinstance(block.conv[-1], BlockPointwise)
         assert block.conv[-1].in_index is None
@@ -102,7 +102,7 @@ def test_generic_flgc_any_kernel():
     layer = FLGConv2d(6, 5, 3, padding=1, stride=2, groups=3)
     assign(layer, [0, 0, 2, 2, 2, 0], [1, 0, 0, 2, 2])
     model = randomise(nn.Sequential(layer, nn.BatchNorm2d(5), nn.ReLU6()), 4)
-    deployed = deploy.convert(model, strategy="conv", input_size=(6, 7, 7))
+    deployed = deploy.deploy_model(model, strategy="conv", input_size=(6, 7, 7))
     assert isinstance(deployed[0], GroupedConv)
     assert max_difference(model, deployed, torch.randn(2, 6, 7, 7)) <= TOLERANCE
 
@@ -110,7 +110,7 @@ def test_generic_flgc_any_kernel():
 def test_rebuild_from_spec_round_trip():
     torch.manual_seed(0)
     model = randomise(MobileNetV2(pointwise="flgc", where="both", logit_init_std=1.0), 5)
-    deployed = deploy.convert(model)
+    deployed = deploy.deploy_model(model)
     rebuilt = deploy.rebuild(MobileNetV2(pointwise="flgc", where="both"), deployed.deploy_spec)
     rebuilt.load_state_dict(deployed.state_dict())
     x = torch.randn(2, 3, 32, 32)
@@ -125,7 +125,7 @@ def test_deployed_runs_in_bfloat16(strategy, layout, half):
     torch.manual_seed(0)
     model = randomise(MobileNetV2(pointwise="flgc", where="both", logit_init_std=1.0), 6)
     nn.init.normal_(model.classifier.weight)  # logits of order 10, so the tolerance means something
-    deployed = deploy.convert(model, strategy=strategy).to(memory_format=layout)
+    deployed = deploy.deploy_model(model, strategy=strategy).to(memory_format=layout)
     x = torch.randn(2, 3, 32, 32).to(memory_format=layout)
     with torch.no_grad():
         reference = model(x)
@@ -138,12 +138,12 @@ def test_deployed_runs_in_bfloat16(strategy, layout, half):
     assert float((out.float() - reference).abs().max()) <= 0.02 * float(reference.abs().max())
 
 
-def test_convert_times_on_the_device_it_targets(monkeypatch):
+def test_deployment_times_on_the_device_it_targets(monkeypatch):
     from flgc.deploy import timing
     devices = []
     monkeypatch.setattr(timing, "_seconds_once", lambda module, x: devices.append(x.device.type) or 0.0)
     torch.manual_seed(0)
-    deployed = deploy.convert(randomise(MobileNetV2(pointwise="flgc"), 0), device="meta")
+    deployed = deploy.deploy_model(randomise(MobileNetV2(pointwise="flgc"), 0), device="meta")
     assert devices and set(devices) == {"meta"}
     assert next(deployed.parameters()).device.type == "meta"
 
@@ -151,7 +151,7 @@ def test_convert_times_on_the_device_it_targets(monkeypatch):
 def test_matmul_kernel_is_a_batched_product_and_round_trips():
     torch.manual_seed(0)
     model = randomise(MobileNetV2(pointwise="flgc", logit_init_std=1.0), 7)
-    deployed = deploy.convert(model, strategy="matmul")
+    deployed = deploy.deploy_model(model, strategy="matmul")
     grouped = [m for m in deployed.modules() if isinstance(m, GroupedConv)]
     assert grouped and all(m.matmul and m.spec()["matmul"] for m in grouped)
     rebuilt = deploy.rebuild(MobileNetV2(pointwise="flgc"), deployed.deploy_spec)

@@ -220,7 +220,7 @@ def test_the_core_trains_counts_and_loads_without_deployment(tmp_path):
     from flgc.engine import checkpoint, config
     from flgc.models import build_model
     cfg = config.load("configs/mbv2_flgc8.yaml")
-    deployed = deploy.convert(build_model(cfg).eval(), strategy="conv")
+    deployed = deploy.deploy_model(build_model(cfg).eval(), strategy="conv")
     checkpoint.save(str(tmp_path / "deployed.pt"), checkpoint.deployed_payload(deployed, config.to_dict(cfg)))
     data = write_tiny_cifar(str(tmp_path / "data"), per_batch=8, test=8)
     script = tmp_path / "core_only.py"
@@ -293,7 +293,7 @@ def test_pip_install_gives_the_package_with_its_subpackages(tmp_path):
     assert install.returncode == 0, install.stderr
     code = ("import flgc, flgc.models, flgc.deploy, torch; assert flgc.__file__.startswith({target!r});"
             "m = flgc.create_model('mobilenetv2_cifar', pointwise='flgc', groups=8);"
-            "assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10); assert callable(flgc.deploy.convert);"
+            "assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10); assert callable(flgc.deploy.deploy_model);"
             "from flgc.deploy import native; assert native.SOURCE.is_file(), native.SOURCE")
     result = subprocess.run([sys.executable, "-c", code.format(target=str(target))], cwd=tmp_path, capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(target)))

@@ -198,7 +198,7 @@ def test_deployed_sums_give_the_same_with_and_without_the_kernels(layout, monkey
 def test_a_deployed_resnet50_gives_the_same_with_and_without_the_kernels(monkeypatch):
     model = randomise(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8, logit_init_std=1.0,
                                          init="random"), 6).eval()
-    deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))  # strided downsample gathers too
+    deployed = deploy.deploy_model(model, strategy="conv", input_size=(3, 32, 32))  # strided downsample gathers too
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     deployed = deployed.to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -286,7 +286,7 @@ def test_a_grouped_conv_with_a_sum_epilogue_fuses_and_falls_back_alike():
 def test_the_native_kernel_strategy_deploys_resnet50_exactly_and_rebuilds(monkeypatch):
     model = randomise(flgc.convert_model(torchvision.models.resnet50(weights=None), groups=8, logit_init_std=1.0,
                                          init="random"), 7).eval()
-    deployed = deploy.convert(model, strategy="native", input_size=(3, 32, 32)).to(memory_format=torch.channels_last)
+    deployed = deploy.deploy_model(model, strategy="native", input_size=(3, 32, 32)).to(memory_format=torch.channels_last)
     native_convs = [m for m in deployed.modules() if isinstance(m, GroupedConv) and m.native]
     assert len(native_convs) == 33  # all 36 FLGC convs but the strided downsample convs (planned as convs)
     # every residual sum but the last (summed in conv3's order for the pooling) runs inside its conv3,
@@ -308,7 +308,7 @@ def test_the_native_kernel_strategy_deploys_resnet50_exactly_and_rebuilds(monkey
     for y in (compiled, again, fallback):
         assert float((y - expected).abs().max()) <= TOLERANCE
     # the same MACs, counted alike: the kernel runs here (channels_last) and its conv's hook does not fire
-    as_convs = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
+    as_convs = deploy.deploy_model(model, strategy="conv", input_size=(3, 32, 32))
     assert flops.count(deployed, (3, 32, 32))[0] == flops.count(as_convs, (3, 32, 32))[0]
 
 
@@ -336,7 +336,7 @@ def test_a_fused_sum_writes_over_its_other_operand_only_where_nothing_reads_it_l
     torch.manual_seed(8)
     # balanced groups: no padding, so each sum has its other operand's channel count and may take its memory
     model = randomise(assign_balanced(flgc.convert_model(ReadAgain(), groups=4), 8), 8).eval()
-    deployed = deploy.convert(model, strategy="native", input_size=(32, 5, 3)).to(memory_format=torch.channels_last)
+    deployed = deploy.deploy_model(model, strategy="native", input_size=(32, 5, 3)).to(memory_format=torch.channels_last)
     fused = {name: m.overwrite for name, m in deployed.named_modules() if isinstance(m, GroupedConv) and m.epilogue}
     assert fused == {"second": False, "fourth": False, "sixth": True}
     x = torch.randn(3, 32, 5, 3).contiguous(memory_format=torch.channels_last)
@@ -369,7 +369,7 @@ class LateReader(nn.Module):
 @needs_kernels
 def test_a_conv_moved_to_its_fused_sum_still_reads_its_input_before_anything_writes_over_it():
     model = randomise(assign_balanced(flgc.convert_model(LateReader(), groups=4), 9), 9).eval()
-    deployed = deploy.convert(model, strategy="native", input_size=(32, 5, 3)).to(memory_format=torch.channels_last)
+    deployed = deploy.deploy_model(model, strategy="native", input_size=(32, 5, 3)).to(memory_format=torch.channels_last)
     fused = {name: m.overwrite for name, m in deployed.named_modules() if isinstance(m, GroupedConv) and m.epilogue}
     assert fused == {"r": False, "q": True}  # q's sum may take z's memory; r's may not take b's
     x = torch.randn(2, 32, 5, 3).contiguous(memory_format=torch.channels_last)

@@ -56,7 +56,7 @@ def random_flgc(model, seed, groups=8):
 def test_resnet50_sums_residuals_in_the_next_blocks_order_without_gathers():
     torch.manual_seed(0)
     model = random_flgc(torchvision.models.resnet50(weights=None), 3)
-    deployed = deploy.convert(model, strategy="conv", input_size=(3, 32, 32))
+    deployed = deploy.deploy_model(model, strategy="conv", input_size=(3, 32, 32))
     modules = list(deployed.modules())
     assert not any(getattr(m, "out_index", None) is not None for m in modules)
     sums = [m for m in modules if isinstance(m, PermutedSum)]
@@ -95,7 +95,7 @@ class Branchy(nn.Module):
 @pytest.mark.parametrize("strategy", ["conv", "blocks", "auto"])
 def test_orders_pass_through_sums_and_neighbours_and_come_back_where_needed(strategy):
     model = random_flgc(Branchy(), 4, groups=4)
-    deployed = deploy.convert(model, strategy=strategy, input_size=(3, 8, 8))
+    deployed = deploy.deploy_model(model, strategy=strategy, input_size=(3, 8, 8))
     if strategy != "auto":  # auto may time dense kernels faster on layers this small: no orders then
         assert any(isinstance(m, PermutedSum) for m in deployed.modules())  # y is read by FLGC b
         assert any(isinstance(m, ChannelGather) for m in deployed.channel_orders.children())
@@ -104,7 +104,7 @@ def test_orders_pass_through_sums_and_neighbours_and_come_back_where_needed(stra
 
 def test_rebuilt_from_the_spec_and_exported_it_computes_the_same():
     model = random_flgc(Branchy(), 5, groups=4)
-    deployed = deploy.convert(model, strategy="blocks", input_size=(3, 8, 8))
+    deployed = deploy.deploy_model(model, strategy="blocks", input_size=(3, 8, 8))
     rebuilt = deploy.rebuild(flgc.convert_model(Branchy(), groups=4), deployed.deploy_spec)
     rebuilt.load_state_dict(deployed.state_dict())
     x = torch.randn(2, 3, 8, 8)
@@ -132,6 +132,6 @@ class TwoHeads(nn.Module):
 @pytest.mark.parametrize("strategy", ["conv", "blocks"])
 def test_a_sum_that_ends_the_network_is_gathered_back_to_the_original_order(strategy):
     model = random_flgc(TwoHeads(), 6, groups=4)
-    deployed = deploy.convert(model, strategy=strategy, input_size=(8, 4, 4))
+    deployed = deploy.deploy_model(model, strategy=strategy, input_size=(8, 4, 4))
     assert [type(m) for m in deployed.channel_orders.children()] == [PermutedAdd, ChannelGather]
     assert max_difference(model, deployed, torch.randn(2, 8, 4, 4)) <= TOLERANCE

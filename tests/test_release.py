@@ -1,4 +1,4 @@
-"""Releasing a finished run (flgc.records.release, scripts/release_checkpoint.py): the file and its manifest entry,
+"""Releasing a finished run (flgc.records.releases, scripts/release_checkpoint.py): the file and its manifest entry,
 the accuracy eval.py reproduces, and refusals that leave every file as it was."""
 import json
 import os
@@ -10,7 +10,7 @@ from helpers import ROOT, assert_usage_error, last_json, run_captured, write_tin
 
 from flgc.engine import config, training
 from flgc.errors import UsageError
-from flgc.records import release
+from flgc.records import releases
 from flgc.records.releases import load_manifest, sha256_file
 
 RECIPE = {"seed": 0, "data": {"train_subset": 40, "test_subset": 20, "download": False},
@@ -39,7 +39,7 @@ def train(config_path, root, out_dir, *overrides):
 
 def do_release(setting, run_dir, name="tiny", **kwargs):
     config_path, _, directory = setting
-    return release.release(run_dir, name, config_path, directory, os.path.join(directory, "manifest.json"),
+    return releases.release(run_dir, name, config_path, directory, os.path.join(directory, "manifest.json"),
                            report=lambda line: None, **kwargs)
 
 
@@ -97,7 +97,7 @@ def test_unfinished_runs_and_other_recipes_are_refused_with_nothing_written(sett
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({**RECIPE, "train": {**RECIPE["train"], "lr": 0.1}}))
     with pytest.raises(UsageError, match=r"trained with train.lr=0.05 but .* says 0.1"):
-        release.release(run_dir, "tiny", str(other), directory, os.path.join(directory, "manifest.json"))
+        releases.release(run_dir, "tiny", str(other), directory, os.path.join(directory, "manifest.json"))
     with pytest.raises(UsageError, match="release name"):
         do_release(setting, run_dir, name="../x")
     assert snapshot(directory) == before

@@ -65,7 +65,7 @@ def test_table_has_the_published_rows_and_both_runs(runs, monkeypatch, capsys):
     assert "| 62.6 | 1.52 |" in body[2] and "| 93.7 |" in body[2] and "| 400 |" in body[2]
     assert body[3].startswith("| MobileNetV2-SGC | 8 | project | 62.62 | 1.52 | 1,453,034 |")
     assert body[4].startswith("| MobileNetV2-FLGC | 8 | project |") and "mbv2_flgc8" in body[4]
-    assert "| evaluated | CIFAR-10 (copy, md5 not verified), 12 test images |" in body[3]
+    assert "| evaluated | CIFAR-10 copy (re-encoded, md5 not verified), 12 test images |" in body[3]
     assert "lists no released checkpoints yet" in err
 
 

@@ -24,7 +24,7 @@ from ..method.layer import FLGConv2d
 from ..method.planner import Plan, index_in, plan_pointwise, take_rows
 from .folding import dense_weight, fold_bn, folded_conv, groups_of, is_depthwise, plain_conv
 from .orders import carry_orders, fuse_sums, reads_sum, worth_carrying
-from .pointwise import build_pointwise, kernel_choices
+from .plan_modules import build_pointwise, kernel_choices
 from .timing import fastest, input_shapes
 
 # elementwise (hence channel-order blind) operations a permutation passes through unchanged

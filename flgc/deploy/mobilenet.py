@@ -16,7 +16,7 @@ from ..method.planner import Plan, plan_pointwise, take_rows
 from ..models.mobilenetv2 import InvertedResidual
 from .folding import folded, groups_of, plain_conv
 from .modules import BlockPointwise, ChannelGather
-from .pointwise import build_pointwise, kernel_choices
+from .plan_modules import build_pointwise, kernel_choices
 from .timing import fastest, input_shapes
 
 
@@ -82,7 +82,7 @@ def build_block(block, strategy):
     return nn.Sequential(*modules)
 
 
-def convert_block(block, input_shape, batch_size, strategy, channels_last, device="cpu"):
+def deploy_block(block, input_shape, batch_size, strategy, channels_last, device="cpu"):
     """build_block with the given strategy, or for 'auto' the fastest of blocks / conv / matmul / native
     (CPU, channels_last) / dense, timed on the whole block on `device` at this batch size and memory layout."""
     parts = block.parts()
@@ -129,9 +129,9 @@ def _expand_blocks(expand, weight, bias, layout):
     return module
 
 
-def convert_blocks(model, input_size, batch_size, strategy, channels_last, device):
+def deploy_blocks(model, input_size, batch_size, strategy, channels_last, device):
     """{path: deployed Sequential} replacing the conv of every inverted residual of model."""
     blocks = [name for name, module in model.named_modules() if isinstance(module, InvertedResidual)]
     sizes = input_shapes(model, blocks, input_size)
-    return {name + ".conv": convert_block(module, sizes[name], batch_size, strategy, channels_last, device)
+    return {name + ".conv": deploy_block(module, sizes[name], batch_size, strategy, channels_last, device)
             for name, module in model.named_modules() if isinstance(module, InvertedResidual)}

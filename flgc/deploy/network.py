@@ -1,4 +1,4 @@
-"""convert(): the whole network to its inference form."""
+"""deploy_model(): the whole network to its inference form."""
 import copy
 
 import torch
@@ -8,10 +8,10 @@ from ..method.layer import FLGConv2d
 from .folding import fold_sequences
 from .graph import deploy as deploy_graph
 from .graph import fold_pairs, trace
-from .mobilenet import convert_blocks
+from .mobilenet import deploy_blocks
 from .modules import from_spec, set_module, spec_of
 from .orders import DATAFLOW, apply_ops
-from .pointwise import generic_flgc
+from .plan_modules import generic_flgc
 
 STRATEGIES = ("auto", "blocks", "conv", "matmul", "native", "dense")
 
@@ -38,7 +38,7 @@ def fold_batchnorm(model):
     return model
 
 
-def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size=(3, 32, 32), device="cpu"):
+def deploy_model(model, batch_size=1, strategy="auto", channels_last=True, input_size=(3, 32, 32), device="cpu"):
     """Inference form of `model` (a copy, eval mode, fp32, on `device`); model.deploy_spec describes it.
 
     The per-layer kernel ('auto') is the fastest measured on `device` for this batch size and memory
@@ -50,7 +50,7 @@ def convert(model, batch_size=1, strategy="auto", channels_last=True, input_size
     options = dict(batch_size=batch_size, strategy=strategy, channels_last=channels_last, device=device)
     ops = None
     with torch.no_grad():
-        replacements = convert_blocks(model, input_size, **options)
+        replacements = deploy_blocks(model, input_size, **options)
         if not replacements:
             replacements, traced, ops = deploy_graph(model, input_size, **options) or ({}, None, None)
         for path, module in replacements.items():

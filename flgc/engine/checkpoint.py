@@ -76,7 +76,7 @@ def load(path):
     payload = read(path)
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UsageError(f"{path} is not an flgc checkpoint (no format_version); "
-                         f"convert reference checkpoints with scripts/convert_reference_checkpoint.py")
+                         f"import reference checkpoints with scripts/convert_reference_checkpoint.py")
     if payload["format_version"] != FORMAT_VERSION:
         raise UsageError(f"checkpoint {path} has format version {payload['format_version']}; "
                          f"this code reads version {FORMAT_VERSION}")

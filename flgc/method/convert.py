@@ -43,7 +43,7 @@ def convert_model(model, groups=8, select=None, **flgc_options):
     select(name, conv) -> bool picks the layers; default: pointwise_convs(groups), every 1x1 conv
     with groups == 1 whose channels are multiples of G. flgc_options go to FLGConv2d (e.g.
     logit_init_std, temperature). A selected conv that FLGC cannot express raises ValueError.
-    The result trains with flgc.group_regularizer and deploys with flgc.deploy.convert.
+    The result trains with flgc.group_regularizer and deploys with flgc.deploy.deploy_model.
     """
     select = select or pointwise_convs(groups)
     chosen = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and select(name, m)]

@@ -22,19 +22,23 @@ def conv_bn(in_channels, out_channels, kernel_size=1, stride=1, groups=1, act=Tr
     return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
 
 
+def block_roles(expands):
+    """The roles of InvertedResidual.conv's layers in order (None: a ReLU6): the one statement of the block's
+    layout. Its state_dict names each layer conv.<position>; expands: the block has an expand conv (t > 1)."""
+    return (("expand", "expand_bn", None) if expands else ()) + (
+        "depthwise", "depthwise_bn", None, "project", "project_bn")
+
+
 class InvertedResidual(nn.Module):
     def __init__(self, in_channels, out_channels, stride, expansion, expand_conv, project_conv):
         super().__init__()
         hidden = in_channels * expansion
-        layers = []
-        if expansion != 1:
-            layers += [expand_conv(in_channels, hidden), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-                   nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-                   project_conv(hidden, out_channels), nn.BatchNorm2d(out_channels)]
-        self.conv = nn.Sequential(*layers)
-        roles = (["expand", "expand_bn", None] if expansion != 1 else []) + [
-            "depthwise", "depthwise_bn", None, "project", "project_bn"]
+        make = {"expand": lambda: expand_conv(in_channels, hidden), "expand_bn": lambda: nn.BatchNorm2d(hidden),
+                "depthwise": lambda: nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                "depthwise_bn": lambda: nn.BatchNorm2d(hidden), "project": lambda: project_conv(hidden, out_channels),
+                "project_bn": lambda: nn.BatchNorm2d(out_channels), None: lambda: nn.ReLU6(inplace=True)}
+        roles = block_roles(expansion != 1)
+        self.conv = nn.Sequential(*(make[role]() for role in roles))  # built in this order: the same random init
         self._part_index = {name: index for index, name in enumerate(roles) if name}
         self.residual = stride == 1
         self.shortcut = (conv_bn(in_channels, out_channels, act=False)

@@ -16,15 +16,13 @@ from ..engine import checkpoint, runlog
 from ..engine import config as config_lib
 from ..engine.data import files_present
 from ..engine.evaluation import test_metrics
-from ..engine.optim import peak_lr
 from ..errors import UsageError
 from ..extras import require
 from ..method import flops
 from ..method.layer import FLGConv2d
 from ..models import build_model
-from .releases import load_manifest, verified
+from .releases import data_label, load_manifest, recipe_of, structure, verified
 
-MODEL_NAMES = {"dense": "MobileNetV2", "group": "MobileNetV2-SGC", "flgc": "MobileNetV2-FLGC"}
 PLOT_TYPES = (".png", ".pdf", ".svg")
 
 
@@ -88,41 +86,6 @@ def per_layer_macs(model):
             if isinstance(module, FLGConv2d)]
 
 
-def data_description(data_cfg, images):
-    checked = "md5 verified" if data_cfg.verify_checksums else "copy, md5 not verified"
-    return f"CIFAR-10 ({checked}), {images:,} test images"
-
-
-def weight_decay_of(train_cfg):
-    """'wd 0.0005', with the parameter kinds that decay otherwise: 'wd 0.0005 (0 on norms and biases)'."""
-    t = train_cfg
-    kinds = {"norms and biases": t.norm_weight_decay, "depthwise": t.depthwise_weight_decay}
-    other = [f"{value:g} on {kind}" for kind, value in kinds.items() if value is not None and value != t.weight_decay]
-    return f"wd {t.weight_decay:g}" + (f" ({', '.join(other)})" if other else "")
-
-
-def recipe_of(cfg):
-    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images."""
-    t = cfg.train
-    if t.schedule == "multistep":
-        schedule = f"x{t.lr_gamma:g} at {'/'.join(str(m) for m in t.milestones)}"
-    else:
-        schedule = f"{t.schedule} after a {t.warmup_epochs:g}-epoch warm-up" if t.warmup_epochs else t.schedule
-    extras = [weight_decay_of(t)] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
-    extras += [t.amp] if t.amp in ("bf16", "fp16") else []
-    images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
-    optimizer = "SGD nesterov" if t.nesterov else "SGD"
-    return f"{optimizer} {peak_lr(t):g}, batch {t.batch_size}, {schedule}, {', '.join(extras)}; {images} train images"
-
-
-def structure(cfg):
-    """{model, groups, where} of a Config (groups and where are None for the dense network)."""
-    f = cfg.flgc
-    dense = f.pointwise == "dense"
-    return {"model": MODEL_NAMES.get(f.pointwise, f.pointwise), "groups": None if dense else f.groups,
-            "where": None if dense else f.where}
-
-
 def structure_row(name, source, kind, cfg, model):
     """A Row with what the config and the loaded model tell: model, G, where, MMac, params, recipe."""
     mflops, params = flops.count(model)
@@ -137,7 +100,7 @@ def evaluate_row(row, model, cfg):
         return False
     test = test_metrics(model, cfg)
     row.accuracy, row.test_images, row.accuracy_source = test["accuracy"], test["images"], "evaluated"
-    row.data = data_description(cfg.data, test["images"])
+    row.data = data_label(cfg.data, test["images"])
     return True
 
 
@@ -174,7 +137,7 @@ def local_row(path, overrides=(), evaluate=True):
         recorded = metrics.get("test_accuracy")
         images = cfg.data.test_subset or 10000
         row.accuracy, row.accuracy_source = recorded, None if recorded is None else "recorded"
-        row.test_images, row.data = images, data_description(cfg.data, images)
+        row.test_images, row.data = images, data_label(cfg.data, images)
     return row
 
 
@@ -185,7 +148,7 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
               groups=entry.get("groups"), where=entry.get("where"), mflops=entry.get("mflops"),
               params=entry.get("params"), accuracy=entry.get("accuracy"), accuracy_source="manifest",
               test_images=entry.get("test_images"), data=entry.get("data"),
-              recipe=entry.get("recipe") or entry.get("schedule"), epochs=_text(entry.get("epochs")),
+              recipe=entry.get("recipe"), epochs=_text(entry.get("epochs")),
               hardware=entry.get("hardware"), minutes=entry.get("minutes"))
     config_path = os.path.join(os.path.dirname(directory), entry.get("config") or "")
     if entry.get("config") and os.path.isfile(config_path):  # the repository's copy of the release's config
