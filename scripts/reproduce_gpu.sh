@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Train the four fast configs (configs/fast/mbv2_{baseline,sgc8,flgc8,flgc8both}.yaml) on one GPU,
-# one after the other, then slim each checkpoint to model + config + metrics and write
-# OUT/results.json (accuracy, MMac, params, minutes per row).
+# Train the four fast configs (configs/fast/mbv2_{baseline,sgc8,flgc8,flgc8both}.yaml) on one GPU, one
+# after the other, with scripts/train_rows.sh (resumable: run the same command again after an
+# interruption and each row continues where it stopped), then slim each checkpoint to weights + config
+# and write OUT/results.json (accuracy, MMac, params, minutes per row) with scripts/reproduce_results.py.
 #
 #   bash scripts/reproduce_gpu.sh [--rehearse] [--out DIR]
 #
+# Runs go to OUT/fast/mbv2_NAME, each with its console log beside it (OUT/fast/mbv2_NAME.log); the
+# slim checkpoints and results.json to OUT (default runs/reproduce_gpu, or runs/reproduce_rehearsal).
 # --rehearse: the same steps on the CPU with tiny subsets and 2 epochs, in a few minutes, so that a
 # GPU's time is not spent on this script's bugs. Its data: FLGC_CIFAR10_ROOT (a directory holding
 # cifar-10-batches-py/, checksums not verified) when set, else random images written to OUT/data.
@@ -24,15 +27,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-rows=(mbv2_baseline mbv2_sgc8 mbv2_flgc8 mbv2_flgc8both)
+rows=(baseline sgc8 flgc8 flgc8both)
 if [ "$rehearse" = 1 ]; then
     out="${out:-runs/reproduce_rehearsal}"
-    if [ -n "${FLGC_CIFAR10_ROOT:-}" ]; then
-        data="$FLGC_CIFAR10_ROOT"
-    else
-        data="$out/data"
-        python scripts/reproduce_results.py --random-data "$data"
-    fi
+    data="${FLGC_CIFAR10_ROOT:-$out/data}"
+    if [ -z "${FLGC_CIFAR10_ROOT:-}" ]; then python scripts/reproduce_results.py --random-data "$data"; fi
     extra=(device=cpu threads=2 train.compile=none "data.root=$data" data.verify_checksums=false data.train_subset=256
            data.test_subset=128 train.epochs=2 train.warmup_epochs=1 train.batch_size=64
            train.eval_batch_size=128 train.eval_interval=1 train.progress=false)
@@ -43,19 +42,8 @@ else
         exit 2
     fi
     extra=(device=cuda train.progress=false)
-    if [ -n "${DATA_ROOT:-}" ]; then extra+=("data.root=$DATA_ROOT"); fi
-fi
-if [ -e "$out/results.json" ]; then
-    echo "reproduce_gpu.sh: $out already holds results; pick another --out DIR" >&2
-    exit 2
 fi
 mkdir -p "$out"
-
-timed=()
-for name in "${rows[@]}"; do
-    start=$(date +%s.%N)
-    python train.py --config "configs/fast/$name.yaml" "out_dir=$out/$name" "${extra[@]}"
-    end=$(date +%s.%N)
-    timed+=("$name:$(python -c "print($end - $start)")")
-done
-python scripts/reproduce_results.py "$out" "${timed[@]}"
+# the CPU runtime settings (preloaded allocator and OpenMP runtime) are not for GPU rows: RUNTIME=default
+RUNS="$out" RUNTIME=default bash scripts/train_rows.sh fast "${rows[@]}" -- "${extra[@]}"
+python scripts/reproduce_results.py "$out" "${rows[@]/#/$out/fast/mbv2_}"

@@ -1,10 +1,11 @@
 """The results of scripts/reproduce_gpu.sh: slim each run's checkpoint and write one results JSON.
 
-python scripts/reproduce_results.py OUT NAME:SECONDS [NAME:SECONDS ...]
-For every NAME, OUT/NAME/last.pt becomes OUT/NAME.pt holding only model + config + metrics (under
-16 MiB); OUT/results.json gets one row per NAME: top-1 accuracy of the final model (%, the last
-epoch's evaluation), the best evaluated accuracy, MMac and parameters of its learned structure, and
-the minutes its train.py call took.
+python scripts/reproduce_results.py OUT RUN_DIR [RUN_DIR ...]
+For every finished RUN_DIR (a train.py out_dir, e.g. OUT/fast/mbv2_flgc8), OUT/NAME.pt (NAME: the run
+directory's name) holds its last.pt slimmed to weights and config (flgc.engine.checkpoint.save_slim);
+OUT/results.json gets one row per run: top-1 accuracy of the final model (%, the last epoch's
+evaluation), the best evaluated accuracy, MMac and parameters of its learned structure, epochs, and the
+minutes and hardware of its epochs (from its metrics.jsonl: a resumed run counts every part).
 python scripts/reproduce_results.py --random-data DIR   writes random images in the CIFAR-10 layout
 """
 import json
@@ -14,54 +15,40 @@ from flgc.engine import checkpoint
 from flgc.engine.cli import ArgumentParser, run
 from flgc.engine.data import write_random_cifar
 from flgc.errors import UsageError
+from flgc.fileio import atomic_path
 from flgc.method import flops
-
-LIMIT_BYTES = 16 * 2**20
-
-
-def slim(run_dir, target):
-    """Write run_dir/last.pt as model + config + metrics to target; returns (payload, bytes)."""
-    payload = checkpoint.load(os.path.join(run_dir, "last.pt"))
-    slimmed = {key: payload[key] for key in ("config", "model", "metrics")}
-    checkpoint.save(target, slimmed)
-    size = os.path.getsize(target)
-    if size >= LIMIT_BYTES:
-        raise UsageError(f"{target} is {size / 2**20:.1f} MiB, over the 16 MiB limit")
-    return slimmed, size
+from flgc.records.releases import finished_run, provenance_of
 
 
-def row(out, name, seconds):
-    slimmed, size = slim(os.path.join(out, name), os.path.join(out, f"{name}.pt"))
-    model = checkpoint.model_from(slimmed, name)
-    mflops, params = flops.count(model)
-    metrics = slimmed["metrics"]
-    return {"name": name, "accuracy": metrics["test_accuracy"], "best_accuracy": metrics["best_accuracy"],
-            "mflops": round(mflops, 2), "params": params, "epochs": metrics["epoch"],
-            "minutes": round(seconds / 60, 2), "checkpoint": f"{name}.pt", "checkpoint_mib": round(size / 2**20, 2)}
+def row(out, run_dir):
+    name = os.path.basename(os.path.normpath(run_dir))
+    payload, cfg = finished_run(run_dir)
+    size = checkpoint.save_slim(os.path.join(out, f"{name}.pt"), payload)
+    mflops, params = flops.count(checkpoint.model_from(payload, run_dir, cfg))
+    minutes, hardware, _, last = provenance_of(run_dir, cfg.train.epochs)
+    return {"name": name, "accuracy": last["test_accuracy"], "best_accuracy": last["best_accuracy"],
+            "mflops": round(mflops, 2), "params": params, "epochs": cfg.train.epochs, "minutes": round(minutes, 2),
+            "hardware": hardware, "checkpoint": f"{name}.pt", "checkpoint_mb": round(size / 1e6, 2)}
 
 
-def main():
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("out", help="the directory holding one run directory per NAME (or, with --random-data, the data root)")
-    parser.add_argument("rows", nargs="*", metavar="NAME:SECONDS")
+def main(argv=None):
+    parser = ArgumentParser(prog="reproduce_results.py", description=__doc__)
+    parser.add_argument("out", help="where the slim checkpoints and results.json go (with --random-data: the data root)")
+    parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
     parser.add_argument("--random-data", action="store_true", help="write random CIFAR-10-layout data to OUT")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.random_data:
         write_random_cifar(args.out, per_batch=256, test=256)
         return
-    rows = []
-    for item in args.rows:
-        name, _, seconds = item.partition(":")
-        try:
-            rows.append(row(args.out, name, float(seconds)))
-        except ValueError:
-            raise UsageError(f"bad row {item!r}; expected NAME:SECONDS, e.g. mbv2_flgc8:95.2") from None
+    if not args.run_dirs:
+        raise UsageError("give the run directories to summarise, e.g. OUT/fast/mbv2_flgc8")
+    rows = [row(args.out, run_dir) for run_dir in args.run_dirs]
     results = {"rows": rows, "total_minutes": round(sum(r["minutes"] for r in rows), 2)}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with atomic_path(os.path.join(args.out, "results.json")) as temp, open(temp, "w") as f:
         json.dump(results, f, indent=1)
     for r in rows:
         print(f"{r['name']:<16} {r['accuracy']:6.2f}%  {r['mflops']:6.2f} MMac  {r['params']:>9,} params  "
-              f"{r['minutes']:5.2f} min  {r['checkpoint_mib']:.1f} MiB")
+              f"{r['minutes']:5.2f} min  {r['checkpoint_mb']:.1f} MB")
     print(f"total {results['total_minutes']:.2f} min; {os.path.join(args.out, 'results.json')}")
 
 

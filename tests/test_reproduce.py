@@ -1,9 +1,14 @@
-"""scripts/reproduce_gpu.sh's last step: slimmed checkpoints and one results JSON, from a tiny run."""
+"""scripts/reproduce_gpu.sh's last step: slim checkpoints (checkpoint.save_slim) and one results JSON, from a tiny run."""
 import json
+import os
+import subprocess
 
-from helpers import assert_usage_error, write_tiny_cifar
+import pytest
+import torch
+from helpers import ROOT, assert_usage_error, write_tiny_cifar
 
 from flgc.engine import checkpoint, config, training
+from flgc.errors import UsageError
 
 
 def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
@@ -12,13 +17,44 @@ def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
         [f"data.root={data}", "data.verify_checksums=false", "train.batch_size=16", "train.eval_batch_size=16",
          "train.epochs=1", "train.warmup_epochs=0", "train.progress=false", "train.compile=none",
          f"out_dir={tmp_path / 'mbv2_flgc8'}"]))
-    training.fit(cfg)
-    result = call("scripts/reproduce_results.py", str(tmp_path), "mbv2_flgc8:90")
+    last = training.fit(cfg)
+    run_dir = str(tmp_path / "mbv2_flgc8")
+    result = call("scripts/reproduce_results.py", str(tmp_path), run_dir)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["mbv2_flgc8"] and rows[0]["minutes"] == 1.5
+    assert [r["name"] for r in rows] == ["mbv2_flgc8"] and rows[0]["epochs"] == 1
+    assert rows[0]["minutes"] == round(last["epoch_time_s"] / 60, 2) and rows[0]["hardware"] == last["hardware"]
     slim = checkpoint.load(str(tmp_path / "mbv2_flgc8.pt"))
-    assert set(slim) == {"format_version", "config", "model", "metrics"}
-    assert rows[0]["accuracy"] == slim["metrics"]["test_accuracy"] and 50 < rows[0]["mflops"] < 75
-    assert (tmp_path / "mbv2_flgc8.pt").stat().st_size < 16 * 2**20
-    assert_usage_error(call("scripts/reproduce_results.py", str(tmp_path), "mbv2_flgc8:soon"), "NAME:SECONDS")
+    assert set(slim) == {"format_version", "config", "model"}
+    full = checkpoint.load(str(tmp_path / "mbv2_flgc8" / "last.pt"))
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items()) and slim["config"] == full["config"]
+    assert rows[0]["accuracy"] == full["metrics"]["test_accuracy"] and 50 < rows[0]["mflops"] < 75
+    assert round((tmp_path / "mbv2_flgc8.pt").stat().st_size / 1e6, 2) == rows[0]["checkpoint_mb"]
+
+
+def test_results_refuse_an_unfinished_run_and_an_oversized_checkpoint(tmp_path, call, monkeypatch):
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    checkpoint.save(str(run_dir / "last.pt"), {"config": config.to_dict(config.from_dict({"train": {"epochs": 2}})),
+                                               "model": {}, "epoch": 1})
+    assert_usage_error(call("scripts/reproduce_results.py", str(tmp_path), str(run_dir)), "is not finished (1 of 2 epochs")
+    assert_usage_error(call("scripts/reproduce_results.py", str(tmp_path)), "give the run directories")
+    monkeypatch.setattr(checkpoint, "SLIM_LIMIT_BYTES", 1000)
+    with pytest.raises(UsageError, match="over the 0 MB limit"):
+        checkpoint.save_slim(str(tmp_path / "big.pt"), {"config": {}, "model": {"w": torch.zeros(1000)}})
+    assert not (tmp_path / "big.pt").exists()
+
+
+@pytest.mark.slow
+def test_the_gpu_reproduction_rehearses_on_the_cpu_and_resumes(tmp_path):
+    """bash scripts/reproduce_gpu.sh --rehearse (the CONTRACT's command): four rows trained through
+    scripts/train_rows.sh, slimmed and summarised; run again, it leaves the finished rows as they are."""
+    out = tmp_path / "rehearsal"
+    for _ in range(2):
+        done = subprocess.run(["bash", "scripts/reproduce_gpu.sh", "--rehearse", "--out", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="2"))
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["mbv2_baseline", "mbv2_sgc8", "mbv2_flgc8", "mbv2_flgc8both"]
+    assert all(r["epochs"] == 2 and (out / r["checkpoint"]).is_file() for r in rows)
+    assert "is complete: 2 of 2 epochs trained" in (out / "fast" / "mbv2_flgc8.log").read_text()

@@ -9,6 +9,7 @@ Rebuilding a deployed model is deployment's work: flgc.deploy registers its rebu
 (register_rebuilder), and loading a checkpoint with a deploy_spec imports flgc.deploy by name.
 """
 import importlib
+import io
 import os
 import warnings
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from ..models import build_model
 from . import config as config_lib
 
 FORMAT_VERSION = 1
+SLIM_LIMIT_BYTES = 12 * 10**6  # MobileNetV2 with FLGC on both 1x1s of every block: 10.0 MB of weights and config
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 PICKLE_HEADERS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))  # legacy torch.save / plain pickle
 # payload key -> (the package that registers its rebuilder when imported, the pip extra it needs)
@@ -41,6 +43,22 @@ def save(path, payload):
     payload = {"format_version": FORMAT_VERSION, **payload}
     with atomic_path(path) as temp, open(temp, "wb") as f:
         torch.save(payload, f)
+
+
+def save_slim(path, payload, config=None):
+    """Write the weights and the config of the checkpoint dict `payload` (or `config`, a config dict, in its
+    place) to `path`, nothing else: what a release or a reproduction keeps. Returns the file's bytes; a file
+    over SLIM_LIMIT_BYTES is refused (UsageError) before anything is written."""
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "config": payload["config"] if config is None else config,
+                "model": payload["model"]}, buffer)
+    size = buffer.tell()
+    if size > SLIM_LIMIT_BYTES:
+        raise UsageError(f"{path} would be {size / 1e6:.1f} MB, over the {SLIM_LIMIT_BYTES / 1e6:.0f} MB limit of a "
+                         f"slim checkpoint")
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        f.write(buffer.getbuffer())
+    return size
 
 
 def _unreadable_reason(path, err):

@@ -230,6 +230,28 @@ def _validate_regularizer(reg):
                          f"got kind={reg.kind}")
 
 
+# what a run may set differently without changing what it computes: where its files are, how fast and how
+# verbosely it runs. A release may be trained with other values of these than its config file holds.
+RUN_SETTINGS = ("out_dir", "device", "threads", "train.progress", "train.compile", "train.checkpoint_steps",
+                "train.finite_check_steps", "train.eval_interval", "train.eval_batch_size", "data.root", "data.download",
+                "data.verify_checksums", "flgc.plot_interval", "flgc.log_per_layer")
+# a resumed run may also set train.epochs (to extend the run); any other difference changes the result
+RESUME_MAY_CHANGE = RUN_SETTINGS + ("train.epochs",)
+# what an evaluation may change in a checkpoint's config (keys, or prefixes ending in '.'): where the data
+# are and how fast it runs
+EVALUATION_MAY_CHANGE = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
+
+
+def first_difference(cfg, other, may_differ=()):
+    """(key, value in cfg, value in other) of the first key, in schema order, whose values differ, leaving out
+    the keys of `may_differ`; None when the two Configs agree."""
+    for key in valid_keys():
+        ours, theirs = get(cfg, key), get(other, key)
+        if key not in may_differ and ours != theirs:
+            return key, ours, theirs
+    return None
+
+
 def get(cfg, key):
     value = cfg
     for part in key.split("."):

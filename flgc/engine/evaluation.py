@@ -23,18 +23,15 @@ def evaluate(model, batches):
     return {"accuracy": 100.0 * correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen}
 
 
-# what an evaluation may change in a checkpoint's config: where the data are and how fast it runs
-EVALUATION_OVERRIDES = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
-
-
 def parse_evaluation_overrides(pairs, program):
     """[(key, value)] of KEY=VALUE `pairs` for evaluating a checkpoint; UsageError (naming `program`)
-    for a key that would change what was trained."""
+    for a key that would change what was trained (see flgc.engine.config.EVALUATION_MAY_CHANGE)."""
     overrides = config_lib.parse_overrides(pairs)
+    allowed = config_lib.EVALUATION_MAY_CHANGE
     for key, _ in overrides:
-        if not key.startswith(EVALUATION_OVERRIDES):
-            raise UsageError(f"{program} cannot override {key!r}; allowed: data.*, device, threads, "
-                             f"train.eval_batch_size, train.channels_last")
+        if not key.startswith(allowed):
+            names = ", ".join(k + "*" if k.endswith(".") else k for k in allowed)
+            raise UsageError(f"{program} cannot override {key!r}; allowed: {names}")
     return overrides
 
 

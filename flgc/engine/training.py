@@ -97,22 +97,14 @@ class StopRequest:
             signal.signal(sig, previous)
 
 
-# keys a resumed run may set differently from its checkpoint: where things are, how fast and how
-# verbosely they run, and train.epochs (to extend a run); any other difference changes the result
-RESUME_MAY_CHANGE = ("out_dir", "device", "threads", "train.epochs", "train.progress", "train.compile",
-                     "train.checkpoint_steps", "train.finite_check_steps", "train.eval_interval",
-                     "train.eval_batch_size", "data.root", "data.download", "data.verify_checksums",
-                     "flgc.plot_interval", "flgc.log_per_layer")
-
-
 def check_resumable(saved, cfg, path):
     """UsageError naming the first key whose value in `cfg` differs from the checkpoint's config."""
-    for key in config_lib.valid_keys():
-        value, old = config_lib.get(cfg, key), config_lib.get(saved, key)
-        if key not in RESUME_MAY_CHANGE and old != value:
-            raise UsageError(f"cannot resume {path} with {key}={value!r}: it was trained with {old!r}; "
-                             f"a resume may change only {', '.join(RESUME_MAY_CHANGE)} "
-                             f"(start a new run with another out_dir=DIR instead)")
+    difference = config_lib.first_difference(cfg, saved, config_lib.RESUME_MAY_CHANGE)
+    if difference is not None:
+        key, value, old = difference
+        raise UsageError(f"cannot resume {path} with {key}={value!r}: it was trained with {old!r}; "
+                         f"a resume may change only {', '.join(config_lib.RESUME_MAY_CHANGE)} "
+                         f"(start a new run with another out_dir=DIR instead)")
 
 
 def _resume_path(cfg, resume):

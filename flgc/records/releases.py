@@ -147,13 +147,7 @@ def data_label(data_cfg, images):
 
 
 # --- releasing a run --------------------------------------------------------------------------------
-LIMIT_BYTES = 12 * 10**6
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# a release may be trained with other values of these keys than its config file holds: where the data
-# and the run lived, and how fast or verbosely it ran (never the recipe, the model or the epochs)
-MAY_DIFFER = ("out_dir", "device", "threads", "train.progress", "train.compile", "train.checkpoint_steps",
-              "train.finite_check_steps", "train.eval_interval", "train.eval_batch_size", "data.root",
-              "data.download", "data.verify_checksums", "flgc.plot_interval", "flgc.log_per_layer")
 
 
 def finished_run(run_dir):
@@ -174,11 +168,11 @@ def finished_run(run_dir):
 def check_trained_with(cfg, config_path):
     """The Config of `config_path` (out_dir cleared); UsageError naming the first recipe key the run changed."""
     released = config_lib.load(config_path)
-    for key in config_lib.valid_keys():
-        ours, theirs = config_lib.get(cfg, key), config_lib.get(released, key)
-        if key not in MAY_DIFFER and ours != theirs:
-            raise UsageError(f"the run was trained with {key}={ours!r} but {config_path} says {theirs!r}; a release "
-                             f"must be trained with its config file (only {', '.join(MAY_DIFFER)} may differ)")
+    difference = config_lib.first_difference(cfg, released, config_lib.RUN_SETTINGS)
+    if difference is not None:
+        key, ours, theirs = difference
+        raise UsageError(f"the run was trained with {key}={ours!r} but {config_path} says {theirs!r}; a release must "
+                         f"be trained with its config file (only {', '.join(config_lib.RUN_SETTINGS)} may differ)")
     released.out_dir = None
     return released
 
@@ -204,16 +198,16 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
 
 
 def write_slim(payload, released_cfg, directory):
-    """A temp file in `directory` holding the model weights and the release config; (path, bytes)."""
+    """A temp file in `directory` holding the slim checkpoint (flgc.engine.checkpoint.save_slim) of `payload`
+    with the release config; (path, bytes)."""
     os.makedirs(directory, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-release-", suffix=".pt")
     os.close(handle)
-    checkpoint.save(temp, {"config": config_lib.to_dict(released_cfg), "model": payload["model"]})
-    size = os.path.getsize(temp)
-    if size > LIMIT_BYTES:
+    try:
+        return temp, checkpoint.save_slim(temp, payload, config_lib.to_dict(released_cfg))
+    except UsageError:
         os.unlink(temp)
-        raise UsageError(f"the release file would be {size / 1e6:.1f} MB, over the {LIMIT_BYTES / 1e6:.0f} MB limit")
-    return temp, size
+        raise
 
 
 def measure(path, data_overrides):
