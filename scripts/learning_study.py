@@ -9,15 +9,14 @@ The table (Markdown, on stdout): per variant, mean ± sd over the seeds that fin
 accuracy, the MMac of the learned structure (and its maximum), the empty input + filter groups, and the
 group reassignments per epoch (input channels / filters, summed over the FLGC layers).
 """
-import json
 import os
 import statistics
 import subprocess
 import sys
 
-import yaml
-
+from flgc.engine import config
 from flgc.engine.cli import ArgumentParser, run
+from flgc.engine.runlog import METRICS, read_metrics
 from flgc.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,14 +50,11 @@ def finished_rows(out, name, seeds):
     runs = {}
     for seed in seeds:
         directory = run_dir(out, name, seed)
-        path, config_path = os.path.join(directory, "metrics.jsonl"), os.path.join(directory, "config.yaml")
-        if not (os.path.isfile(path) and os.path.isfile(config_path)):
+        config_path = os.path.join(directory, "config.yaml")
+        if not (os.path.isfile(os.path.join(directory, METRICS)) and os.path.isfile(config_path)):
             continue
-        with open(config_path) as f:
-            epochs = yaml.safe_load(f)["train"]["epochs"]
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        if rows and rows[-1]["epoch"] == epochs:
+        rows = read_metrics(directory)
+        if rows and rows[-1]["epoch"] == config.load(config_path).train.epochs:
             runs[seed] = rows
     return runs
 

@@ -10,6 +10,7 @@ import sys
 
 from flgc.engine.cli import ArgumentParser, run
 from flgc.engine.evaluation import parse_evaluation_overrides
+from flgc.engine.plots import check_figure_path, save_figure
 from flgc.records import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,11 +29,11 @@ def main():
     paths = [a for a in args.inputs if "=" not in a or os.path.exists(a)]
     overrides = parse_evaluation_overrides([a for a in args.inputs if a not in paths], "results_table.py")
     if args.plot:
-        results.check_plot_path(args.plot)
+        check_figure_path(args.plot, "--plot")
     baseline = results.baseline_mflops(args.baseline_config)
     rows = results.collect(args.manifest, paths, overrides, not args.no_eval, baseline)
     if args.plot:
-        results.save_figure(results.figure(rows, baseline), args.plot)
+        save_figure(results.figure(rows, baseline), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     print(results.to_json(rows, baseline) if args.json else results.markdown(rows, baseline))
 

@@ -238,22 +238,3 @@ def test_two_processes_train_through_and_resume_past_the_freeze_epoch(tmp_path):
     logits = [k for k in frozen if k.endswith("group_logits")]
     assert logits and all(torch.equal(frozen[k], final["model"][k]) for k in logits)
     assert not torch.equal(frozen["classifier.weight"], final["model"]["classifier.weight"])
-
-
-def test_a_checkpoint_of_the_per_epoch_schedule_resumes_at_the_right_lr(tmp_path):
-    """Checkpoints written before the per-step schedule hold a MultiStepLR state that counts epochs."""
-    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))  # milestones [1]: lr x0.1 from epoch 2
-    path = tmp_path / "run" / "last.pt"
-    saved = checkpoint.load(str(path))
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    old = torch.optim.lr_scheduler.MultiStepLR(optimizer, [1], 0.1)
-    optimizer.step()
-    old.step()
-    saved["scheduler"] = old.state_dict()
-    for group in saved["optimizer"]["param_groups"]:
-        group["lr"] = 0.01
-    checkpoint.save(str(path), {k: v for k, v in saved.items() if k != "format_version"})
-    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["epoch"] == 2 and rows[-1]["lr"] == pytest.approx(0.01)
-    assert checkpoint.load(str(path))["scheduler"]["last_epoch"] == 10  # 5 steps an epoch

@@ -26,7 +26,7 @@ def set_assignment(layer, input_groups, output_groups, noise=0.0):
 
 
 def balance_formula(layer):
-    """The README's balance formula on the integer hard sizes, in float64."""
+    """docs/learning.md's balance formula on the integer hard sizes, in float64."""
     c, n = (s.double() for s in layer.group_sizes())
     g = layer.groups
     m, k = layer.in_channels / g, layer.out_channels / g

@@ -1,5 +1,5 @@
 """scripts/results_table.py and flgc/records/results.py: published rows next to local runs, --json, --plot,
-the README table, released checkpoints, bad input."""
+the results table, released checkpoints, bad input."""
 import hashlib
 import json
 import os

@@ -171,12 +171,6 @@ def test_compile_choices():
     assert compiled(fn, "none") is fn
 
 
-def test_old_boolean_compile_values_still_load():
-    assert config.from_dict({"train": {"compile": False}}).train.compile == "none"
-    assert config.from_dict({"train": {"compile": True}}).train.compile == "inductor"
-    assert config.from_dict({}, [("train.compile", True)]).train.compile == "inductor"
-
-
 class _FailsInBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

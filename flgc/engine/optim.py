@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..method.layer import FLGConv2d
+from ..method.layer import FLGConv2d, flgc_layers
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -50,7 +50,7 @@ def weight_decay_groups(model, train_cfg):
 
 def build_optimizer(model, train_cfg, flgc_cfg):
     """SGD; FLGC assignment logits get their own lr scale (flgc.logit_lr_scale) and weight decay."""
-    logits = [p for m in model.modules() if isinstance(m, FLGConv2d) for p in (m.input_group_logits, m.output_group_logits)]
+    logits = [p for _, m in flgc_layers(model) for p in (m.input_group_logits, m.output_group_logits)]
     lr = peak_lr(train_cfg)
     groups = [{"params": params, "weight_decay": wd, "lr": lr}
               for wd, params in weight_decay_groups(model, train_cfg).items()]

@@ -1,21 +1,46 @@
-"""Pictures of learned group structures: masks re-ordered by group, and group sizes."""
+"""Figures: pictures of learned group structures (masks re-ordered by group, group sizes), and writing
+any figure to a file. matplotlib (the plot extra) is imported only when a figure is made."""
 import math
+import os
 
-import matplotlib
+from ..errors import UsageError
+from ..extras import require
+from ..fileio import atomic_path
+from ..method.layer import flgc_layers
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..method.layer import FLGConv2d  # noqa: E402
-
+FIGURE_TYPES = (".png", ".pdf", ".svg")
 PER_ROW = 3
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (the Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def check_figure_path(path, option, purpose=None):
+    """UsageError unless `path` names a figure file (FIGURE_TYPES) and matplotlib is installed; `option`
+    (e.g. --plot) is named in the message, `purpose` (default: the option) says what needs matplotlib."""
+    if os.path.splitext(path)[1].lower() not in FIGURE_TYPES:
+        raise UsageError(f"{option} {path}: allowed file types are {', '.join(FIGURE_TYPES)}")
+    require("matplotlib", purpose or option)
+
+
+def save_figure(figure, path):
+    """Write `figure` to `path` (its type from the file name) via a temp file and rename: a failure
+    leaves no half-written image."""
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=110, format=os.path.splitext(path)[1][1:].lower())
 
 
 def group_figure(model, title=None):
     """A figure with, for every FLGC layer, its connection mask with filters and input channels
     sorted by group (block diagonal) and bars of its group sizes."""
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, FLGConv2d)]
+    import numpy as np
+    plt = pyplot()
+    layers = flgc_layers(model)
     rows = max(1, math.ceil(len(layers) / PER_ROW))
     figure, axes = plt.subplots(rows, 2 * PER_ROW, figsize=(5.2 * PER_ROW, 2.6 * rows),
                                 gridspec_kw={"width_ratios": [1.4, 1] * PER_ROW}, squeeze=False)

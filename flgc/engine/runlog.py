@@ -5,7 +5,7 @@ import os
 
 from ..errors import UsageError
 from ..extras import require
-from ..method.layer import FLGConv2d
+from ..method.layer import flgc_layers
 
 METRICS = "metrics.jsonl"
 
@@ -82,7 +82,7 @@ class RunLog:
                 writer.add_scalar(f"reassign_per_layer/{name}/inputs", moved_inputs, epoch)
                 writer.add_scalar(f"reassign_per_layer/{name}/filters", moved_filters, epoch)
         due = self.plot_interval and (epoch % self.plot_interval == 0 or epoch == self.epochs)
-        if due and any(isinstance(m, FLGConv2d) for m in model.modules()):
+        if due and flgc_layers(model):
             from .plots import group_figure
             writer.add_figure("groups", group_figure(model), epoch)
         writer.flush()

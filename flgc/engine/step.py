@@ -175,7 +175,7 @@ class EpochSums:
 def weighted_penalty(model, reg):
     """penalty() -> weight x the regularizer `reg` (the flgc.regularizer config keys) of `model`'s trainable FLGC
     layers; None when it is 0 (no weight, or no FLGC layer still learning)."""
-    if not reg.weight or all(layer.frozen for _, layer in flgc_layers(model)):
+    if not reg.weight or not flgc_layers(model, trainable=True):
         return None
 
     def penalty():

@@ -164,7 +164,7 @@ class Run:
     def _restore(self, state):
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(_scheduler_state(state, len(self.train_batches)))
+            self.scheduler.load_state_dict(state["scheduler"])
             self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"]
         except (KeyError, ValueError, TypeError) as err:
             raise UsageError(f"checkpoint {self.resume_from} cannot resume this config ({err})") from None
@@ -235,17 +235,6 @@ class Run:
         flags = torch.stack([(~finite).float(), finite.new_tensor(float(self.stop()), dtype=torch.float32)])
         bad, stop = distributed.sum_over_processes(flags).tolist()
         return bad == 0, stop > 0
-
-
-def _scheduler_state(state, steps_per_epoch):
-    """The schedule's state; checkpoints of the per-epoch MultiStepLR count epochs, not steps."""
-    saved = dict(state["scheduler"])
-    if "lr_lambdas" not in saved:
-        steps = state["epoch"] * steps_per_epoch + state.get("step", 0)
-        saved = {"last_epoch": steps, "_step_count": steps + 1, "lr_lambdas": [None] * len(state["optimizer"]["param_groups"]),
-                 "base_lrs": [g["initial_lr"] for g in state["optimizer"]["param_groups"]],
-                 "_last_lr": [g["lr"] for g in state["optimizer"]["param_groups"]]}
-    return saved
 
 
 def train_epoch(run, epoch, before):

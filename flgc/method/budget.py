@@ -9,7 +9,7 @@ import torch
 
 from ..errors import UsageError
 from .flops import module_macs
-from .layer import FLGConv2d
+from .layer import FLGConv2d, flgc_layers
 from .regularizer import apply_move, connections, group_regularizer, lowering_moves
 
 _MAC_WEIGHTS = weakref.WeakKeyDictionary()
@@ -80,7 +80,6 @@ def project_to_budget(model, target_mflops):
 
 def regularizer_penalty(model, kind, target_mflops=None, target_fraction=None):
     """group_regularizer, with budget measured against the whole-model target_mflops when given."""
-    layers = [m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen]
-    if kind == "budget" and target_mflops is not None and layers:
+    if kind == "budget" and target_mflops is not None and flgc_layers(model, trainable=True):
         return model_budget_penalty(model, target_mflops)
     return group_regularizer(model, kind, target_fraction)

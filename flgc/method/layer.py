@@ -210,6 +210,7 @@ class FLGConv2d(nn.Module):
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
 
-def flgc_layers(model):
-    """[(name, FLGConv2d)] of every FLGC layer in `model`, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, FLGConv2d)]
+def flgc_layers(model, trainable=False):
+    """[(name, FLGConv2d)] of every FLGC layer in `model`, in module order; with `trainable`, only the layers
+    whose assignment still learns (not frozen). The one scan of a model for its FLGC layers."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, FLGConv2d) and not (trainable and m.frozen)]

@@ -20,7 +20,7 @@ there and cannot get under a target below the uniform cost by itself.
 """
 import torch
 
-from .layer import FLGConv2d
+from .layer import flgc_layers
 
 KINDS = ("balance", "budget", "none")
 
@@ -106,7 +106,7 @@ def project_to_fraction(model, fraction=None):
     `fraction` (default 1/G) of in * out, make the move that lowers it most (no group emptied).
     Returns the number of input channels and filters moved."""
     moves = 0
-    for layer in (m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen):
+    for _, layer in flgc_layers(model, trainable=True):
         limit = (1.0 / layer.groups if fraction is None else fraction) * layer.in_channels * layer.out_channels
         while int(connections(layer)) > limit:
             move = lowering_moves(*layer.group_sizes())
@@ -122,7 +122,7 @@ def group_regularizer(model, kind, target_fraction=None):
     flgc.method.budget.regularizer_penalty."""
     if kind not in KINDS:
         raise ValueError(f"unknown regularizer {kind!r}; allowed: {', '.join(KINDS)}")
-    layers = [m for m in model.modules() if isinstance(m, FLGConv2d) and not m.frozen]
+    layers = [layer for _, layer in flgc_layers(model, trainable=True)]
     if kind == "none" or not layers:
         return torch.zeros(())
     if kind == "budget":
@@ -134,11 +134,10 @@ def structure_stats(model):
     """Counts over the FLGC layers of `model` (ints): empty input groups, empty filter groups, dead
     filters (their group has no input channel), unread input channels (their group has no filter)."""
     stats = dict.fromkeys(("empty_input_groups", "empty_filter_groups", "dead_filters", "unread_inputs"), 0)
-    for module in model.modules():
-        if isinstance(module, FLGConv2d):
-            inputs, filters = module.group_sizes()
-            stats["empty_input_groups"] += int((inputs == 0).sum())
-            stats["empty_filter_groups"] += int((filters == 0).sum())
-            stats["dead_filters"] += int(filters[inputs == 0].sum())
-            stats["unread_inputs"] += int(inputs[filters == 0].sum())
+    for _, layer in flgc_layers(model):
+        inputs, filters = layer.group_sizes()
+        stats["empty_input_groups"] += int((inputs == 0).sum())
+        stats["empty_filter_groups"] += int((filters == 0).sum())
+        stats["dead_filters"] += int(filters[inputs == 0].sum())
+        stats["unread_inputs"] += int(inputs[filters == 0].sum())
     return stats

@@ -16,14 +16,12 @@ from ..engine import checkpoint, runlog
 from ..engine import config as config_lib
 from ..engine.data import files_present
 from ..engine.evaluation import test_metrics
+from ..engine.plots import pyplot
 from ..errors import UsageError
-from ..extras import require
 from ..method import flops
 from ..method.layer import FLGConv2d
 from ..models import build_model
 from .releases import data_label, load_manifest, recipe_of, structure, verified
-
-PLOT_TYPES = (".png", ".pdf", ".svg")
 
 
 @dataclass
@@ -274,9 +272,7 @@ def _layer_panel(ax, row):
 
 def figure(rows, baseline):
     """Accuracy vs MMac of every row; per-layer MMac of the first learned FLGC structure beside it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     learned = next((r for r in rows if r.per_layer), None)
     fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(15 if learned else 8, 6), squeeze=False)
     _cost_panel(axes[0, 0], rows, baseline)
@@ -286,22 +282,3 @@ def figure(rows, baseline):
         fig.text(0.5, 0.01, "no row with a learned FLGC structure: per-layer panel omitted", ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
-
-
-def check_plot_path(path):
-    if os.path.splitext(path)[1].lower() not in PLOT_TYPES:
-        raise UsageError(f"--plot {path}: allowed file types are {', '.join(PLOT_TYPES)}")
-    require("matplotlib", "--plot")
-
-
-def save_figure(fig, path):
-    """Write the figure via a temp file and rename, so a failure leaves no half-written image."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, ".tmp-" + os.path.basename(path))
-    try:
-        fig.savefig(temp, dpi=110, format=os.path.splitext(path)[1][1:].lower())
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
