@@ -1,4 +1,4 @@
-"""Convert a checkpoint into its inference form: BN folded, learned groups computed as real groups.
+"""Deploy a checkpoint: its inference form, with BN folded and the learned groups computed as real groups.
 
 python scripts/deploy.py --checkpoint CKPT --out FILE [--batch-size 1] [--strategy auto|blocks|conv|matmul|native|dense]
 The result loads and evaluates with eval.py; its outputs are checked against the training model's.
@@ -52,7 +52,7 @@ def main():
         print(f"the deployed form computes {after - before:.2f} MMac more than the learned structure: with "
               f"--strategy {args.strategy}, layers run the kernel {'timed fastest' if args.strategy == 'auto' else 'chosen'} "
               f"at batch {args.batch_size}, and a dense or padded kernel also computes the connections the groups "
-              f"leave out (auto's picks follow timings and may differ between conversions; pin them with --strategy)")
+              f"leave out (auto's picks follow timings and may differ between deployments; pin them with --strategy)")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 through LD_PRELOAD, and thread affinity. Nothing here is required: a library that is not installed
 is left out, and training runs the same (only slower or faster) with any of these settings.
 
-    python scripts/runtime_env.py [SETTING]     # prints the environment of SETTING (default: the
-                                                # recipe's, `recommended`), one NAME=VALUE per line
+    python scripts/runtime_env.py [SETTING]         # prints the environment of SETTING (default: the
+                                                    # recipe's, `recommended`), one NAME=VALUE per line
+    python scripts/runtime_env.py --json SETTING    # {"environment": {NAME: VALUE}, "missing": [library]}
+    python scripts/runtime_env.py --list            # the settings, one per line
 
-scripts/train_rows.sh reads this output; benchmarks/bench_runtime.py times the settings side by side.
+scripts/train_rows.sh reads the first form; benchmarks/bench_runtime.py times the settings side by side.
 """
 import glob
+import json
 import os
 import sys
 
@@ -63,11 +66,19 @@ def environment(setting):
 
 
 def main(argv):
+    if argv == ["--list"]:
+        print("\n".join(SETTINGS))
+        return 0
+    as_json = argv[:1] == ["--json"]
+    argv = argv[1:] if as_json else argv
     setting = argv[0] if argv else RECOMMENDED
     if setting not in SETTINGS or len(argv) > 1:
         print(f"runtime_env.py: unknown setting {' '.join(argv)!r}; allowed: {', '.join(SETTINGS)}", file=sys.stderr)
         return 2
     env, missing = environment(setting)
+    if as_json:
+        print(json.dumps({"environment": env, "missing": missing}))
+        return 0
     for name in missing:
         print(f"runtime_env.py: {name} not found; running without it", file=sys.stderr)
     for key, value in env.items():

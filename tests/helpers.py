@@ -26,38 +26,15 @@ def run_cli(*args, cwd=ROOT, timeout=600):
 
 
 def load_script(path):
-    """The module of a repository entry point (e.g. "eval.py", "scripts/plot_groups.py"), imported by path.
-
-    Modules next to the script that it imports by bare name (as `python scripts/x.py` finds them) are
-    loaded first under that name, so the script runs here as on the command line."""
+    """The module of a repository entry point (e.g. "eval.py", "scripts/plot_groups.py"), imported by path."""
+    import importlib.util
     name = "script_" + os.path.splitext(path)[0].replace("/", "_")
     if name not in sys.modules:
-        full = os.path.join(ROOT, path)
-        _load_siblings(full)
-        sys.modules[name] = _module_from_file(name, full)
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
     return sys.modules[name]
-
-
-def _module_from_file(name, path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _load_siblings(path):
-    import ast
-    directory = os.path.dirname(path)
-    tree = ast.parse(open(path).read(), path)
-    for node in ast.walk(tree):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-        for module in names:
-            sibling = os.path.join(directory, module + ".py")
-            if module not in sys.modules and os.path.isfile(sibling):
-                _load_siblings(sibling)
-                sys.modules[module] = _module_from_file(module, sibling)
 
 
 def run_main(path, *argv):

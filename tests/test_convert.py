@@ -4,13 +4,13 @@ import torch
 import torch.nn as nn
 import torchvision
 from helpers import TOLERANCE, max_difference, randomise
+from yardsticks import assign_balanced
 
 import flgc
 from flgc import FLGConv2d, deploy
 from flgc.deploy import BlockPointwise, GroupedConv
 from flgc.engine.training import assignments, reassignments
 from flgc.method import flops
-from flgc.method.convert import assign_balanced
 from flgc.models import MobileNetV2
 
 
@@ -123,13 +123,6 @@ def test_rebuild_from_spec_and_count_the_deployed_form():
         assert torch.allclose(rebuilt(x), deployed(x), atol=1e-6)
     deployed_macs, _ = flops.count(deployed, (3, 32, 32))
     assert deployed_macs < flops.count(torchvision_model("resnet50"), (3, 32, 32))[0]
-
-
-def test_assign_balanced_gives_every_group_its_share():
-    model = assign_balanced(flgc.convert_model(MobileNetV2(), groups=8), seed=3)
-    for layer in (m for m in model.modules() if isinstance(m, FLGConv2d)):
-        in_sizes, out_sizes = layer.group_sizes()
-        assert set(in_sizes.tolist()) == {layer.in_channels // 8} and set(out_sizes.tolist()) == {layer.out_channels // 8}
 
 
 def test_our_mobilenet_converted_everywhere_deploys_exactly():

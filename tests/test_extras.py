@@ -41,7 +41,7 @@ def test_onnx_export_without_onnx_is_one_line_before_the_checkpoint_is_read(hide
 
 def test_onnx_runtime_timing_without_onnxruntime_is_one_line(hide, call):
     hide("onnxruntime")
-    assert_usage_error(call("scripts/bench_inference.py", "--batch-sizes", "1"), "--runtimes onnxruntime", DEPLOY)
+    assert_usage_error(call("benchmarks/bench_inference.py", "--batch-sizes", "1"), "--runtimes onnxruntime", DEPLOY)
 
 
 def test_plots_without_matplotlib_are_one_line_before_any_work(hide, call, tmp_path):
@@ -61,7 +61,7 @@ def test_the_native_strategy_without_ninja_or_a_compiler_is_one_line(monkeypatch
     assert native.missing_tools().startswith("ninja is not installed")
     result = call("scripts/deploy.py", "--checkpoint", ckpt, "--out", tmp_path / "d.pt", "--strategy", "native")
     assert_usage_error(result, "--strategy native needs flgc's compiled kernels: ninja", DEPLOY)
-    assert_usage_error(call("scripts/bench_native.py"), "bench_native.py needs flgc's compiled kernels", DEPLOY)
+    assert_usage_error(call("benchmarks/bench_native.py"), "bench_native.py needs flgc's compiled kernels", DEPLOY)
     monkeypatch.undo()
     if native.missing_tools().startswith("ninja"):
         pytest.skip("no ninja here: the compiler check is not reached")

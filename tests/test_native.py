@@ -12,12 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from helpers import TOLERANCE, kernels_missing, randomise
+from yardsticks import assign_balanced
 
 import flgc
 from flgc import deploy
 from flgc.deploy import GroupedConv, PermutedAdd, PermutedSum, export, native
 from flgc.method import flops
-from flgc.method.convert import assign_balanced
 
 MISSING = kernels_missing()
 needs_kernels = pytest.mark.skipif(bool(MISSING), reason=MISSING)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..method.layer import FLGConv2d
 from ..method.planner import Plan, plan_pointwise, take_rows
-from ..models.mobilenetv2 import InvertedResidual
+from ..models.mobilenetv2 import InvertedResidual, block_roles
 from .folding import folded, groups_of, plain_conv
 from .modules import BlockPointwise, ChannelGather
 from .plan_modules import build_pointwise, kernel_choices
@@ -63,23 +63,29 @@ def build_block(block, strategy):
     key = (lambda h: (int(e_out[h]), h)) if e_grouped else None
     plan, project_module = _project(parts, strategy, key)
     layout = torch.as_tensor(plan.layout)
-    modules = []
+    deployed, modules = {"project": project_module}, []
     if expand is not None:
         e_weight, e_bias = folded(expand, parts["expand_bn"])
         e_weight = e_weight[:, :, 0, 0]
         if not e_grouped or strategy == "dense":
-            modules.append(plain_conv(expand, take_rows(e_weight, layout)[:, :, None, None], take_rows(e_bias, layout)))
+            deployed["expand"] = plain_conv(expand, take_rows(e_weight, layout)[:, :, None, None], take_rows(e_bias, layout))
         else:
-            modules.append(_expand_blocks(expand, e_weight, e_bias, plan.layout))
-        modules.append(nn.ReLU6(inplace=True))
+            deployed["expand"] = _expand_blocks(expand, e_weight, e_bias, plan.layout)
     elif plan.layout != list(range(depthwise.in_channels)):
         gather = ChannelGather(len(plan.layout))
         gather.index.copy_(layout.clamp(min=0))  # padding positions read any channel: zero weights follow
         modules.append(gather)
     d_weight, d_bias = folded(depthwise, parts["depthwise_bn"])
-    modules += [plain_conv(depthwise, take_rows(d_weight, layout), take_rows(d_bias, layout)),
-                nn.ReLU6(inplace=True), project_module]
+    deployed["depthwise"] = plain_conv(depthwise, take_rows(d_weight, layout), take_rows(d_bias, layout))
+    modules += [deployed[role] if role else nn.ReLU6(inplace=True) for role in deployed_roles(expand is not None)]
     return nn.Sequential(*modules)
+
+
+def deployed_roles(expands):
+    """The roles of a deployed block's layers in order (None: a ReLU6): those of the training block
+    (flgc.models.mobilenetv2.block_roles) without its BatchNorms, which are folded into the convs. A block
+    without an expand conv may start with a ChannelGather besides."""
+    return tuple(role for role in block_roles(expands) if role is None or not role.endswith("_bn"))
 
 
 def deploy_block(block, input_shape, batch_size, strategy, channels_last, device="cpu"):

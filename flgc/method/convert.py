@@ -53,16 +53,3 @@ def convert_model(model, groups=8, select=None, **flgc_options):
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, flgc_from_conv(conv, groups, **flgc_options))
     return model
-
-
-def assign_balanced(model, seed=0):
-    """Give every FLGConv2d of model a random balanced hard structure (each group holds in/G input
-    channels and out/G filters, rounded), as one-hot logits of a shuffled round-robin; returns model."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, FLGConv2d):
-                for logits in (layer.input_group_logits, layer.output_group_logits):
-                    groups = torch.randperm(len(logits), generator=generator) % layer.groups
-                    logits.copy_(nn.functional.one_hot(groups, layer.groups) * 3.0)
-    return model

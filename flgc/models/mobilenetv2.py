@@ -37,7 +37,8 @@ class InvertedResidual(nn.Module):
                 "depthwise": lambda: nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
                 "depthwise_bn": lambda: nn.BatchNorm2d(hidden), "project": lambda: project_conv(hidden, out_channels),
                 "project_bn": lambda: nn.BatchNorm2d(out_channels), None: lambda: nn.ReLU6(inplace=True)}
-        roles = block_roles(expansion != 1)
+        self.expands = expansion != 1
+        roles = block_roles(self.expands)
         self.conv = nn.Sequential(*(make[role]() for role in roles))  # built in this order: the same random init
         self._part_index = {name: index for index, name in enumerate(roles) if name}
         self.residual = stride == 1

@@ -1,6 +1,6 @@
 """Input pipeline speed: our in-memory batched augmentation vs torchvision transforms + DataLoader.
 
-python scripts/bench_data.py [KEY=VALUE ...] [--batches 40] [--workers 2] [--json]
+python benchmarks/bench_data.py [KEY=VALUE ...] [--batches 40] [--workers 2] [--json]
 KEY=VALUE are data keys (data.root=DIR, data.verify_checksums=false). Both pipelines produce the same
 augmentation distribution (random crop 32 with zero padding 4, horizontal flip, normalisation) at
 batch 128 from the training split; they are timed in alternating rounds, the medians reported.

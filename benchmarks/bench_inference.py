@@ -1,6 +1,6 @@
 """Inference speed of dense, standard-group and FLGC networks: training form, deployed, and the bound.
 
-python scripts/bench_inference.py [--model mobilenetv2_cifar|resnet50] [--size N] [--threads 2]
+python benchmarks/bench_inference.py [--model mobilenetv2_cifar|resnet50] [--size N] [--threads 2]
     [--batch-sizes 1,128] [--device cpu|cuda] [--checkpoint CKPT] [--json]
 
 All variants are built in one process with fixed seeds, BN folded, and timed in interleaved rounds;
@@ -30,7 +30,7 @@ from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 from flgc.extras import require
 from flgc.method import flops
-from flgc.method.convert import assign_balanced, pointwise_convs
+from flgc.method.convert import pointwise_convs
 from flgc.models import MobileNetV2
 
 GROUPS = 8
@@ -96,7 +96,7 @@ def resnet_models():
     select = pointwise_convs(GROUPS)
     paths = [name for name, m in dense.named_modules() if isinstance(m, nn.Conv2d) and select(name, m)]
     sgc = yardsticks.uniform_groups(copy.deepcopy(dense), paths, GROUPS)
-    flgc8 = assign_balanced(flgc.convert_model(copy.deepcopy(dense), groups=GROUPS), seed=0)
+    flgc8 = yardsticks.assign_balanced(flgc.convert_model(copy.deepcopy(dense), groups=GROUPS), seed=0)
     return {"dense": dense, "sgc8": sgc, "flgc8": flgc8.eval(), "paths": paths}
 
 

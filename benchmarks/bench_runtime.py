@@ -1,13 +1,13 @@
 """Training step speed under each process runtime setting (allocator, OpenMP runtime, affinity) and
-batch size, side by side: every setting runs scripts/bench_train.py --only VARIANT in its own
+batch size, side by side: every setting runs benchmarks/bench_train.py --only VARIANT in its own
 process (LD_PRELOAD cannot change inside one), and the settings take turns in rounds.
 
-python scripts/bench_runtime.py [--variant flgc8] [--amp bf16] [--batches 128,256] [--rounds 3]
+python benchmarks/bench_runtime.py [--variant flgc8] [--amp bf16] [--batches 128,256] [--rounds 3]
                                 [--repeats 6] [--settings default,tcmalloc,...] [--json]
 
 Reports per setting and batch the median over rounds of each process's median step time, its time
 per image and the ratio to the first row (per image). Settings whose library is not installed are
-skipped with a note. The settings are defined in scripts/runtime_env.py.
+skipped with a note. The settings are scripts/runtime_env.py's (what scripts/train_rows.sh runs with).
 """
 import json
 import os
@@ -15,12 +15,22 @@ import statistics
 import subprocess
 import sys
 
-from runtime_env import SETTINGS, environment
-
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RUNTIME_ENV = os.path.join(os.path.dirname(HERE), "scripts", "runtime_env.py")
+
+
+def runtime_env(*args):
+    """stdout of scripts/runtime_env.py with `args` (the settings live there, beside the row driver)."""
+    return subprocess.run([sys.executable, RUNTIME_ENV, *args], capture_output=True, text=True, check=True).stdout
+
+
+def environment(setting):
+    """(extra environment of `setting`, the libraries it lacks here)."""
+    found = json.loads(runtime_env("--json", setting))
+    return found["environment"], found["missing"]
 
 
 def time_once(setting_env, args, batch):
@@ -42,13 +52,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    settings = runtime_env("--list").split()
+    parser.add_argument("--settings", default=",".join(settings))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     names = args.settings.split(",")
-    unknown = [name for name in names if name not in SETTINGS]
+    unknown = [name for name in names if name not in settings]
     if unknown:
-        raise UsageError(f"--settings: unknown {', '.join(unknown)}; allowed: {', '.join(SETTINGS)}")
+        raise UsageError(f"--settings: unknown {', '.join(unknown)}; allowed: {', '.join(settings)}")
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:

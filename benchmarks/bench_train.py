@@ -1,10 +1,10 @@
 """Training step speed (forward + backward + SGD step) of MobileNetV2 variants, side by side.
 
-python scripts/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp auto|none|bf16] [--json]
-python scripts/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
-python scripts/bench_train.py [--settings] --only NAME [...]
-python scripts/bench_train.py --projections [--threads 2] [--batch 128] [--repeats 10] [--json]
-python scripts/bench_train.py --device cuda [--batch 512] [--modes eager,graphs] [--repeats 30] [--json]
+python benchmarks/bench_train.py [--threads 2] [--batch 128] [--repeats 10] [--amp auto|none|bf16] [--json]
+python benchmarks/bench_train.py --settings [--threads 2] [--batch 128] [--repeats 10] [--json]
+python benchmarks/bench_train.py [--settings] --only NAME [...]
+python benchmarks/bench_train.py --projections [--threads 2] [--batch 128] [--repeats 10] [--json]
+python benchmarks/bench_train.py --device cuda [--batch 512] [--modes eager,graphs] [--repeats 30] [--json]
 Random inputs at batch 128, channels_last, CPU by default; the variants are timed in interleaved
 rounds and the medians reported. A step is the trainer's (flgc.engine.step): its objective (network, cross-entropy,
 group regularizer, under train.amp autocast) then backward and the SGD step. On CUDA every step is
@@ -76,7 +76,7 @@ def projection_steppers(batch, groups=8):
     cfg = config.from_dict({}, config.parse_overrides(VARIANTS["dense"]))
     model = build_model(cfg).to(memory_format=torch.channels_last)
     shapes = []
-    hooks = [block.conv[-2].register_forward_hook(lambda m, i, o: shapes.append((i[0].shape, m.out_channels)))
+    hooks = [block.parts()["project"].register_forward_hook(lambda m, i, o: shapes.append((i[0].shape, m.out_channels)))
              for block in model.modules() if isinstance(block, InvertedResidual)]
     with torch.no_grad():
         model(torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last))

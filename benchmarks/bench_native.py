@@ -1,6 +1,6 @@
 """The compiled kernels (flgc/deploy/native.cpp) on ResNet-50's shapes, side by side with what torch does there.
 
-python scripts/bench_native.py [--batch-sizes 1,32] [--threads 2] [--repeats 15] [--json]
+python benchmarks/bench_native.py [--batch-sizes 1,32] [--threads 2] [--repeats 15] [--json]
 
 Residual stream: for each tensor between ResNet-50's bottlenecks (224x224 input: N x 256 x 56 x 56,
 512 x 28 x 28, 1024 x 14 x 14, 2048 x 7 x 7; float32, channels_last), `sum`, a permuted sum with

@@ -1,6 +1,7 @@
-"""Benchmark yardsticks shared by the scripts/bench_*.py scripts (imported as a sibling module):
-interleaved timing with medians, CUDA-event timing, the speed bound of a grouped 1x1 conv, and
-ONNX Runtime sessions. Not part of the flgc library.
+"""Benchmark yardsticks shared by the benchmarks/bench_*.py scripts (imported as a sibling module, and by
+the tests with benchmarks/ on pytest's pythonpath): interleaved timing with medians, CUDA-event timing,
+the speed bound of a grouped 1x1 conv, balanced FLGC structures, and ONNX Runtime sessions. Not part of
+the flgc library.
 
 Speed claims are ratios measured side by side in one process, never absolute thresholds in tests.
 """
@@ -12,7 +13,9 @@ import time
 import torch
 import torch.nn as nn
 
-from flgc import FLGConv2d, deploy
+from flgc import deploy
+from flgc.deploy.mobilenet import deployed_roles
+from flgc.method.layer import flgc_layers
 from flgc.models.mobilenetv2 import InvertedResidual
 
 
@@ -78,14 +81,13 @@ class SliceConv(nn.Module):
 def mobilenet_bound(dense_deployed, groups, where):
     """The deployed dense MobileNetV2 with its chosen 1x1 convs (project | expand | both) replaced
     by SliceConv."""
+    chosen = {"project": ("project",), "expand": ("expand",), "both": ("expand", "project")}[where]
     for module in dense_deployed.modules():
         if isinstance(module, InvertedResidual):
-            layers = module.conv
-            if where in ("project", "both"):
-                layers[len(layers) - 1] = SliceConv(layers[len(layers) - 1], groups)
-            if where in ("expand", "both") and len(layers) == 5 and isinstance(layers[0], nn.Conv2d) \
-                    and layers[0].kernel_size == (1, 1):
-                layers[0] = SliceConv(layers[0], groups)
+            roles = deployed_roles(module.expands)  # a dense block's channels need no gather in front
+            for role in chosen:
+                if role in roles:
+                    module.conv[roles.index(role)] = SliceConv(module.conv[roles.index(role)], groups)
     return dense_deployed
 
 
@@ -113,7 +115,19 @@ def ort_session(model_bytes, threads):
 
 
 def count_flgc(model):
-    return sum(isinstance(m, FLGConv2d) for m in model.modules())
+    return len(flgc_layers(model))
+
+
+def assign_balanced(model, seed=0):
+    """Give every FLGConv2d of model a random balanced hard structure (each group holds in/G input
+    channels and out/G filters, rounded), as one-hot logits of a shuffled round-robin; returns model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in flgc_layers(model):
+            for logits in (layer.input_group_logits, layer.output_group_logits):
+                groups = torch.randperm(len(logits), generator=generator) % layer.groups
+                logits.copy_(nn.functional.one_hot(groups, layer.groups) * 3.0)
+    return model
 
 
 def uniform_groups(model, paths, groups):
