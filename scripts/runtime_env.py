@@ -66,6 +66,9 @@ def environment(setting):
 
 
 def main(argv):
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if argv == ["--list"]:
         print("\n".join(SETTINGS))
         return 0
