@@ -1,7 +1,10 @@
 """Count MMac (ptflops convention) and parameters of a config or a checkpoint, or compare several.
 
-python count_flops.py (--config FILE | --checkpoint PATH) [--per-layer] [--json] [KEY=VALUE ...]
-python count_flops.py --compare [CONFIG or CHECKPOINT ...] [--json]
+python count_flops.py (--config FILE | --checkpoint PATH|NAME) [--per-layer] [--json] [KEY=VALUE ...]
+python count_flops.py --compare [CONFIG, CHECKPOINT or NAME ...] [--json]
+
+--compare with no arguments compares the released checkpoints (by name) and every config with the
+dense baseline; NAME is a released checkpoint of checkpoints/manifest.json.
 KEY=VALUE overrides apply to --config only: a checkpoint is counted as it was trained.
 """
 import glob
@@ -15,6 +18,7 @@ from flgc.engine.cli import ArgumentParser, human_stream, run
 from flgc.errors import UsageError
 from flgc.method import flops
 from flgc.models import build_model
+from flgc.records import pretrained
 from flgc.records.results import dense_baseline_mflops
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -22,10 +26,22 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def default_sources():
-    """{shown name: path} of every config in configs/ and, when that folder exists, configs/fast/."""
+    """{shown name: path}: every released checkpoint (checkpoints/manifest.json, by name), then every
+    config of configs/ and its recipe folders (cpu, cpu-long, fast, ...)."""
+    sources = {name: pretrained.released_path(name) for name in pretrained.released_names()}
     found = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-    found += sorted(glob.glob(os.path.join(ROOT, "configs", "fast", "*.yaml")))
-    return {os.path.relpath(path, ROOT): path for path in found}
+    found += sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
+    return {**sources, **{os.path.relpath(path, ROOT): path for path in found}}
+
+
+def source_path(given):
+    """A config or checkpoint path as given, or the verified file of a released checkpoint's name."""
+    if os.path.exists(given) or os.sep in given or given.endswith(CONFIG_SUFFIXES + (".pt", ".pth")):
+        return given
+    if given not in pretrained.released_names():
+        raise UsageError(f"{given}: no such file, and no released checkpoint of that name; "
+                         f"released: {', '.join(pretrained.released_names()) or 'none'}")
+    return pretrained.released_path(given)
 
 
 def load_source(path, is_config, overrides=()):
@@ -41,19 +57,22 @@ def load_source(path, is_config, overrides=()):
     return model, cfg
 
 
-def measure(model, cfg):
+def measure(model, cfg, baselines=None):
+    """MMac, params and the ratio to the dense baseline; `baselines` caches the baseline per network."""
     mflops, params = flops.count(model)
-    baseline = dense_baseline_mflops(cfg)
+    key = (cfg.model.name, cfg.model.num_classes)
+    baselines = {} if baselines is None else baselines
+    baseline = baselines[key] = baselines.get(key) or dense_baseline_mflops(cfg)
     return {"mflops": mflops, "params": params, "baseline_mflops": baseline, "ratio": baseline / mflops}
 
 
 def compare(paths, as_json):
     """One row per config or checkpoint: MMac, params, ratio to the dense baseline."""
-    rows = []
-    for shown, path in ({p: p for p in paths} or default_sources()).items():
+    rows, baselines = [], {}
+    for shown, path in ({p: source_path(p) for p in paths} or default_sources()).items():
         is_config = path.endswith(CONFIG_SUFFIXES)
         try:
-            rows.append({"config" if is_config else "name": shown, **measure(*load_source(path, is_config))})
+            rows.append({"config" if is_config else "name": shown, **measure(*load_source(path, is_config), baselines)})
         except UsageError as err:
             raise UsageError(f"{path}: {err}") from None
     out = human_stream(as_json)
@@ -76,9 +95,10 @@ def parse_args(argv):
     parser = ArgumentParser(prog="count_flops.py", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML config; FLGC structures are the seeded initial ones")
-    source.add_argument("--checkpoint", help="a checkpoint: FLGC layers count their learned structure")
+    source.add_argument("--checkpoint", help="a checkpoint file or a released checkpoint's name: FLGC layers "
+                        "count their learned structure")
     source.add_argument("--compare", nargs="*", metavar="CONFIG_OR_CHECKPOINT",
-                        help="one table of several models (default: configs/*.yaml and configs/fast/*.yaml)")
+                        help="one table of several models (default: the released checkpoints, then every config)")
     parser.add_argument("--per-layer", action="store_true", help="one line per counted layer")
     parser.add_argument("--json", action="store_true", help="stdout is only one JSON object; tables go to stderr")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (with --config)")
@@ -92,7 +112,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.compare is not None:
         return compare(args.compare, args.json)
-    model, cfg = load_source(args.config or args.checkpoint, bool(args.config), config.parse_overrides(args.overrides))
+    path = args.config or source_path(args.checkpoint)
+    model, cfg = load_source(path, bool(args.config), config.parse_overrides(args.overrides))
     out = human_stream(args.json)
     if args.per_layer:
         per_layer(model, out)

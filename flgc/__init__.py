@@ -18,9 +18,10 @@ The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, out
   structure costs at most ``target_mflops`` MMac.
 - ``convert_model(model, groups=8, select=None)``: turns the chosen nn.Conv2d layers of any network
   (default: every 1x1 conv whose channels G divides) into FLGConv2d in place, keeping weights and geometry.
-- ``create_model(name, **kwargs)`` / ``model_names()``: registered networks (``mobilenetv2_cifar``: input
-  N x 3 x 32 x 32, output N x num_classes logits); ``build_model(cfg)``: the network a flgc.engine.config.Config
-  describes.
+- ``create_model(name, pretrained=False, **kwargs)``: a registered architecture (``model_names()``;
+  ``mobilenetv2_cifar``: input N x 3 x 32 x 32, output N x num_classes logits) or a released checkpoint
+  (``released_names()``, e.g. ``mbv2_flgc8_cpu``; ``pretrained=True`` loads its sha256-checked weights);
+  ``build_model(cfg)``: the network a flgc.engine.config.Config describes.
 - ``load_model(path, overrides=())``: a checkpoint written by train.py (or scripts/deploy.py) as
   ``Loaded(model, config, payload)``, the model on CPU.
 - ``flgc.deploy.deploy_model(model, batch_size=1)``: the inference form of a trained network, computing only
@@ -35,18 +36,37 @@ import importlib
 from .method.convert import convert_model
 from .method.layer import FLGConv2d, hard_assignment
 from .method.regularizer import balance_penalty, budget_penalty, group_regularizer, hard_group_sizes, structure_stats
-from .models import build_model, create_model, model_names, register_model
+from .models import build_model, model_names, register_model
+from .models import create_model as create_architecture
 
 __version__ = "0.2.0"
 
 # name -> module that defines it, imported on first access (these pull in yaml, or the deploy package)
 _LAZY = {"load_model": "flgc.engine.checkpoint", "Loaded": "flgc.engine.checkpoint",
+         "released_names": "flgc.records.pretrained",
          "project_to_budget": "flgc.method.budget",
          "deploy": None}
 
 __all__ = ["FLGConv2d", "Loaded", "__version__", "balance_penalty", "budget_penalty", "build_model", "convert_model",
            "create_model", "deploy", "group_regularizer", "hard_assignment", "hard_group_sizes", "load_model",
-           "model_names", "project_to_budget", "register_model", "structure_stats"]
+           "model_names", "project_to_budget", "register_model", "released_names", "structure_stats"]
+
+
+def create_model(name, pretrained=False, **kwargs):
+    """A network by name: a registered architecture (model_names(), e.g. "mobilenetv2_cifar", built
+    with kwargs, fresh weights) or a released checkpoint (released_names(), e.g. "mbv2_flgc8_cpu":
+    with pretrained=True its released weights after a sha256 check, else its architecture with fresh
+    weights). The model is on the CPU in training mode; call .eval() before inference."""
+    if name in model_names():
+        if pretrained:
+            raise ValueError(f"{name!r} is an architecture without weights of its own; pretrained weights "
+                             f"are released by name: {', '.join(__getattr__('released_names')())}")
+        return create_architecture(name, **kwargs)
+    from .records.pretrained import released_model, released_names
+    if name not in released_names():
+        raise KeyError(f"unknown model {name!r}; architectures: {', '.join(model_names())}; "
+                       f"released checkpoints: {', '.join(released_names()) or 'none'}")
+    return released_model(name, pretrained, **kwargs)
 
 
 def __getattr__(name):
