@@ -102,3 +102,24 @@ def test_flip_averages_the_softmax_of_the_image_and_its_mirror():
     assert result["loss"] == pytest.approx(-mean[torch.arange(6), labels].log().mean().item(), rel=1e-5)
     assert result["accuracy"] == pytest.approx(100 * (mean.argmax(1) == labels).float().mean().item())
     assert evaluation.evaluate(model, [(images, labels)])["loss"] != pytest.approx(result["loss"])
+
+
+def test_moves_from_start_counts_exactly_the_channels_moved(tmp_path):
+    from flgc.engine import checkpoint as ckpt
+    from flgc.method.layer import flgc_layers
+    from flgc.models import build_model
+    flgc8 = next(e for e in releases.load_manifest(MANIFEST) if e.get("groups"))
+    payload = ckpt.load(pretrained.released_path(flgc8["name"]))
+    cfg = config.from_dict(payload["config"])
+    torch.manual_seed(cfg.seed)
+    start = build_model(cfg)
+    name, layer = flgc_layers(start)[3]
+    with torch.no_grad():
+        groups = layer.input_groups()
+        for channel in range(5):  # 5 input channels to the next group: their largest logit moves there
+            layer.input_group_logits[channel, (groups[channel] + 1) % layer.groups] = layer.input_group_logits[channel].max() + 1
+    ckpt.save(str(tmp_path / "moved.pt"), dict(payload, model=start.state_dict()))
+    result = run_captured("scripts/assignment_changes.py", "--from-start", tmp_path / "moved.pt", "--json")
+    report = json.loads(result.stdout)
+    assert report["layers"][name]["moved_inputs"] == 5 and report["total"]["moved_inputs"] == 5
+    assert report["total"]["moved_filters"] == 0 and "0.07% of the input channels" in result.stderr
