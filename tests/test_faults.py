@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -77,6 +78,9 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
 
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
     sigterm_after(3, monkeypatch)
+    # the command line the run was started with: the hint repeats it with --resume auto
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", "configs/mbv2_flgc8.yaml", "--resume", "x.pt",
+                                      f"out_dir={tmp_path / 'my run'}", "train.epochs=1"])
     with pytest.raises(training.Interrupted):
         training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
     stop = capsys.readouterr().out
@@ -84,7 +88,34 @@ def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
     training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"), resume="auto")
     resume = capsys.readouterr().out
     assert "stopped by SIGTERM in epoch 1 after step 3 of 5" in stop
+    assert stop.rstrip().endswith(f"Resume with: python train.py --config configs/mbv2_flgc8.yaml "
+                                  f"'out_dir={tmp_path / 'my run'}' train.epochs=1 --resume auto")
     assert "resumed from" in resume and resume.splitlines()[0].endswith("in epoch 1 after step 3 of 5")
+
+
+def test_the_resume_command_repeats_the_command_line(monkeypatch):
+    assert training.resume_command(["train.py", "--config", "c.yaml", "--resume=auto", "seed=1"]) == \
+        "python train.py --config c.yaml seed=1 --resume auto"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert training.resume_command(["/repo/train.py", "--config", "c.yaml"], world=2) == \
+        "torchrun --standalone --nproc_per_node=2 /repo/train.py --config c.yaml --resume auto"
+    assert training.resume_command(["pytest", "-q"]) is None  # fit() called from Python: no command line to repeat
+
+
+def test_a_process_that_did_not_receive_the_signal_stops_with_its_code(tmp_path, monkeypatch, capsys):
+    """Under torchrun the signal may reach one process only: the others learn its number with the stop flag
+    and exit 143 as it does (not ValueError from signal.Signals(None))."""
+    run = types.SimpleNamespace(world=2, main=False, device=torch.device("cpu"), stop=training.StopRequest(),
+                                saved_at=None, train_batches=[])
+
+    def other_rank_got_sigterm(flags):
+        return torch.maximum(flags, torch.tensor([0.0, float(signal.SIGTERM)]))
+    monkeypatch.setattr(training.distributed, "max_over_processes", other_rank_got_sigterm)
+    finite, stop = training.Run.pause_flags(run)
+    assert finite and stop and run.stop.signal == signal.SIGTERM
+    with pytest.raises(training.Interrupted) as stopped:
+        training._stopped(run, 1)
+    assert stopped.value.code == 143
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
@@ -114,6 +145,18 @@ def test_extended_run_keeps_config_yaml_describing_the_checkpoint(tmp_path):
     saved = checkpoint.load(str(tmp_path / "run" / "last.pt"))
     described = config.load(str(tmp_path / "run" / "config.yaml"))
     assert saved["epoch"] == 2 and config.to_dict(described) == saved["config"]
+    # the change of train.epochs is recorded where a release reads it: the checkpoint and the metrics rows
+    change = {"from": 1, "to": 2, "epoch": 1, "step": 0}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert saved["epochs_changes"] == [change] and [r.get("epochs_changes") for r in rows] == [None, [change]]
+
+
+def test_epoch_summaries_say_no_best_before_any_evaluation(tmp_path, capsys):
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", "train.eval_interval=2"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert "test -  best -  lr" in lines[0] and "best 0.00%" not in lines[0]
+    assert "best -" not in lines[1]
+    assert checkpoint.load(str(tmp_path / "run" / "best.pt"))["epoch"] == 2
 
 
 @pytest.mark.parametrize("every, saves, window", [(50, 0, "between steps 1 and 5 of 5"), (2, 2, "between steps 1 and 2 of 5")])
@@ -238,3 +281,38 @@ def test_two_processes_train_through_and_resume_past_the_freeze_epoch(tmp_path):
     logits = [k for k in frozen if k.endswith("group_logits")]
     assert logits and all(torch.equal(frozen[k], final["model"][k]) for k in logits)
     assert not torch.equal(frozen["classifier.weight"], final["model"]["classifier.weight"])
+
+
+def rank_process(rank, marker):
+    """The pid of torchrun's worker of `rank` whose command line holds `marker` (Linux /proc), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"train.py" in command and marker.encode() in command:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not os.path.isdir("/proc"), reason="needs torch.distributed, /proc")
+def test_a_signal_to_one_process_stops_every_process_with_its_exit_code(tmp_path):
+    write_tiny_cifar(str(tmp_path / "data"), per_batch=16, test=16)
+    out_dir = f"out_dir={tmp_path / 'run'}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    child = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "train.py", "--config", "configs/mbv2_flgc8.yaml", f"data.root={tmp_path / 'data'}",
+                              "data.verify_checksums=false", "train.batch_size=16", "train.progress=false",
+                              "train.epochs=1000", "threads=1", "data.train_subset=32", out_dir],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 240
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(rank_process(1, out_dir), signal.SIGTERM)  # rank 0, which writes the checkpoint, gets no signal
+    out, _ = child.communicate(timeout=240)
+    assert "stopped by SIGTERM" in out and "ValueError" not in out, out[-3000:]
+    assert out.count("exitcode  : 143") == 2, out[-3000:]  # torchrun's report of each process

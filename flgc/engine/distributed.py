@@ -129,6 +129,13 @@ def sum_over_processes(tensor):
     return tensor
 
 
+def max_over_processes(tensor):
+    """The elementwise maximum of `tensor` over every process (in place; the tensor itself alone)."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def barrier():
     if active():
         dist.barrier()

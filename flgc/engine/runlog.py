@@ -37,8 +37,9 @@ def scalars(row):
 
 def summary_line(row, epochs):
     test = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2f}%"
+    best = "-" if row.get("best_accuracy") is None else f"{row['best_accuracy']:.2f}%"  # none before any evaluation
     line = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.2f}%  "
-            f"test {test}  best {row['best_accuracy']:.2f}%  lr {row['lr']:.4g}  {row['mflops']:.2f} MMac")
+            f"test {test}  best {best}  lr {row['lr']:.4g}  {row['mflops']:.2f} MMac")
     if row["reassign_per_layer"]:
         line += (f"  reg {row['regularizer']:.4f}  reassigned: {row['reassign_inputs']} inputs, "
                  f"{row['reassign_filters']} filters")

@@ -2,8 +2,14 @@
 data, processes), then for every epoch sets up the FLGC layers, trains the epoch in stretches of
 steps (flgc.engine.step.train_steps), checks the loss flag, evaluates (flgc.engine.evaluation), writes the
 checkpoint and logs one metrics row. Signals stop it after a save; --resume continues it.
+
+A resume may change train.epochs (to extend a run); each change is recorded as {from, to, epoch, step}
+(the old and new train.epochs, and where the run stood) in the checkpoint (`epochs_changes`, carried by
+every later save; a checkpoint without it has none) and in every metrics row written after it, so that
+a release can tell the run from one trained with its final schedule from the start.
 """
 import os
+import shlex
 import signal
 import sys
 import time
@@ -96,6 +102,11 @@ class StopRequest:
         for sig, previous in getattr(self, "previous", {}).items():
             signal.signal(sig, previous)
 
+    def agree(self, signum):
+        """Adopt `signum`, the signal another process of the run received, when this one received none."""
+        if self.signal is None and signum:
+            self.signal = int(signum)
+
 
 def check_resumable(saved, cfg, path):
     """UsageError naming the first key whose value in `cfg` differs from the checkpoint's config."""
@@ -116,6 +127,37 @@ def _resume_path(cfg, resume):
     if not os.path.isfile(resume):
         raise UsageError(f"--resume {resume}: no such checkpoint (use --resume auto or a path to last.pt)")
     return resume
+
+
+def resume_command(argv=None, world=1):
+    """The command that continues this run: the command line it was started with (`argv`, default
+    sys.argv) with `--resume auto` in place of any --resume; under torchrun, torchrun with the same
+    number of processes. None when the argv is not train.py's (e.g. fit() called from Python)."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or os.path.basename(argv[0]) != "train.py":
+        return None
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    launcher = ["python"]
+    if world > 1:
+        nodes = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        launcher = ["torchrun", "--standalone", f"--nproc_per_node={world}"] if nodes == world else \
+            ["torchrun", f"--nnodes={world // max(nodes, 1)}", f"--nproc_per_node={nodes}", "<your rendezvous options>"]
+    return shlex.join(launcher + [argv[0], *kept, "--resume", "auto"])
+
+
+def epochs_change(state, cfg):
+    """{from, to, epoch, step} when `cfg` resumes the checkpoint dict `state` with another train.epochs, else None."""
+    old = checkpoint.config_of(state).train.epochs
+    if old == cfg.train.epochs:
+        return None
+    return {"from": old, "to": cfg.train.epochs, "epoch": state["epoch"], "step": state.get("step", 0)}
 
 
 def position(epoch, step, steps):
@@ -150,9 +192,10 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type) if resolve_amp(cfg.train.amp, self.device) == "fp16" else None
         if self.main:
             warn_emulated_bf16(cfg.train.amp, self.device)
-        self.start_epoch, self.start_step, self.best_accuracy = 1, 0, 0.0
+        self.start_epoch, self.start_step, self.best_accuracy = 1, 0, None  # None: nothing evaluated yet
         self.epoch_sums, self.epoch_start_assignments = None, None
         self.epoch_elapsed, self.epoch_clock = 0.0, time.time()
+        self.epochs_changes = []  # the train.epochs changes of this run's resumes (module docstring)
         if state is not None:
             self._restore(state)
         self.saved_at = (self.start_epoch, self.start_step) if state is not None else None
@@ -165,11 +208,15 @@ class Run:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"]
+            self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"] or None
         except (KeyError, ValueError, TypeError) as err:
             raise UsageError(f"checkpoint {self.resume_from} cannot resume this config ({err})") from None
         torch.set_rng_state(state["rng"])
         self.start_step = state.get("step", 0)
+        self.epochs_changes = [dict(c) for c in state.get("epochs_changes") or []]
+        change = epochs_change(state, self.cfg)
+        if change is not None:
+            self.epochs_changes.append(change)
         if self.start_step:
             self.epoch_sums = EpochSums(self.device, state["epoch_sums"])
             self.epoch_start_assignments = state["epoch_start_assignments"]
@@ -208,6 +255,8 @@ class Run:
         payload = {"config": config_lib.to_dict(self.cfg), "model": self.model.state_dict(),
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "epoch": epoch, "best_accuracy": self.best_accuracy, "rng": torch.get_rng_state()}
+        if self.epochs_changes:
+            payload["epochs_changes"] = [dict(c) for c in self.epochs_changes]
         if step:
             payload.update(step=step, epoch_sums=sums.to_dict(), epoch_start_assignments=before,
                            epoch_elapsed_s=round(time.time() - self.epoch_clock, 2))
@@ -228,13 +277,15 @@ class Run:
 
     def pause_flags(self, sums=None):
         """(every loss finite so far, a signal asked to stop): one read of the device, agreed by
-        every process so that all of them stop or go on together."""
+        every process so that all of them stop or go on together. The signal's number travels too: a
+        process that did not receive it itself stops with the exit code of the one that did."""
         finite = sums.finite if sums is not None else torch.ones((), dtype=torch.bool, device=self.device)
         if self.world == 1:
             return bool(finite), self.stop()
-        flags = torch.stack([(~finite).float(), finite.new_tensor(float(self.stop()), dtype=torch.float32)])
-        bad, stop = distributed.sum_over_processes(flags).tolist()
-        return bad == 0, stop > 0
+        flags = torch.stack([(~finite).float(), finite.new_tensor(float(self.stop.signal or 0), dtype=torch.float32)])
+        bad, signum = distributed.max_over_processes(flags).tolist()
+        self.stop.agree(int(signum))
+        return bad == 0, self.stop()
 
 
 def train_epoch(run, epoch, before):
@@ -284,7 +335,7 @@ def epoch_row(run, epoch, sums, before):
     mflops, params = flops.count(model)
     evaluated = run.main and (epoch % cfg.train.eval_interval == 0 or epoch == cfg.train.epochs)
     test = evaluate(model, run.test_batches) if evaluated else {"accuracy": None, "loss": None}
-    improved = evaluated and test["accuracy"] > run.best_accuracy
+    improved = evaluated and (run.best_accuracy is None or test["accuracy"] > run.best_accuracy)
     if improved:
         run.best_accuracy = test["accuracy"]
     return improved, {
@@ -294,7 +345,8 @@ def epoch_row(run, epoch, sums, before):
         "reassign_inputs": sum(v[0] for v in per_layer.values()),
         "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
         "epoch_time_s": round(time.time() - run.epoch_clock, 2), "amp": resolve_amp(cfg.train.amp, run.device),
-        "compile": run.compile, **run.provenance}
+        "compile": run.compile, **run.provenance,
+        **({"epochs_changes": [dict(c) for c in run.epochs_changes]} if run.epochs_changes else {})}
 
 
 def train_and_checkpoint_epoch(run, epoch, log):
@@ -341,6 +393,11 @@ def fit(cfg, resume=None):
         if resume_from is not None:
             print(f"resumed from {resume_from} {position(run.start_epoch, run.start_step, len(run.train_batches))}",
                   flush=True)
+            change = epochs_change(state, cfg)
+            if change is not None:
+                print(f"train.epochs changed from {change['from']} to {change['to']}: recorded in the checkpoint and "
+                      f"the metrics rows (a release refuses a run whose lr or temperature schedule this changed)",
+                      flush=True)
     log = RunLog(cfg.out_dir, cfg.train.epochs, cfg.flgc.log_per_layer, cfg.flgc.plot_interval) if run.main else None
     return _loop(run, log)
 
@@ -367,6 +424,7 @@ def _stopped(run, epoch):
     if run.main and run.saved_at is None:
         print(f"stopped by {name} before the first epoch ended; nothing was saved", flush=True)
     elif run.main:
+        command = resume_command(world=run.world) or "python train.py --config <the same config and overrides> --resume auto"
         print(f"stopped by {name} {position(*run.saved_at, len(run.train_batches))}; saved {run.last_path}. "
-              f"Resume with: python train.py --config <the same config and overrides> --resume auto", flush=True)
+              f"Resume with: {command}", flush=True)
     raise Interrupted(run.stop.signal)
