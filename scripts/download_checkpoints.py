@@ -1,7 +1,9 @@
 """Download released checkpoints listed in checkpoints/manifest.json and verify their sha256.
 
 python scripts/download_checkpoints.py [NAME ... | --all] [--dir checkpoints] [--manifest FILE]
-Verified files are skipped; an interrupted download resumes; nothing unverified gets the final name.
+A file already here is verified (sha256, on every run) and not fetched again; an interrupted download
+resumes (run the same command again); a leftover FILE.part that cannot be resumed is verified or fetched
+again; nothing unverified gets the final name.
 --all with a manifest that lists no checkpoints says so on stderr and exits 0 (there is nothing to fetch).
 """
 import os
@@ -39,7 +41,7 @@ def main(argv=None):
         except UsageError as err:
             failed.append(str(err))
             continue
-        print(f"{name}: {path} ({'downloaded and verified' if fetched else 'already verified'})")
+        print(f"{name}: {path} ({'downloaded' if fetched else 'present'}, sha256 verified)")
     if failed:
         raise UsageError(f"{len(failed)} of {len(names)} checkpoint(s) not verified: " + " | ".join(failed))
 

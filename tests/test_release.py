@@ -1,5 +1,6 @@
 """Releasing a finished run (flgc.records.releases, scripts/release_checkpoint.py): the file and its manifest entry,
-the accuracy eval.py reproduces, and refusals that leave every file as it was."""
+the accuracy eval.py reproduces, the figures a release measures and --remeasure fills in, and refusals that leave
+every file as it was."""
 import json
 import os
 
@@ -8,7 +9,7 @@ import torch
 import yaml
 from helpers import ROOT, assert_usage_error, last_json, run_captured, write_tiny_cifar
 
-from flgc.engine import config, training
+from flgc.engine import checkpoint, config, evaluation, runlog, training
 from flgc.errors import UsageError
 from flgc.records import releases
 from flgc.records.releases import load_manifest, sha256_file
@@ -16,6 +17,12 @@ from flgc.records.releases import load_manifest, sha256_file
 RECIPE = {"seed": 0, "data": {"train_subset": 40, "test_subset": 20, "download": False},
           "train": {"epochs": 1, "batch_size": 20, "eval_batch_size": 20, "progress": False, "lr": 0.05},
           "flgc": {"pointwise": "flgc", "groups": 4}}
+
+
+@pytest.fixture(autouse=True)
+def committed_tree(monkeypatch):
+    """Release from a clean tree (this work tree may hold uncommitted edits while the tests run)."""
+    monkeypatch.setattr(releases, "tree_commit", lambda: "0123456789abcdef0123456789abcdef01234567", raising=False)
 
 
 @pytest.fixture()
@@ -51,21 +58,29 @@ def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(s
     config_path, root, directory = setting
     run_dir = train(config_path, root, str(tmp_path / "run"))
     entry = do_release(setting, run_dir, note="nothing else ran")
-    path = os.path.join(directory, "tiny.pt")
+    assert entry["file"] == f"tiny-{entry['sha256'][:8]}.pt"  # the hash in the name: a new file never replaces one
+    path = os.path.join(directory, entry["file"])
     assert load_manifest(os.path.join(directory, "manifest.json")) == [entry]
     assert entry["sha256"] == sha256_file(path) and entry["bytes"] == os.path.getsize(path)
     assert set(torch.load(path, weights_only=True)) == {"format_version", "config", "model"}
     assert entry["accuracy"] == entry["trained_accuracy"] and entry["test_images"] == 20
     assert entry["model"] == "MobileNetV2-FLGC" and entry["groups"] == 4 and entry["epochs"] == 1
     assert entry["hardware"].startswith(f"{os.cpu_count()} CPU cores") and entry["commit"]
-    assert entry["minutes"] >= 0 and "CIFAR-10 copy" in entry["data"] and entry["recipe"].startswith("SGD 0.05")
-    assert entry["empty_input_groups"] >= 0 and entry["mflops"] > 0 and entry["note"] == "nothing else ran"
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert entry["minutes"] == round(sum(r["epoch_time_s"] for r in rows) / 60, 1)  # the log's epoch times
+    assert "CIFAR-10 copy" in entry["data"] and entry["recipe"].startswith("SGD 0.05")
+    # the structure the training log counted for its last epoch is the released one
+    assert (entry["empty_input_groups"], entry["empty_filter_groups"], entry["mflops"]) == (
+        rows[-1]["empty_input_groups"], rows[-1]["empty_filter_groups"], rows[-1]["mflops"])
+    assert entry["note"] == "nothing else ran"
+    assert "accuracy_first_1000" not in entry  # 20 test images: no first 1000 to tell apart
     result = run_captured("eval.py", "--checkpoint", path, f"data.root={root}", "data.verify_checksums=false", "--json")
     assert result.returncode == 0
     evaluated = last_json(result)
     assert evaluated["accuracy"] == entry["accuracy"] and evaluated["mflops"] == entry["mflops"]
     again = do_release(setting, run_dir)  # the same file again: the same entry, without a note this time
-    assert again["sha256"] == entry["sha256"] and "note" not in again
+    assert again["sha256"] == entry["sha256"] and again["file"] == entry["file"] and "note" not in again
+    assert sorted(os.listdir(directory)) == sorted(["manifest.json", entry["file"]])
 
 
 def test_another_file_under_a_released_name_is_refused_unless_forced(setting, tmp_path):
@@ -80,7 +95,8 @@ def test_another_file_under_a_released_name_is_refused_unless_forced(setting, tm
     assert snapshot(directory) == before  # no temp file left, nothing overwritten
     entry = do_release(setting, second, force=True)
     assert [e["sha256"] for e in load_manifest(os.path.join(directory, "manifest.json"))] == [entry["sha256"]]
-    assert sha256_file(os.path.join(directory, "tiny.pt")) == entry["sha256"]
+    assert sha256_file(os.path.join(directory, entry["file"])) == entry["sha256"]
+    assert sorted(os.listdir(directory)) == sorted(["manifest.json", entry["file"]])  # the replaced file went
 
 
 def test_unfinished_runs_and_other_recipes_are_refused_with_nothing_written(setting, tmp_path):
@@ -127,7 +143,7 @@ def test_download_names_every_entry_whose_file_does_not_match(setting, tmp_path)
     result = run_captured("scripts/download_checkpoints.py", "--all", "--dir", directory, "--manifest", manifest,
                           "--no-progress")
     assert_usage_error(result, "bad1", "bad2")
-    assert "good" in result.stdout and "already verified" in result.stdout
+    assert "good" in result.stdout and "present, sha256 verified" in result.stdout
 
 
 def test_released_checkpoints_of_the_repository_verify():
@@ -136,3 +152,118 @@ def test_released_checkpoints_of_the_repository_verify():
         path = os.path.join(ROOT, "checkpoints", entry["file"])
         assert sha256_file(path) == entry["sha256"] and os.path.getsize(path) == entry["bytes"], entry["name"]
         assert entry["bytes"] <= 12 * 10**6 and os.path.isfile(os.path.join(ROOT, entry["config"]))
+
+
+def extended_run(setting, tmp_path, schedule):
+    """A run of the recipe with `schedule`, trained 1 epoch and resumed to the 2 its config file says; the config file."""
+    _, root, _ = setting
+    path = tmp_path / f"{schedule}.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "train": {**RECIPE["train"], "epochs": 2, "schedule": schedule}}))
+    out_dir = str(tmp_path / schedule)
+    train(str(path), root, out_dir, "train.epochs=1")
+    cfg = config.load(str(path), config.parse_overrides([f"data.root={root}", "data.verify_checksums=false",
+                                                         f"out_dir={out_dir}"]))
+    training.fit(cfg, resume="auto")
+    return str(path), out_dir
+
+
+def test_a_run_resumed_with_another_epoch_count_records_it_and_a_cosine_one_is_refused(setting, tmp_path):
+    _, _, directory = setting
+    config_path, run_dir = extended_run(setting, tmp_path, "cosine")
+    change = {"from": 1, "to": 2, "epoch": 1, "step": 0}
+    assert torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)["epochs_changes"] == [change]
+    rows = runlog.read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["epochs_changes"] == [change] and "epochs_changes" not in rows[0]
+    before = snapshot(directory)
+    with pytest.raises(UsageError, match=r"train.epochs 1 -> 2 on a resume after epoch 1\) and its cosine lr schedule "
+                                         r"is spread over train.epochs: it did not train with the 2-epoch schedule"):
+        releases.release(run_dir, "tiny", config_path, directory, os.path.join(directory, "manifest.json"))
+    assert snapshot(directory) == before
+
+
+def test_a_multistep_run_extended_is_released_with_the_change_described(setting, tmp_path):
+    _, _, directory = setting
+    config_path, run_dir = extended_run(setting, tmp_path, "multistep")
+    entry = releases.release(run_dir, "tiny", config_path, directory, os.path.join(directory, "manifest.json"),
+                             report=lambda line: None)
+    assert entry["epochs"] == 2 and entry["epochs_changed"].startswith("train.epochs 1 -> 2 on a resume after epoch 1")
+
+
+def test_a_kill_between_file_and_manifest_leaves_the_entry_matching_its_file(setting, tmp_path, monkeypatch):
+    config_path, root, directory = setting
+    first = do_release(setting, train(config_path, root, str(tmp_path / "a")))
+    other_data = write_tiny_cifar(str(tmp_path / "other"), per_batch=8, test=20, seed=1)
+    second = train(config_path, other_data, str(tmp_path / "b"))
+
+    def killed(*args):
+        raise KeyboardInterrupt  # as a kill after the new file was written, before the manifest
+    monkeypatch.setattr(releases, "save_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        do_release(setting, second, force=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(releases, "tree_commit", lambda: "0" * 40, raising=False)
+    for entry in load_manifest(os.path.join(directory, "manifest.json")):  # the old entry, its file intact
+        assert entry == first and sha256_file(os.path.join(directory, entry["file"])) == entry["sha256"]
+    replaced = do_release(setting, second, force=True)  # run again: completes, and the old file goes
+    assert sorted(os.listdir(directory)) == sorted(["manifest.json", replaced["file"]])
+
+
+def test_a_release_evaluates_with_the_training_preprocessing_only(setting, tmp_path):
+    config_path, root, directory = setting
+    run_dir = train(config_path, root, str(tmp_path / "run"))
+    before = snapshot(directory)
+    for key, value in (("data.mean", [0.5, 0.5, 0.5]), ("data.flip", False), ("data.test_subset", 10), ("threads", 1)):
+        with pytest.raises(UsageError, match=f"cannot override '{key}'.* allowed: data.root, data.download"):
+            do_release(setting, run_dir, overrides=[(key, value)])
+    result = run_captured("scripts/release_checkpoint.py", run_dir, "data.std=[1,1,1]", "--name", "x", "--config",
+                          "configs/cpu/mbv2_flgc8.yaml", "--dir", directory)
+    assert_usage_error(result, "cannot override 'data.std'")
+    assert snapshot(directory) == before
+    entry = do_release(setting, run_dir, overrides=[("data.root", root), ("data.verify_checksums", False)])
+    assert entry["test_images"] == 20
+
+
+def test_a_tree_with_uncommitted_changes_does_not_release(setting, tmp_path, monkeypatch):
+    config_path, root, directory = setting
+    run_dir = train(config_path, root, str(tmp_path / "run"))
+    monkeypatch.setattr(releases, "tree_commit", lambda: "0123456789ab" + "0" * 28 + "+changes")
+    before = snapshot(directory)
+    with pytest.raises(UsageError, match="uncommitted changes .* commit or stash them"):
+        do_release(setting, run_dir)
+    assert snapshot(directory) == before
+
+
+def test_the_figures_of_a_release_and_remeasure_filling_them_in(setting, tmp_path, monkeypatch):
+    config_path, root, directory = setting
+    monkeypatch.setattr(releases, "FIRST_IMAGES", 10)  # the 20 test images stand for 10,000: "first 1000" = 0-9
+    run_dir = train(config_path, root, str(tmp_path / "run"))
+    entry = do_release(setting, run_dir)
+    path = os.path.join(directory, entry["file"])
+    model, cfg, _ = checkpoint.load_model(path, [("data.root", root), ("data.verify_checksums", False)])
+    first = config.from_dict(config.to_dict(cfg), [("data.test_subset", 10)])
+    expected = {"accuracy": evaluation.test_metrics(model, cfg)["accuracy"],
+                "accuracy_first_1000": evaluation.test_metrics(model, first)["accuracy"],
+                "accuracy_flip": evaluation.test_metrics(model, cfg, tta="flip")["accuracy"],
+                "accuracy_flip_first_1000": evaluation.test_metrics(model, first, tta="flip")["accuracy"]}
+    assert {k: entry[k] for k in expected} == expected
+    assert list(entry).index("accuracy_flip_first_1000") == list(entry).index("accuracy") + 3
+    manifest = os.path.join(directory, "manifest.json")
+    old = {k: v for k, v in entry.items() if k not in releases.FIGURES}  # an entry written before the figures
+    with open(manifest, "w") as f:
+        json.dump({"checkpoints": [old]}, f)
+    args = ("scripts/release_checkpoint.py", "--remeasure", "tiny", f"data.root={root}", "data.verify_checksums=false",
+            "--dir", directory, "--manifest", manifest)
+    result = run_captured(*args)
+    assert result.returncode == 0, result.stderr
+    assert load_manifest(manifest) == [entry] and "filled accuracy_first_1000=" in result.stdout
+    with open(manifest, "w") as f:
+        json.dump({"checkpoints": [dict(old, accuracy=old["accuracy"] + 5)]}, f)
+    before = snapshot(directory)
+    assert_usage_error(run_captured(*args), "the manifest says", "nothing written")
+    assert_usage_error(run_captured(*args[:4], "data.flip=false", *args[5:]), "cannot override 'data.flip'")
+    assert_usage_error(run_captured(*args, "--name", "x"), "--remeasure takes a release name")
+    assert snapshot(directory) == before
+    with open(path, "ab") as f:
+        f.write(b"x")
+    assert_usage_error(run_captured(*args), "does not match the sha256 of tiny")
+    assert load_manifest(manifest)[0]["accuracy"] == old["accuracy"] + 5

@@ -1,4 +1,5 @@
-"""Downloads from a local HTTP server on 127.0.0.1: complete, truncated then resumed, bad hash."""
+"""Downloads from a local HTTP server on 127.0.0.1: complete, truncated then resumed, bad hash, leftover
+partial files that cannot be resumed."""
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ PAYLOAD = os.urandom(300_000)
 
 class Handler(BaseHTTPRequestHandler):
     truncate_next = 0  # number of responses to cut short
+    refuse_next = 0  # number of range requests to answer 416 whatever they ask
     requests = []
 
     def log_message(self, *args):
@@ -26,6 +28,13 @@ class Handler(BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(PAYLOAD) or Handler.refuse_next:  # as real servers answer a range past the end
+                Handler.refuse_next = max(Handler.refuse_next - 1, 0)
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
         else:
@@ -81,7 +90,8 @@ def test_download_verifies_and_skips_verified(tmp_path, server, download):
     assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD
     Handler.requests.clear()
     second = download(tmp_path, m)
-    assert "already verified" in second.stdout and Handler.requests == []
+    assert "tiny.pt (present, sha256 verified)" in second.stdout and Handler.requests == []
+    assert "tiny.pt (downloaded, sha256 verified)" in first.stdout
 
 
 def test_truncated_transfer_resumes_with_a_range_request(tmp_path, server, download):
@@ -92,6 +102,32 @@ def test_truncated_transfer_resumes_with_a_range_request(tmp_path, server, downl
     assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD
     assert Handler.requests[0] is None and Handler.requests[1].startswith("bytes=")
     assert not (tmp_path / "ckpt" / "tiny.pt.part").exists()
+
+
+@pytest.mark.parametrize("leftover, requests", [
+    (PAYLOAD + b"more", [None]),  # longer than the file: a range request would get 416 forever
+    (PAYLOAD[:-1] + b"x", [None]),  # as long as the file, not the file
+    (PAYLOAD, []),  # the whole file, never renamed: verified, no request
+])
+def test_a_leftover_part_that_cannot_be_resumed_is_verified_or_fetched_again(tmp_path, server, download, leftover,
+                                                                             requests):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "tiny.pt.part").write_bytes(leftover)
+    Handler.requests.clear()
+    result = download(tmp_path, manifest(tmp_path, f"{server}/tiny.pt"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD and Handler.requests == requests
+    assert not (tmp_path / "ckpt" / "tiny.pt.part").exists()
+
+
+def test_a_416_answer_deletes_the_part_and_starts_over(tmp_path, server, download):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "tiny.pt.part").write_bytes(PAYLOAD[:1000])
+    Handler.requests.clear()
+    Handler.refuse_next = 1
+    result = download(tmp_path, manifest(tmp_path, f"{server}/tiny.pt"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD and Handler.requests == ["bytes=1000-", None]
 
 
 def test_hash_mismatch_leaves_no_file_under_the_final_name(tmp_path, server, download):

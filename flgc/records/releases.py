@@ -1,18 +1,42 @@
 """Released checkpoints (checkpoints/): the manifest, making a release, and verified downloads.
 
 checkpoints/manifest.json = {"checkpoints": [entry, ...]}; an entry holds name, config, file, sha256 and
-bytes (required), model, groups, where, accuracy, test_images, mflops, params, empty_input_groups,
-empty_filter_groups, trained_accuracy, data, recipe, epochs, minutes, hardware, commit, note (optional)
-and url (optional: where download() fetches the file).
+bytes (required), model, groups, where, accuracy, accuracy_first_1000, accuracy_flip,
+accuracy_flip_first_1000, test_images, mflops, params, empty_input_groups, empty_filter_groups,
+trained_accuracy, data, recipe, epochs, epochs_changed, minutes, hardware, commit, note (optional) and
+url (optional: where download() fetches the file). Every key but the required ones may be missing
+(entries written before it existed).
 
-release(run_dir, name, config_path, ...) checks that the run is finished and was trained with the
-repository's config file, writes NAME.pt (model weights and that config only), evaluates that file on
-the test set, counts its MMac and parameters, and adds the entry. Nothing is written until every check
-has passed; a release over an entry with another sha256 is refused unless forced.
+The figures (all measured on the released file with the training preprocessing; a release may change
+only where the data are, RELEASE_MAY_CHANGE): `accuracy` is top-1 in % over every test image of the
+recipe (`test_images`), single crop; `accuracy_first_1000` the same over test images 0-999
+(data.test_subset=1000: the images whose pixels are exact in the re-encoded copy); `accuracy_flip` and
+`accuracy_flip_first_1000` the same two with flip test-time augmentation (mean softmax of the image
+and its mirror: another protocol, never shown as `accuracy`). The first-1000 keys are left out where
+the recipe's test split holds no more than 1000 images. remeasure(NAME) fills the missing figures of
+an existing entry from its verified file (after checking that it reproduces the entry's `accuracy`).
+
+release(run_dir, name, config_path, ...) checks that the run is finished, trained with the
+repository's config file with the schedule that config describes (a run resumed with another
+train.epochs is refused where that changed its lr or temperature schedule), and that the tree
+releasing it has no uncommitted changes (its config file and code must be what a commit holds; the
+run's own training commits are copied as recorded, '+changes' included). It then writes the slim file
+(model weights and that config only), evaluates it, counts its MMac and parameters, and adds the entry.
+Nothing is written until every check has passed; a release over an entry with another sha256 is
+refused unless forced.
+
+File and entry are written as a pair that a kill at any moment leaves consistent: a new file is named
+NAME-<first 8 hex digits of its sha256>.pt (as torchvision names its weights), so it never replaces
+the file an entry points to. The order is: the new file (atomic rename), then the manifest (atomic
+rename), then, for a forced re-release, the file the replaced entry named (when no entry names it any
+more). A kill between two steps leaves at most an unreferenced file, never an entry whose sha256
+contradicts its file. Re-releasing the file an entry already holds keeps that entry's file name (the
+first releases, NAME.pt, keep theirs).
 
 download(entry, directory) fetches to FILE.part and renames it to FILE only after its size and sha256
 match; an interrupted download resumes with an HTTP Range request (or restarts when the server
-ignores it).
+ignores it). A leftover FILE.part that cannot be resumed (as large as the entry or larger, or answered
+with HTTP 416) is verified and kept when it is the file, else deleted and fetched again.
 """
 import hashlib
 import http.client
@@ -23,7 +47,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from ..engine import checkpoint, runlog
+from ..engine import checkpoint, provenance, runlog
 from ..engine import config as config_lib
 from ..engine.evaluation import test_metrics
 from ..engine.optim import peak_lr
@@ -148,6 +172,26 @@ def data_label(data_cfg, images):
 
 # --- releasing a run --------------------------------------------------------------------------------
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# what a release's evaluation may set: where the data are, never how they are preprocessed or which test
+# images count (a narrower set than engine.config.EVALUATION_MAY_CHANGE)
+RELEASE_MAY_CHANGE = ("data.root", "data.download", "data.verify_checksums")
+FIRST_IMAGES = 1000  # accuracy_first_1000: test images 0-999 (data.test_subset=1000)
+FIGURES = ("accuracy_first_1000", "accuracy_flip", "accuracy_flip_first_1000")  # remeasure fills these in
+TOLERANCE = 0.01 + 1e-9  # % points: a re-evaluation reproduces a figure to 0.01
+
+
+def check_release_overrides(overrides, program="a release"):
+    """UsageError for an evaluation override outside RELEASE_MAY_CHANGE."""
+    for key, _ in overrides:
+        if key not in RELEASE_MAY_CHANGE:
+            raise UsageError(f"{program} cannot override {key!r}: a release is evaluated with the preprocessing and "
+                             f"test split it was trained with; allowed: {', '.join(RELEASE_MAY_CHANGE)}")
+    return list(overrides)
+
+
+def parse_release_overrides(pairs, program="release_checkpoint.py"):
+    """[(key, value)] of KEY=VALUE `pairs` for a release's evaluation (RELEASE_MAY_CHANGE only)."""
+    return check_release_overrides(config_lib.parse_overrides(pairs), program)
 
 
 def finished_run(run_dir):
@@ -163,6 +207,56 @@ def finished_run(run_dir):
                          f"{', stopped inside the next' if payload.get('step') else ''}); only a finished run "
                          f"is released: continue it with --resume auto")
     return payload, cfg
+
+
+def epochs_changes(payload, rows):
+    """The train.epochs changes a run's resumes recorded ({from, to, epoch, step}, see
+    flgc.engine.training): the checkpoint's and those of its metrics rows, oldest first."""
+    found = []
+    for change in list(payload.get("epochs_changes") or []) + [c for r in rows for c in r.get("epochs_changes") or []]:
+        if change not in found:
+            found.append(change)
+    return found
+
+
+def schedule_spans_epochs(cfg):
+    """Why train.epochs shapes what `cfg` trains (its lr or FLGC temperature schedule), or None: a
+    multistep schedule (milestones in epochs) with a constant temperature trains the first N epochs of
+    a longer run exactly as an N-epoch run (tests/test_faults.py: bit-exact)."""
+    if cfg.train.schedule != "multistep":
+        return f"its {cfg.train.schedule} lr schedule is spread over train.epochs"
+    if cfg.flgc.pointwise == "flgc" and cfg.flgc.temperature_start != cfg.flgc.temperature_end:
+        return "its FLGC temperature schedule is spread over train.epochs"
+    return None
+
+
+def check_epochs_changes(run_dir, cfg, changes):
+    """UsageError when a resume changed train.epochs and with it the schedule; else None (no change) or
+    the changes in words, for the entry's `epochs_changed`."""
+    if not changes:
+        return None
+    words = "; ".join(f"train.epochs {c.get('from')} -> {c.get('to')} on a resume after epoch {c.get('epoch')}"
+                      + (f" and step {c['step']} of the next" if c.get("step") else "") for c in changes)
+    reason = schedule_spans_epochs(cfg)
+    if reason:
+        raise UsageError(f"{run_dir} was resumed with another train.epochs ({words}) and {reason}: it did not "
+                         f"train with the {cfg.train.epochs}-epoch schedule its recipe describes, so it is not "
+                         f"released; train it with train.epochs={cfg.train.epochs} from the start")
+    return f"{words} (multistep: the same schedule as a {cfg.train.epochs}-epoch run)"
+
+
+def tree_commit():
+    """The commit of the code releasing (flgc.engine.provenance.source_commit)."""
+    return provenance.source_commit()
+
+
+def check_committed():
+    """UsageError when the tree that releases has uncommitted changes: the entry names a config file
+    and is measured by code that a commit must hold."""
+    commit = tree_commit()
+    if commit and commit.endswith("+changes"):
+        raise UsageError(f"this tree has uncommitted changes ({commit[:12]}...+changes): commit or stash them "
+                         f"before releasing, so that the config and the code that measure the release are a commit's")
 
 
 def check_trained_with(cfg, config_path):
@@ -210,52 +304,132 @@ def write_slim(payload, released_cfg, directory):
         raise
 
 
+def accuracy_figures(model, cfg):
+    """{accuracy, accuracy_first_1000, accuracy_flip, accuracy_flip_first_1000, test_images} of `model` on
+    the test split of `cfg` (see the module docstring; the first-1000 keys only where the split holds
+    more than FIRST_IMAGES images)."""
+    plain = test_metrics(model, cfg)
+    figures = {"accuracy": plain["accuracy"]}
+    first_cfg = None
+    if plain["images"] > FIRST_IMAGES:
+        first_cfg = config_lib.from_dict(config_lib.to_dict(cfg), [("data.test_subset", FIRST_IMAGES)])
+        figures["accuracy_first_1000"] = test_metrics(model, first_cfg)["accuracy"]
+    figures["accuracy_flip"] = test_metrics(model, cfg, tta="flip")["accuracy"]
+    if first_cfg is not None:
+        figures["accuracy_flip_first_1000"] = test_metrics(model, first_cfg, tta="flip")["accuracy"]
+    figures["test_images"] = plain["images"]
+    return figures
+
+
 def measure(path, data_overrides):
-    """{accuracy, test_images, mflops, params, structure counts} of the checkpoint file at `path`."""
+    """{the accuracy figures, test_images, mflops, params, structure counts} of the checkpoint file at `path`."""
     model, cfg, _ = checkpoint.load_model(path, data_overrides)
     mflops, params = flops.count(model)
     stats = structure_stats(model)
-    test = test_metrics(model, cfg)
-    return {"accuracy": test["accuracy"], "test_images": test["images"], "mflops": mflops, "params": params,
+    return {**accuracy_figures(model, cfg), "mflops": mflops, "params": params,
             "empty_input_groups": stats["empty_input_groups"], "empty_filter_groups": stats["empty_filter_groups"]}
+
+
+def release_file_name(name, sha256):
+    """NAME-<first 8 hex digits of the sha256>.pt: a new file never takes the name of the one an entry holds."""
+    return f"{name}-{sha256[:8]}.pt"
 
 
 def release(run_dir, name, config_path, directory, manifest_path, overrides=(), hardware=None, commit=None,
             force=False, config_label=None, note=None, report=print):
     """Release the finished run in `run_dir` as `name` (see the module docstring); returns the entry.
     The entry names the config as `config_label` (default `config_path`), e.g. configs/cpu/NAME.yaml, and
-    holds `note` when given (e.g. what else ran on the machine while the run trained)."""
+    holds `note` when given (e.g. what else ran on the machine while the run trained). `overrides`: where
+    the test data are (RELEASE_MAY_CHANGE keys)."""
     if not NAME.match(name):
         raise UsageError(f"release name {name!r}: use letters, digits, '_', '.', '-' (e.g. mbv2_flgc8_cpu)")
+    overrides = check_release_overrides(overrides)
     payload, cfg = finished_run(run_dir)
     released_cfg = check_trained_with(cfg, config_path)
     minutes, hardware, commit, trained = provenance_of(run_dir, cfg.train.epochs, hardware, commit)
+    extended = check_epochs_changes(run_dir, cfg, epochs_changes(payload, runlog.read_metrics(run_dir)))
+    check_committed()
     entries = load_manifest(manifest_path)
+    old = next((e for e in entries if e["name"] == name), None)
     data = [("data.root", cfg.data.root), ("data.verify_checksums", cfg.data.verify_checksums),
             ("data.download", False), ("threads", cfg.threads)]
     temp, size = write_slim(payload, released_cfg, directory)
     try:
-        measured = measure(temp, data + list(overrides))
-        eval_cfg = config_lib.from_dict(config_lib.to_dict(released_cfg), data + list(overrides))
-        entry = {"name": name, **structure(released_cfg), "config": config_label or config_path, "file": f"{name}.pt",
-                 "sha256": sha256_file(temp), "bytes": size, **measured, "trained_accuracy": trained.get("test_accuracy"),
+        measured = measure(temp, data + overrides)
+        eval_cfg = config_lib.from_dict(config_lib.to_dict(released_cfg), data + overrides)
+        sha = sha256_file(temp)
+        kept = old is not None and old["sha256"] == sha and verified(os.path.join(directory, old["file"]), old)
+        entry = {"name": name, **structure(released_cfg), "config": config_label or config_path,
+                 "file": old["file"] if kept else release_file_name(name, sha), "sha256": sha, "bytes": size,
+                 **measured, "trained_accuracy": trained.get("test_accuracy"),
                  "data": data_label(eval_cfg.data, measured["test_images"]), "recipe": recipe_of(released_cfg),
                  "epochs": cfg.train.epochs, "minutes": round(minutes, 1), "hardware": hardware, "commit": commit}
+        if extended:
+            entry["epochs_changed"] = extended
         if note:
             entry["note"] = note
         entries, replaced = add_entry(entries, entry, force)
         target = os.path.join(directory, entry["file"])
-        if os.path.exists(target) and not verified(target, entry) and not force and not replaced:
-            raise UsageError(f"{target} exists and is another file; pass --force to write over it")
-        publish(temp, target)
+        if not verified(target, entry):
+            if os.path.exists(target) and not force:
+                raise UsageError(f"{target} exists and is another file; pass --force to write over it")
+            publish(temp, target)  # 1. the file, under a name no entry holds yet
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
-    save_manifest(manifest_path, entries)
+    save_manifest(manifest_path, entries)  # 2. the entry that names it
+    stale = old["file"] if replaced and old["file"] != entry["file"] else None
+    if stale and not any(e["file"] == stale for e in entries) and os.path.exists(os.path.join(directory, stale)):
+        os.unlink(os.path.join(directory, stale))  # 3. the file of the replaced entry
+    dirty = " (trained from uncommitted changes: its commit says +changes)" if "+changes" in commit else ""
     report(f"released {name}: {target}, {measured['accuracy']:.2f}% on {measured['test_images']:,} test images "
            f"(trained: {entry['trained_accuracy']}), {measured['mflops']:.2f} MMac, {measured['params']:,} params, "
-           f"{minutes:.1f} min on {hardware}; {'replaced the' if replaced else 'new'} entry in {manifest_path}")
+           f"{minutes:.1f} min on {hardware}{dirty}; {'replaced the' if replaced else 'new'} entry in {manifest_path}"
+           + (f"; removed {stale}" if stale else ""))
     return entry
+
+
+def remeasure(name, directory, manifest_path, overrides=(), report=print):
+    """Fill the figures (FIGURES) that the entry `name` lacks by evaluating its file, verified by sha256
+    first; the file must reproduce the entry's accuracy on as many test images (to 0.01), and figures the
+    entry holds already must agree. Nothing is written otherwise. Returns the entry."""
+    overrides = check_release_overrides(overrides, "--remeasure")
+    entries = load_manifest(manifest_path)
+    entry = next((e for e in entries if e["name"] == name), None)
+    if entry is None:
+        raise UsageError(f"{manifest_path} releases no {name!r}; available: {', '.join(e['name'] for e in entries) or 'none'}")
+    path = os.path.join(directory, entry["file"])
+    if not verified(path, entry):
+        raise UsageError(f"{path} is missing or does not match the sha256 of {name}; fetch it with "
+                         f"scripts/download_checkpoints.py {name}")
+    model, cfg, _ = checkpoint.load_model(path, [("data.download", False)] + overrides)
+    figures = accuracy_figures(model, cfg)
+    if entry.get("test_images") not in (None, figures["test_images"]) or (
+            entry.get("accuracy") is not None and abs(figures["accuracy"] - entry["accuracy"]) > TOLERANCE):
+        raise UsageError(f"{name} measures {figures['accuracy']:.2f}% on {figures['test_images']:,} test images here, "
+                         f"the manifest says {entry.get('accuracy')}% on {entry.get('test_images')}: other data "
+                         f"(data.root, data.verify_checksums) or other code; nothing written")
+    for key in FIGURES:
+        if key in entry and key in figures and abs(figures[key] - entry[key]) > TOLERANCE:
+            raise UsageError(f"{name} measures {key}={figures[key]:.2f} here, the manifest says {entry[key]}; "
+                             f"nothing written")
+    missing = [k for k in FIGURES if k in figures and k not in entry]
+    if not missing:
+        report(f"{name}: every figure is in the manifest already and reproduces; nothing to fill")
+        return entry
+    every = {k: entry[k] if k in entry else figures[k] for k in FIGURES if k in entry or k in figures}
+    filled = {}
+    for key, value in entry.items():  # the figures follow `accuracy`, in FIGURES order
+        if key not in FIGURES:
+            filled[key] = value
+        if key == "accuracy":
+            filled.update(every)
+    filled.update({k: v for k, v in every.items() if k not in filled})
+    entries = [filled if e is entry else e for e in entries]
+    save_manifest(manifest_path, entries)
+    report(f"{name}: sha256 verified, {figures['accuracy']:.2f}% reproduced on {figures['test_images']:,} test images; "
+           f"filled " + ", ".join(f"{k}={figures[k]:.2f}" for k in missing) + f" in {manifest_path}")
+    return filled
 
 
 # --- downloading a release ---------------------------------------------------------------------------
@@ -263,10 +437,17 @@ CHUNK = 1 << 16
 
 
 def _fetch_once(url, part, progress):
-    """Append what the server sends to `part`, resuming from its current size when possible."""
+    """Append what the server sends to `part`, resuming from its current size when possible. An HTTP
+    416 answer (nothing past what `part` holds) deletes `part`, so that the next attempt starts over."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    try:
+        opened = urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:
+            os.unlink(part)
+        raise
+    with opened as response:
         status = getattr(response, "status", None) or response.getcode()
         if have and status != 206:  # the server ignored the range: start over
             have = 0
@@ -283,16 +464,31 @@ def _fetch_once(url, part, progress):
                     progress.update(len(block))
 
 
+def _leftover(part, entry):
+    """Deal with a FILE.part that a Range request cannot continue (as large as the entry or larger):
+    True when it is the file (verified), else it is deleted."""
+    if not os.path.exists(part) or os.path.getsize(part) < entry["bytes"]:
+        return False
+    if verified(part, entry):
+        return True
+    os.unlink(part)
+    return False
+
+
 def download(entry, directory, attempts=5, show_progress=True):
-    """Path of the verified file of `entry` in `directory`, downloading it when needed."""
+    """(path, fetched) of the verified file of `entry` in `directory`, downloading it when needed: the
+    sha256 of a file already there is checked every time."""
     path = os.path.join(directory, entry["file"])
     if verified(path, entry):
         return path, False
+    part = path + ".part"
+    if _leftover(part, entry):
+        publish(part, path)
+        return path, True
     if not entry.get("url"):
         raise UsageError(f"{entry['name']}: {path} is missing or does not match its sha256, and the "
                          f"manifest gives no url to fetch it from")
     os.makedirs(directory, exist_ok=True)
-    part = path + ".part"
     progress = None
     if show_progress:
         from tqdm import tqdm
@@ -308,6 +504,10 @@ def download(entry, directory, attempts=5, show_progress=True):
             size = os.path.getsize(part)
             if size < entry["bytes"]:
                 last_error = f"got {size} of {entry['bytes']} bytes"
+                continue
+            if size > entry["bytes"]:  # not this file: start over
+                os.unlink(part)
+                last_error = f"got {size} bytes, more than the {entry['bytes']} of the file"
                 continue
             break
     finally:
