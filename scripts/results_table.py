@@ -2,8 +2,11 @@
 
 python scripts/results_table.py [RUN_DIR or CHECKPOINT ...] [--json] [--plot FILE.png] [KEY=VALUE ...]
 Rows: the paper's and the reference implementation's, checkpoints/manifest.json, then each run
-directory (its best.pt, else last.pt) or checkpoint given. Accuracy is evaluated on the test set when
-the data are at hand (data.root=DIR), else taken from what the checkpoint recorded in training.
+directory (its last.pt, the run as trained; else best.pt, an epoch chosen on the test set, which the
+row's epochs say) or checkpoint given. The accuracy column is single-crop over the recipe's test images
+(flip test-time augmentation and the first-1000 figures of releases stay in the manifest). Accuracy is
+evaluated on the test set when the data are at hand (data.root=DIR), else taken from what the checkpoint
+recorded in training.
 """
 import os
 import sys

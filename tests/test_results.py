@@ -103,6 +103,17 @@ def test_without_data_the_recorded_accuracy_is_used(runs, monkeypatch, capsys, t
         assert row["accuracy"] == recorded
 
 
+def test_a_run_directory_stands_for_last_pt_and_a_best_pt_alone_is_labelled(runs, tmp_path):
+    paths, manifest, _ = runs
+    row = results.local_row(str(paths["mbv2_sgc8"]), evaluate=False)
+    assert row.source == str(paths["mbv2_sgc8"] / "last.pt") and row.epochs == "1"  # the run as trained
+    only_best = tmp_path / "only_best"
+    only_best.mkdir()
+    shutil.copy(paths["mbv2_sgc8"] / "best.pt", only_best / "best.pt")
+    row = results.local_row(str(only_best), evaluate=False)
+    assert row.source == str(only_best / "best.pt") and row.epochs == "1 (best epoch, chosen on the test set)"
+
+
 def test_plot_writes_an_image_with_the_per_layer_panel_for_an_flgc_run(runs, monkeypatch, capsys, tmp_path):
     paths, manifest, _ = runs
     picture = tmp_path / "out" / "results.png"
@@ -155,7 +166,7 @@ def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest
 
 @pytest.mark.parametrize("make_args, fragment", [
     (lambda tmp, runs: [tmp / "nowhere"], "does not exist"),
-    (lambda tmp, runs: [tmp], "holds no best.pt or last.pt"),
+    (lambda tmp, runs: [tmp], "holds no last.pt or best.pt"),
     (lambda tmp, runs: [tmp / "garbage.pt"], "cannot be loaded"),
     (lambda tmp, runs: [runs["mbv2_sgc8"], "--plot", tmp / "x.jpg"], "allowed file types are"),
     (lambda tmp, runs: [runs["mbv2_sgc8"], f"data.root={tmp}"], "no CIFAR-10 python-version files"),

@@ -103,12 +103,16 @@ def evaluate_row(row, model, cfg):
 
 
 def run_checkpoint(path):
-    """The checkpoint a run directory stands for: best.pt, else last.pt."""
-    for name in ("best.pt", "last.pt"):
+    """The checkpoint a run directory stands for: last.pt (the run as trained), else best.pt (an epoch
+    chosen on the test set, labelled so in its row)."""
+    for name in ("last.pt", "best.pt"):
         candidate = os.path.join(path, name)
         if os.path.isfile(candidate):
             return candidate
-    raise UsageError(f"{path} holds no best.pt or last.pt; give a train.py run directory or a checkpoint file")
+    raise UsageError(f"{path} holds no last.pt or best.pt; give a train.py run directory or a checkpoint file")
+
+
+BEST_EPOCH = "best epoch, chosen on the test set"
 
 
 def local_row(path, overrides=(), evaluate=True):
@@ -126,6 +130,8 @@ def local_row(path, overrides=(), evaluate=True):
     history = runlog.read_metrics(run_dir) if has_log else []
     epoch = payload.get("epoch")
     row.epochs = "?" if epoch is None else (str(epoch) if epoch == cfg.train.epochs else f"{epoch} of {cfg.train.epochs}")
+    if os.path.basename(ckpt) == "best.pt":  # a figure selected on the test set
+        row.epochs = f"{row.epochs} ({BEST_EPOCH})"
     times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s") is not None and r.get("epoch", 0) <= (epoch or 0)]
     row.minutes = sum(times) / 60 if times else None
     logged = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
