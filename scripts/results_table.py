@@ -1,12 +1,13 @@
 """The paper's CIFAR-10 results table: released checkpoints and local runs next to the published rows.
 
-python scripts/results_table.py [RUN_DIR or CHECKPOINT ...] [--json] [--plot FILE.png] [KEY=VALUE ...]
+python scripts/results_table.py [RUN_DIR or CHECKPOINT ...] [--wide] [--json] [--plot FILE.png] [KEY=VALUE ...]
 Rows: the paper's and the reference implementation's, checkpoints/manifest.json, then each run
 directory (its last.pt, the run as trained; else best.pt, an epoch chosen on the test set, which the
 row's epochs say) or checkpoint given. The accuracy column is single-crop over the recipe's test images
 (flip test-time augmentation and the first-1000 figures of releases stay in the manifest). Accuracy is
 evaluated on the test set when the data are at hand (data.root=DIR), else taken from what the checkpoint
-recorded in training.
+recorded in training. The table printed is the README's short one (model, G, MMac, accuracy on all
+test images and on images 0-999, recipe in a few words); --wide prints every column (docs/results.md).
 """
 import os
 import sys
@@ -25,6 +26,7 @@ def main():
                         help="run directories, checkpoint files, and data overrides such as data.root=DIR")
     parser.add_argument("--json", action="store_true", help="stdout is one JSON object with `rows`")
     parser.add_argument("--plot", metavar="FILE.png", help="accuracy vs MMac and per-layer MMac picture")
+    parser.add_argument("--wide", action="store_true", help="every column: data, hardware, minutes, params")
     parser.add_argument("--no-eval", action="store_true", help="never evaluate: recorded / manifest accuracies only")
     parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
     parser.add_argument("--baseline-config", default=os.path.join(ROOT, "configs", "mbv2_baseline.yaml"))
@@ -38,7 +40,8 @@ def main():
     if args.plot:
         save_figure(results.figure(rows, baseline), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(results.to_json(rows, baseline) if args.json else results.markdown(rows, baseline))
+    table = results.markdown if args.wide else results.headline
+    print(results.to_json(rows, baseline) if args.json else table(rows, baseline))
 
 
 if __name__ == "__main__":

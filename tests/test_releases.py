@@ -175,3 +175,12 @@ def test_all_with_an_empty_manifest_says_so(tmp_path, download):
     assert "lists no released checkpoints" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "ckpt").exists()
 
+
+
+def test_recipe_names_the_precision_auto_resolved_to():
+    from flgc.engine import config as config_lib
+    from flgc.records.releases import recipe_of
+    cfg = config_lib.load(os.path.join(ROOT, "configs", "cpu-long", "mbv2_baseline.yaml"))
+    assert cfg.train.amp == "auto" and "bf16" not in recipe_of(cfg)
+    assert recipe_of(cfg, "bf16").endswith("label smoothing 0.1, bf16; 50,000 train images")
+    assert "(0 on norms and biases, 0 on depthwise)" in recipe_of(cfg) and "none" not in recipe_of(cfg, "none")

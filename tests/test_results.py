@@ -54,7 +54,8 @@ def rows_of(stdout):
 
 def test_table_has_the_published_rows_and_both_runs(runs, monkeypatch, capsys):
     paths, manifest, _ = runs
-    code, out, err = results_table(monkeypatch, capsys, paths["mbv2_sgc8"], paths["mbv2_flgc8"], "--manifest", manifest)
+    code, out, err = results_table(monkeypatch, capsys, paths["mbv2_sgc8"], paths["mbv2_flgc8"], "--manifest", manifest,
+                                   "--wide")
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("| model | G | where | MMac | x dense | params | accuracy, % | accuracy source")
@@ -67,6 +68,17 @@ def test_table_has_the_published_rows_and_both_runs(runs, monkeypatch, capsys):
     assert body[4].startswith("| MobileNetV2-FLGC | 8 | project |") and "mbv2_flgc8" in body[4]
     assert "| evaluated | CIFAR-10 copy (re-encoded, md5 not verified), 12 test images |" in body[3]
     assert "lists no released checkpoints yet" in err
+
+
+def test_short_table_gives_the_recipe_in_a_few_words(runs, monkeypatch, capsys):
+    paths, manifest, _ = runs
+    code, out, err = results_table(monkeypatch, capsys, paths["mbv2_sgc8"], "--manifest", manifest)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "| model | G | MMac | x dense | accuracy, % | images 0-999, % | recipe | source |"
+    assert lines[2].endswith("| 94.43 | - | not stated | paper (Wang et al., CVPR 2019) |")
+    assert "| 400 epochs, lr steps, a GPU |" in lines[4]
+    assert lines[5].startswith("| MobileNetV2-SGC | 8 | 62.62 | 1.52 |") and lines[5].endswith("| mbv2_sgc8 |")
 
 
 def test_json_rows_count_the_learned_structure_and_say_where_accuracy_comes_from(runs, monkeypatch, capsys):
@@ -133,14 +145,16 @@ def test_plot_writes_an_image_with_the_per_layer_panel_for_an_flgc_run(runs, mon
     plt.close(published)
 
 
-def test_readme_table_is_the_output_for_the_committed_manifest(monkeypatch, capsys):
-    code, out, err = results_table(monkeypatch, capsys, "--no-eval")
+@pytest.mark.parametrize("page, marker, flags", [("README.md", "results-table", ()),
+                                                 ("docs/results.md", "results-table-wide", ("--wide",))])
+def test_committed_tables_are_the_output_for_the_committed_manifest(page, marker, flags, monkeypatch, capsys):
+    code, out, err = results_table(monkeypatch, capsys, "--no-eval", *flags)
     assert code == 0, err
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    start, end = "<!-- results-table:start -->\n", "\n<!-- results-table:end -->"
-    committed = readme[readme.index(start) + len(start):readme.index(end)]
-    assert committed == out.rstrip("\n"), "regenerate: python scripts/results_table.py --no-eval"
+    with open(os.path.join(ROOT, page)) as f:
+        text = f.read()
+    start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
+    committed = text[text.index(start) + len(start):text.index(end)]
+    assert committed == out.rstrip("\n"), f"regenerate: python scripts/results_table.py --no-eval {' '.join(flags)}"
 
 
 def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest_when_not(runs, tmp_path, capsys):

@@ -9,7 +9,6 @@ from . import config as config_lib
 from .data import make_batches
 from .step import prepare_model, select_device
 
-
 TTA = ("none", "flip")  # test-time augmentation: the plain image, or the mean of its and its mirror's softmax
 
 

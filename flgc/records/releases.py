@@ -142,15 +142,16 @@ def weight_decay_of(train_cfg):
     return f"wd {t.weight_decay:g}" + (f" ({', '.join(other)})" if other else "")
 
 
-def recipe_of(cfg):
-    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images."""
+def recipe_of(cfg, amp=None):
+    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images.
+    `amp`: the precision train.amp=auto resolved to (metrics.jsonl `amp`), when known."""
     t = cfg.train
     if t.schedule == "multistep":
         schedule = f"x{t.lr_gamma:g} at {'/'.join(str(m) for m in t.milestones)}"
     else:
         schedule = f"{t.schedule} after a {t.warmup_epochs:g}-epoch warm-up" if t.warmup_epochs else t.schedule
     extras = [weight_decay_of(t)] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
-    extras += [t.amp] if t.amp in ("bf16", "fp16") else []
+    extras += [amp or t.amp] if (amp or t.amp) in ("bf16", "fp16") else []
     images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
     optimizer = "SGD nesterov" if t.nesterov else "SGD"
     return f"{optimizer} {peak_lr(t):g}, batch {t.batch_size}, {schedule}, {', '.join(extras)}; {images} train images"
@@ -362,7 +363,7 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
         entry = {"name": name, **structure(released_cfg), "config": config_label or config_path,
                  "file": old["file"] if kept else release_file_name(name, sha), "sha256": sha, "bytes": size,
                  **measured, "trained_accuracy": trained.get("test_accuracy"),
-                 "data": data_label(eval_cfg.data, measured["test_images"]), "recipe": recipe_of(released_cfg),
+                 "data": data_label(eval_cfg.data, measured["test_images"]), "recipe": recipe_of(released_cfg, trained.get("amp")),
                  "epochs": cfg.train.epochs, "minutes": round(minutes, 1), "hardware": hardware, "commit": commit}
         if extended:
             entry["epochs_changed"] = extended

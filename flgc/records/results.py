@@ -39,6 +39,7 @@ class Row:
     accuracy: Optional[float] = None
     accuracy_source: Optional[str] = None  # evaluated | recorded | manifest | published
     test_images: Optional[int] = None
+    accuracy_first_1000: Optional[float] = None  # releases: test images 0-999 (exact pixels in the re-encoded copy)
     data: Optional[str] = None
     recipe: Optional[str] = None
     epochs: Optional[str] = None
@@ -151,8 +152,8 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
     row = Row(entry["name"], entry.get("model", entry["name"]), f"manifest: {entry['file']}", "manifest",
               groups=entry.get("groups"), where=entry.get("where"), mflops=entry.get("mflops"),
               params=entry.get("params"), accuracy=entry.get("accuracy"), accuracy_source="manifest",
-              test_images=entry.get("test_images"), data=entry.get("data"),
-              recipe=entry.get("recipe"), epochs=_text(entry.get("epochs")),
+              test_images=entry.get("test_images"), accuracy_first_1000=entry.get("accuracy_first_1000"),
+              data=entry.get("data"), recipe=entry.get("recipe"), epochs=_text(entry.get("epochs")),
               hardware=entry.get("hardware"), minutes=entry.get("minutes"))
     config_path = os.path.join(os.path.dirname(directory), entry.get("config") or "")
     if entry.get("config") and os.path.isfile(config_path):  # the repository's copy of the release's config
@@ -225,6 +226,37 @@ def markdown(rows, baseline):
     lines += ["| " + " | ".join(c.replace("|", "/") for c in markdown_cells(row)) + " |" for row in rows]
     lines.append("")
     lines.append(f"x dense = {baseline:.2f} MMac (dense MobileNetV2, configs/mbv2_baseline.yaml) / the row's MMac.")
+    return "\n".join(lines)
+
+
+HEADLINE = ("model", "G", "MMac", "x dense", "accuracy, %", "images 0-999, %", "recipe", "source")
+
+
+def brief_recipe(row):
+    """The recipe in a few words: '22 epochs, cosine, 2 CPU cores'."""
+    if row.kind == "paper":
+        return "not stated"
+    recipe, hardware = row.recipe or "", row.hardware or ""
+    schedule = next((name for key, name in (("x0.1", "lr steps"), ("cosine", "cosine"), ("onecycle", "one-cycle"))
+                     if key in recipe), "")
+    where = "a GPU" if "GPU" in hardware else hardware.split(",")[0]
+    return ", ".join(part for part in (f"{row.epochs} epochs" if row.epochs else "", schedule, where) if part)
+
+
+def headline(rows, baseline):
+    """The README's table: published rows and releases in a few columns (the full one: markdown)."""
+    lines = ["| " + " | ".join(HEADLINE) + " |",
+             "|" + "|".join("--:" if c in ("MMac", "x dense", "accuracy, %", "images 0-999, %") else ":--"
+                            for c in HEADLINE) + "|"]
+    for row in rows:
+        published = row.accuracy_source == "published"
+        source = row.name if row.kind in ("manifest", "ours") else row.source
+        cells = (row.model, "-" if row.groups is None else str(row.groups),
+                 _number(row.mflops, 2, row.kind in ("paper", "reference")),
+                 "" if row.ratio is None else f"{row.ratio:.2f}",
+                 _number(row.accuracy, 2, published or row.accuracy_source == "manifest") or "not evaluated",
+                 _number(row.accuracy_first_1000, 2, False) or "-", brief_recipe(row), source)
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
 
