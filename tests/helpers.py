@@ -126,3 +126,40 @@ def kernels_missing():
     from flgc.deploy import native
     problem = native.missing_tools()
     return f"needs flgc's compiled kernels: {problem}" if problem else ""
+
+
+# CIFAR-10's batches.meta byte for byte (the python version; md5 5ff9c542aee3614f3951f8cda6e48888, the one
+# torchvision checks): label names, num_cases_per_batch 10000 and num_vis 3072, pickled by Python 2
+CIFAR10_META = (b"\x80\x02}q\x01(U\x13num_cases_per_batchq\x02M\x10'U\x0blabel_namesq\x03]q\x04(U\x08airplaneq\x05"
+                b"U\nautomobileq\x06U\x04birdq\x07U\x03catq\x08U\x04deerq\tU\x03dogq\nU\x04frogq\x0bU\x05horseq\x0c"
+                b"U\x04shipq\rU\x05truckq\x0eeU\x07num_visq\x0fM\x00\x0cu.")
+# one colour per class, far apart in RGB: what tells the classes apart survives a crop (padding 4) and a flip
+CLASS_COLOURS = ((230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30), (230, 30, 230),
+                 (30, 230, 230), (230, 230, 230), (30, 30, 30), (230, 130, 30), (130, 30, 230))
+
+
+def write_colour_cifar(root, per_batch=80, test=100, seed=0, shuffle_labels=False):
+    """A learnable task in the CIFAR-10 python layout under root/cifar-10-batches-py/ (5 training batches of
+    `per_batch` images, a test batch of `test`, the official batches.meta): an image is its class's colour
+    with a per-image tint (std 12 per channel) and pixel noise (std 8); every batch holds the classes in
+    equal numbers, in random order. shuffle_labels: the training labels permuted within each batch, so
+    that they no longer say the images' colour (the test labels stay true). Returns root."""
+    import pickle
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    colours = np.array(CLASS_COLOURS, dtype=np.float32)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        labels = rng.permutation(np.arange(count) % len(colours))
+        pixels = (colours[labels][:, None, None, :] + rng.normal(0, 12, (count, 1, 1, 3))
+                  + rng.normal(0, 8, (count, 32, 32, 3)))
+        data = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(count, 3072)
+        if shuffle_labels and name != "test_batch":
+            labels = rng.permutation(labels)
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({"data": data, "labels": labels.tolist()}, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        f.write(CIFAR10_META)
+    return root

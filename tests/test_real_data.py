@@ -1,16 +1,24 @@
-"""Brief training on real CIFAR-10 images, when FLGC_CIFAR10_ROOT names a directory that holds
-cifar-10-batches-py/ (the official files or a re-encoded copy); skipped otherwise."""
+"""Real CIFAR-10 images, when FLGC_CIFAR10_ROOT names a directory that holds cifar-10-batches-py/ (the
+official files or a re-encoded copy); skipped otherwise: a brief training run, and every released checkpoint
+evaluated to its manifest accuracy."""
 import json
 import os
 
 import pytest
-from helpers import CIFAR10_ROOT, run_cli
+import torch
+from helpers import CIFAR10_ROOT, ROOT, run_cli
+
+from flgc.engine import checkpoint, evaluation
+from flgc.records import releases
 
 pytestmark = pytest.mark.slow
+needs_cifar10 = pytest.mark.skipif(
+    not (CIFAR10_ROOT and os.path.isdir(os.path.join(CIFAR10_ROOT, "cifar-10-batches-py"))),
+    reason="set FLGC_CIFAR10_ROOT to a directory holding cifar-10-batches-py/")
+CHECKPOINTS = os.path.join(ROOT, "checkpoints")
 
 
-@pytest.mark.skipif(not (CIFAR10_ROOT and os.path.isdir(os.path.join(CIFAR10_ROOT, "cifar-10-batches-py"))),
-                    reason="set FLGC_CIFAR10_ROOT to a directory holding cifar-10-batches-py/")
+@needs_cifar10
 def test_short_flgc8_run_learns_and_moves_groups(tmp_path):
     out = tmp_path / "run"
     # 4,000 training images, 4 epochs: about 2 minutes on 2 cores
@@ -23,3 +31,24 @@ def test_short_flgc8_run_learns_and_moves_groups(tmp_path):
     # chance is 10%; 4 epochs on 4,000 images reach well above it
     assert rows[-1]["test_accuracy"] > 25.0
     assert sum(r["reassign_inputs"] + r["reassign_filters"] for r in rows) > 0
+
+
+@needs_cifar10
+@pytest.mark.parametrize("entry", releases.load_manifest(os.path.join(CHECKPOINTS, "manifest.json")),
+                         ids=lambda entry: entry["name"])
+def test_released_checkpoint_reproduces_its_manifest_accuracy(entry):
+    # 25-45 s a checkpoint on 2 cores (10,000 test images)
+    path = os.path.join(CHECKPOINTS, entry["file"])
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not here; fetch it with scripts/download_checkpoints.py {entry['name']}")
+    assert releases.verified(path, entry), f"{path} does not match the size and sha256 of {entry['name']}"
+    overrides = releases.check_release_overrides([("data.root", CIFAR10_ROOT), ("data.download", False),
+                                                  ("data.verify_checksums", False)])
+    threads = torch.get_num_threads()
+    try:
+        model, cfg, _ = checkpoint.load_model(path, overrides)
+        test = evaluation.test_metrics(model, cfg)
+    finally:
+        torch.set_num_threads(threads)  # the checkpoint's threads key must not change the tests that follow
+    assert test["images"] == entry["test_images"]
+    assert abs(test["accuracy"] - entry["accuracy"]) <= releases.TOLERANCE, (test["accuracy"], entry["accuracy"])
