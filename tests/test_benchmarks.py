@@ -19,7 +19,8 @@ def test_bench_data_reports_both_pipelines(tmp_path, call):
     root = write_tiny_cifar(str(tmp_path), per_batch=60)  # 300 images: 3 batches of 128
     out = last_json(call("benchmarks/bench_data.py", f"data.root={root}", "data.verify_checksums=false",
                             "--batches", "1", "--rounds", "1", "--workers", "0", "--json"))
-    assert out["ours_images_per_s"] > 0 and out["reference_images_per_s"] > 0
+    assert set(out) == {"ours_images_per_s", "reference_images_per_s"}  # both pipelines ran and were timed
+    assert all(isinstance(rate, float) and 0 < rate < float("inf") for rate in out.values())
 
 
 def test_bench_train_refuses_what_it_cannot_run(call):

@@ -195,7 +195,7 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
 
 SAVER = """
 import sys, torch
-from flgc import checkpoint
+from flgc.engine import checkpoint
 payload = {{"config": {{}}, "model": {{"w": torch.randn(2_000_000)}}, "epoch": 0}}
 for i in range(10**6):
     payload["epoch"] = i
@@ -210,11 +210,12 @@ def test_kill_during_save_never_leaves_a_corrupt_file(tmp_path):
     for delay in (0.35, 0.5, 0.65, 0.8, 0.95):
         child = subprocess.Popen([sys.executable, "-c", SAVER.format(root=ROOT, path=str(path))],
                                  stdout=subprocess.PIPE, text=True)
-        child.stdout.readline()  # one save has completed
+        completed = int(child.stdout.readline().split()[0])  # one save has completed
         time.sleep(delay)
         child.kill()
         child.wait()
-        assert checkpoint.load(str(path))["epoch"] >= 0
+        saved = checkpoint.load(str(path))  # a whole save, the last completed one or a later one
+        assert saved["epoch"] >= completed and saved["model"]["w"].numel() == 2_000_000
 
 
 def update_deviation(start, one, other):

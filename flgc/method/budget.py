@@ -1,7 +1,7 @@
 """The whole-model MMac budget: the penalty max(0, (MMac - T) / (T - fixed)) of the learned structure
 (MMac as flgc.method.flops counts it, with the straight-through gradient of the FLGC layers' group sizes) and
 the projection that moves channels and filters until the structure costs at most T MMac. Kept apart
-from flgc.regularizer because it measures the network with flgc.flops.
+from flgc.method.regularizer because it measures the network with flgc.method.flops.
 """
 import weakref
 

@@ -336,12 +336,26 @@ def release_file_name(name, sha256):
     return f"{name}-{sha256[:8]}.pt"
 
 
+def _write_pair(temp, entries, entry, replaced, directory, manifest_path, force):
+    """Write a release in the order that keeps file and manifest consistent at every point: 1. the file
+    `temp` under the entry's name (no entry holds it yet), 2. the manifest, 3. the file of the `replaced`
+    entry, when no entry names it any more. Returns (the file's path, the removed file's name or None)."""
+    target = os.path.join(directory, entry["file"])
+    if not verified(target, entry):
+        if os.path.exists(target) and not force:
+            raise UsageError(f"{target} exists and is another file; pass --force to write over it")
+        publish(temp, target)
+    save_manifest(manifest_path, entries)
+    stale = replaced["file"] if replaced is not None and replaced["file"] != entry["file"] else None
+    if stale and not any(e["file"] == stale for e in entries) and os.path.exists(os.path.join(directory, stale)):
+        os.unlink(os.path.join(directory, stale))
+    return target, stale
+
+
 def release(run_dir, name, config_path, directory, manifest_path, overrides=(), hardware=None, commit=None,
             force=False, config_label=None, note=None, report=print):
-    """Release the finished run in `run_dir` as `name` (see the module docstring); returns the entry.
-    The entry names the config as `config_label` (default `config_path`), e.g. configs/cpu/NAME.yaml, and
-    holds `note` when given (e.g. what else ran on the machine while the run trained). `overrides`: where
-    the test data are (RELEASE_MAY_CHANGE keys)."""
+    """Release the finished run in `run_dir` as `name` (module docstring); returns the entry, which names the
+    config as `config_label` (default `config_path`) and holds `note`; `overrides`: where the test data are."""
     if not NAME.match(name):
         raise UsageError(f"release name {name!r}: use letters, digits, '_', '.', '-' (e.g. mbv2_flgc8_cpu)")
     overrides = check_release_overrides(overrides)
@@ -365,29 +379,31 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
                  **measured, "trained_accuracy": trained.get("test_accuracy"),
                  "data": data_label(eval_cfg.data, measured["test_images"]), "recipe": recipe_of(released_cfg, trained.get("amp")),
                  "epochs": cfg.train.epochs, "minutes": round(minutes, 1), "hardware": hardware, "commit": commit}
-        if extended:
-            entry["epochs_changed"] = extended
-        if note:
-            entry["note"] = note
+        entry.update({key: value for key, value in (("epochs_changed", extended), ("note", note)) if value})
         entries, replaced = add_entry(entries, entry, force)
-        target = os.path.join(directory, entry["file"])
-        if not verified(target, entry):
-            if os.path.exists(target) and not force:
-                raise UsageError(f"{target} exists and is another file; pass --force to write over it")
-            publish(temp, target)  # 1. the file, under a name no entry holds yet
+        target, stale = _write_pair(temp, entries, entry, old if replaced else None, directory, manifest_path, force)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
-    save_manifest(manifest_path, entries)  # 2. the entry that names it
-    stale = old["file"] if replaced and old["file"] != entry["file"] else None
-    if stale and not any(e["file"] == stale for e in entries) and os.path.exists(os.path.join(directory, stale)):
-        os.unlink(os.path.join(directory, stale))  # 3. the file of the replaced entry
     dirty = " (trained from uncommitted changes: its commit says +changes)" if "+changes" in commit else ""
     report(f"released {name}: {target}, {measured['accuracy']:.2f}% on {measured['test_images']:,} test images "
            f"(trained: {entry['trained_accuracy']}), {measured['mflops']:.2f} MMac, {measured['params']:,} params, "
            f"{minutes:.1f} min on {hardware}{dirty}; {'replaced the' if replaced else 'new'} entry in {manifest_path}"
            + (f"; removed {stale}" if stale else ""))
     return entry
+
+
+def _with_figures(entry, figures):
+    """`entry` with the FIGURES it lacks taken from `figures`, placed after `accuracy` in FIGURES order."""
+    every = {k: entry[k] if k in entry else figures[k] for k in FIGURES if k in entry or k in figures}
+    filled = {}
+    for key, value in entry.items():
+        if key not in FIGURES:
+            filled[key] = value
+        if key == "accuracy":
+            filled.update(every)
+    filled.update({k: v for k, v in every.items() if k not in filled})
+    return filled
 
 
 def remeasure(name, directory, manifest_path, overrides=(), report=print):
@@ -418,14 +434,7 @@ def remeasure(name, directory, manifest_path, overrides=(), report=print):
     if not missing:
         report(f"{name}: every figure is in the manifest already and reproduces; nothing to fill")
         return entry
-    every = {k: entry[k] if k in entry else figures[k] for k in FIGURES if k in entry or k in figures}
-    filled = {}
-    for key, value in entry.items():  # the figures follow `accuracy`, in FIGURES order
-        if key not in FIGURES:
-            filled[key] = value
-        if key == "accuracy":
-            filled.update(every)
-    filled.update({k: v for k, v in every.items() if k not in filled})
+    filled = _with_figures(entry, figures)
     entries = [filled if e is entry else e for e in entries]
     save_manifest(manifest_path, entries)
     report(f"{name}: sha256 verified, {figures['accuracy']:.2f}% reproduced on {figures['test_images']:,} test images; "
@@ -476,6 +485,27 @@ def _leftover(part, entry):
     return False
 
 
+def _fetch_attempts(entry, part, attempts, progress):
+    """Fetch `entry` into `part` in up to `attempts` tries, resuming a partial file; the last error or None."""
+    last_error = None
+    for _ in range(attempts):
+        try:
+            _fetch_once(entry["url"], part, progress)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            last_error = err  # keep the partial file: the next attempt resumes it
+            continue
+        size = os.path.getsize(part)
+        if size < entry["bytes"]:
+            last_error = f"got {size} of {entry['bytes']} bytes"
+            continue
+        if size > entry["bytes"]:  # not this file: start over
+            os.unlink(part)
+            last_error = f"got {size} bytes, more than the {entry['bytes']} of the file"
+            continue
+        return None
+    return last_error
+
+
 def download(entry, directory, attempts=5, show_progress=True):
     """(path, fetched) of the verified file of `entry` in `directory`, downloading it when needed: the
     sha256 of a file already there is checked every time."""
@@ -494,23 +524,8 @@ def download(entry, directory, attempts=5, show_progress=True):
     if show_progress:
         from tqdm import tqdm
         progress = tqdm(total=entry["bytes"], unit="B", unit_scale=True, desc=entry["name"], leave=False)
-    last_error = None
     try:
-        for _ in range(attempts):
-            try:
-                _fetch_once(entry["url"], part, progress)
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-                last_error = err  # keep the partial file: the next attempt resumes it
-                continue
-            size = os.path.getsize(part)
-            if size < entry["bytes"]:
-                last_error = f"got {size} of {entry['bytes']} bytes"
-                continue
-            if size > entry["bytes"]:  # not this file: start over
-                os.unlink(part)
-                last_error = f"got {size} bytes, more than the {entry['bytes']} of the file"
-                continue
-            break
+        last_error = _fetch_attempts(entry, part, attempts, progress)
     finally:
         if progress is not None:
             progress.close()
