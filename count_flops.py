@@ -34,16 +34,6 @@ def default_sources():
     return {**sources, **{os.path.relpath(path, ROOT): path for path in found}}
 
 
-def source_path(given):
-    """A config or checkpoint path as given, or the verified file of a released checkpoint's name."""
-    if os.path.exists(given) or os.sep in given or given.endswith(CONFIG_SUFFIXES + (".pt", ".pth")):
-        return given
-    if given not in pretrained.released_names():
-        raise UsageError(f"{given}: no such file, and no released checkpoint of that name; "
-                         f"released: {', '.join(pretrained.released_names()) or 'none'}")
-    return pretrained.released_path(given)
-
-
 def load_source(path, is_config, overrides=()):
     """(model, config) of a YAML config (FLGC structures: the seeded initial ones) or of a checkpoint."""
     if is_config:
@@ -69,7 +59,7 @@ def measure(model, cfg, baselines=None):
 def compare(paths, as_json):
     """One row per config or checkpoint: MMac, params, ratio to the dense baseline."""
     rows, baselines = [], {}
-    for shown, path in ({p: source_path(p) for p in paths} or default_sources()).items():
+    for shown, path in ({p: pretrained.file_or_release(p) for p in paths} or default_sources()).items():
         is_config = path.endswith(CONFIG_SUFFIXES)
         try:
             rows.append({"config" if is_config else "name": shown, **measure(*load_source(path, is_config), baselines)})
@@ -112,7 +102,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.compare is not None:
         return compare(args.compare, args.json)
-    path = args.config or source_path(args.checkpoint)
+    path = args.config or pretrained.file_or_release(args.checkpoint)
     model, cfg = load_source(path, bool(args.config), config.parse_overrides(args.overrides))
     out = human_stream(args.json)
     if args.per_layer:

@@ -9,24 +9,12 @@ single-crop figure, which stays `accuracy`. KEY=VALUE pairs set where the data a
 read (data.root=DIR, data.verify_checksums=false, data.test_subset=N, ...).
 """
 import json
-import os
 
 from flgc.engine import checkpoint
 from flgc.engine.cli import ArgumentParser, human_stream, run
 from flgc.engine.evaluation import TTA, parse_evaluation_overrides, test_metrics
-from flgc.errors import UsageError
 from flgc.method import flops
 from flgc.records import pretrained
-
-
-def checkpoint_path(given):
-    """The file of --checkpoint: a path, or the verified file of a released name."""
-    if os.path.exists(given) or os.sep in given or given.endswith((".pt", ".pth")):
-        return given
-    if given not in pretrained.released_names():
-        raise UsageError(f"--checkpoint {given}: no such file, and no released checkpoint of that name; "
-                         f"released: {', '.join(pretrained.released_names()) or 'none'}")
-    return pretrained.released_path(given)
 
 
 def main(argv=None):
@@ -37,7 +25,7 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data keys, e.g. data.root=/data")
     args = parser.parse_args(argv)
     overrides = parse_evaluation_overrides(args.overrides, "eval.py")
-    model, cfg, _ = checkpoint.load_model(checkpoint_path(args.checkpoint), overrides)
+    model, cfg, _ = checkpoint.load_model(pretrained.file_or_release(args.checkpoint), overrides)
     mflops, params = flops.count(model)
     test = test_metrics(model, cfg)
     result = {"accuracy": test["accuracy"], "loss": test["loss"], "mflops": mflops, "params": params,

@@ -72,10 +72,7 @@ def main(argv=None):
         raise UsageError("give either RUN_DIR or --from-start CHECKPOINT (one of them)")
     out = human_stream(args.json)
     if args.from_start:
-        path = args.from_start
-        if not os.path.exists(path) and path in pretrained.released_names():
-            path = pretrained.released_path(path)
-        table = moved_from_start(path)
+        table = moved_from_start(pretrained.file_or_release(args.from_start))
         total = print_from_start(table, out)
         if args.json:
             print(json.dumps({"layers": table, "total": total}))

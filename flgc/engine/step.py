@@ -31,6 +31,7 @@ def prepare_model(model, cfg, device):
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
+@functools.lru_cache(maxsize=None)  # asked every epoch; the answer cannot change within a process
 def cpu_computes_bf16():
     """Whether this CPU has bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX, Arm's BF16
     extension). Elsewhere bf16 is emulated: a training step was measured 15x slower than fp32 on an

@@ -42,6 +42,19 @@ def released_path(name, manifest=MANIFEST, show_progress=False):
     return releases.download(entry, os.path.dirname(manifest), show_progress=show_progress)[0]
 
 
+def file_or_release(given, manifest=MANIFEST):
+    """What a script's checkpoint (or config) argument names: `given` itself when it is a file or reads as a
+    path (a separator, or a .pt / .pth / .yaml / .yml name), else the verified file of the released
+    checkpoint of that name; UsageError when it is neither."""
+    if os.path.exists(given) or os.sep in given or given.endswith((".pt", ".pth", ".yaml", ".yml")):
+        return given
+    names = released_names(manifest)
+    if given not in names:
+        raise UsageError(f"{given}: no such file, and no released checkpoint of that name; "
+                         f"released: {', '.join(names) or 'none'}")
+    return released_path(given, manifest)
+
+
 def released_model(name, pretrained=True, manifest=MANIFEST, **kwargs):
     """The network of release `name` on the CPU, in training mode: its released weights (verified) with
     `pretrained`, else the same architecture freshly initialised from the config it was trained with."""
