@@ -16,6 +16,18 @@ def config_path(name):
     return os.path.join(ROOT, "configs", f"{name}.yaml")
 
 
+def moved_since_seeded_start(path):
+    """(input channels, filters) of the checkpoint's FLGC layers in another group than in the model its
+    config's seed builds."""
+    from flgc.engine import checkpoint
+    from flgc.engine.training import assignments, reassignments
+    from flgc.models import build_model
+    model, cfg, _ = checkpoint.load_model(str(path))
+    torch.manual_seed(cfg.seed)
+    moved = reassignments(assignments(build_model(cfg)), assignments(model)).values()
+    return sum(i for i, _ in moved), sum(f for _, f in moved)
+
+
 def train(config, out_dir, data, *extra):
     return run_captured("train.py", "--config", config_path(config), f"out_dir={out_dir}",
                    f"data.root={data}", *TINY, *extra)
@@ -55,6 +67,10 @@ def test_resume_continues_and_refuses_to_overwrite(flgc_run, tmp_path):
     assert "resumed from" in resumed.stdout and "epoch 2/2" in resumed.stdout
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    # the from-start count of the resumed epoch compares with the seeded initial structure
+    moved = moved_since_seeded_start(copy / "last.pt")
+    assert (rows[1]["moved_inputs"], rows[1]["moved_filters"]) == moved and sum(moved) > 0, (rows[1], moved)
+    assert rows[1]["eval_split"] == "test"
     state = torch.load(copy / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["config"]["train"]["epochs"] == 2
 

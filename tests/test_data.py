@@ -90,3 +90,21 @@ def test_crop_offsets_and_flips_cover_the_reference_distribution():
         counts = torch.bincount(offsets[:, 0], minlength=9)
         assert len(counts) == 9 and counts.min() > 20_000 / 9 * 0.9  # 0..8, each about 1/9
     assert abs(flipped.float().mean().item() - 0.5) < 0.02
+
+
+def test_validation_images_are_the_last_training_images_and_leave_the_test_split_alone(tmp_path):
+    from flgc.engine.data import load_split, write_random_cifar
+    root = write_random_cifar(str(tmp_path), per_batch=10, test=12)
+    base = {"root": root, "download": False, "verify_checksums": False}
+    every, every_labels = load_split(config.from_dict({"data": base}).data, train=True)
+    held = config.from_dict({"data": {**base, "validation_images": 15, "train_subset": 20}}).data
+    train_images, _ = load_split(held, train=True)
+    val_images, val_labels = load_split(held, train=True, validation=True)
+    assert len(every) == 50 and torch.equal(train_images, every[:20])
+    assert torch.equal(val_images, every[-15:]) and torch.equal(val_labels, every_labels[-15:])
+    test_images, _ = load_split(held, train=False)
+    assert len(test_images) == 12  # the test split is untouched: eval.py and releases read it
+    with pytest.raises(UsageError, match="leaves no training image"):
+        load_split(config.from_dict({"data": {**base, "validation_images": 50}}).data, train=True)
+    with pytest.raises(UsageError, match="no validation split"):
+        load_split(config.from_dict({"data": base}).data, train=False, validation=True)

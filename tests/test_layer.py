@@ -114,6 +114,26 @@ def test_gradient_reaches_the_logits_through_the_layer():
     assert layer.output_group_logits.grad.abs().sum() > 0
 
 
+def test_dense_weight_gradient_keeps_the_output_and_the_logit_gradients_and_trains_absent_weights():
+    torch.manual_seed(7)
+    x = torch.randn(2, 8, 4, 4)
+    masked = FLGConv2d(8, 6, 1, groups=2)
+    dense = FLGConv2d(8, 6, 1, groups=2, weight_gradient="dense")
+    dense.load_state_dict(masked.state_dict())
+    outputs = [layer(x) for layer in (masked, dense)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for y in outputs:
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    for name in ("input_group_logits", "output_group_logits"):
+        torch.testing.assert_close(getattr(masked, name).grad, getattr(dense, name).grad)
+    absent = masked.hard_mask()[:, :, None, None] == 0
+    assert absent.any() and masked.weight.grad[absent].abs().max() == 0
+    assert dense.weight.grad[absent].abs().min() > 0  # the weights of absent connections train too
+    torch.testing.assert_close(dense.weight.grad[~absent], masked.weight.grad[~absent])
+    with pytest.raises(ValueError, match="weight gradient"):
+        FLGConv2d(8, 6, 1, groups=2, weight_gradient="sparse")
+
+
 def _train_toward(target_mask, gradient, steps=200):
     torch.manual_seed(6)
     layer = FLGConv2d(8, 8, 1, groups=2, gradient=gradient)

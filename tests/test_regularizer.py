@@ -303,6 +303,7 @@ def _study(monkeypatch, capsys, *args):
     (["--seeds", "1,1"], "distinct integers >= 0"),
     (["--seeds", ","], "--seeds is empty"),
     (["seed=3"], "seed and out_dir are set by the study"),
+    (["--recipe", "nowhere"], "configs/nowhere has no mbv2_"),
 ])
 def test_study_rejects_bad_arguments_with_one_line(tmp_path, monkeypatch, capsys, args, fragment):
     code, out, err = _study(monkeypatch, capsys, "--out", str(tmp_path), *args)
@@ -314,9 +315,10 @@ def test_study_table_reports_mean_and_sd_over_finished_seeds(tmp_path, monkeypat
         directory = tmp_path / "flgc8-balance" / f"seed{seed}"
         directory.mkdir(parents=True)
         (directory / "config.yaml").write_text("train:\n  epochs: 2\n")
-        rows = [{"epoch": e + 1, "test_accuracy": accuracy, "mflops": mflops, "empty_input_groups": empty,
-                 "empty_filter_groups": 0, "reassign_inputs": 4 * seed, "reassign_filters": 2,
-                 "reassign_per_layer": {"a": [0, 0]}} for e in range(epochs)]
+        rows = [{"epoch": e + 1, "test_accuracy": accuracy, "train_loss": 2.0 - seed / 2, "mflops": mflops,
+                 "empty_input_groups": empty, "empty_filter_groups": 0, "reassign_inputs": 4 * seed,
+                 "reassign_filters": 2, "reassign_per_layer": {"a": [0, 0]}, "moved_inputs": 100 * (seed + 1),
+                 "moved_filters": 10, "eval_split": "validation"} for e in range(epochs)]
         (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     write(0, 10.0, 62.6, 0)
@@ -325,6 +327,7 @@ def test_study_table_reports_mean_and_sd_over_finished_seeds(tmp_path, monkeypat
     code, out, _ = _study(monkeypatch, capsys, "--out", str(tmp_path), "--table-only", "--variants",
                           "flgc8-balance,sgc8")
     assert code == 0
-    assert "| flgc8-balance | defaults: uniform init, balance | 2 | 12.00 ± 2.83 | 62.650 ± 0.071 | 62.700 | " \
-           "1.0 ± 1.4 (max 2) | 2/2, 2/2 |" in out
+    assert "| variant | what | seeds | validation acc., % | train loss, last epoch |" in out
+    assert "| flgc8-balance | defaults: uniform init, balance | 2 | 12.00 ± 2.83 | 1.750 ± 0.354 | 62.650 ± 0.071 | " \
+           "62.700 | 1.0 ± 1.4 (max 2) | 2/2, 2/2 | 150 / 10 |" in out
     assert "| sgc8 | standard group conv, G=8 | 0 | not run |" in out

@@ -19,6 +19,9 @@ class DataConfig:
     verify_checksums: bool = True  # false accepts re-encoded copies, with a warning
     train_subset: Optional[int] = None  # first N training images; null = all
     test_subset: Optional[int] = None  # first N test images; null = all
+    # training holds out its last N images and evaluates on them in place of the test split (choosing a
+    # setting without the test set); eval.py and releases always read the test split
+    validation_images: Optional[int] = None
     mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
     std: List[float] = field(default_factory=lambda: [0.2023, 0.1994, 0.2010])
     crop_padding: int = 4  # random crop 32 from the zero-padded image
@@ -39,6 +42,9 @@ class FLGCConfig:
     groups: int = 8  # G, for group and flgc
     where: str = "project"  # which 1x1 convs: project | expand | both
     gradient: str = "straight_through"  # straight_through | reference_masked (ablation)
+    # masked: the weights of connections the structure leaves out get no gradient | dense: they train as
+    # if present, so a channel that changes group meets trained weights (docs/learning.md)
+    weight_gradient: str = "masked"
     init: str = "uniform"  # uniform: a random balanced assignment (the SGC cost) | random: argmax of N(0, std^2)
     logit_init_std: float = 0.1  # assignment logits start as N(0, std^2); the reference uses 1
     logit_lr_scale: float = 1.0  # lr of the logits = train.lr * scale
@@ -101,6 +107,7 @@ CHOICES = {
     "flgc.pointwise": ("dense", "group", "flgc"),
     "flgc.where": ("project", "expand", "both"),
     "flgc.gradient": ("straight_through", "reference_masked"),
+    "flgc.weight_gradient": ("masked", "dense"),
     "flgc.init": ("uniform", "random"),
     "flgc.regularizer.kind": ("balance", "budget", "none"),
     "train.amp": ("none", "bf16", "fp16", "auto"),
@@ -109,8 +116,8 @@ CHOICES = {
     "train.schedule": ("multistep", "cosine", "onecycle"),
 }
 POSITIVE = ("flgc.freeze_epoch", "train.epochs", "train.batch_size", "train.eval_interval", "train.eval_batch_size",
-            "flgc.groups", "data.train_subset", "data.test_subset", "threads", "train.base_batch_size",
-            "train.finite_check_steps")
+            "flgc.groups", "data.train_subset", "data.test_subset", "data.validation_images", "threads",
+            "train.base_batch_size", "train.finite_check_steps")
 POSITIVE_REAL = ("train.lr", "train.lr_gamma", "flgc.temperature_start", "flgc.temperature_end", "flgc.logit_init_std")
 NON_NEGATIVE = ("train.weight_decay", "flgc.logit_weight_decay", "flgc.logit_lr_scale", "flgc.regularizer.weight",
                 "train.checkpoint_steps", "flgc.plot_interval", "data.crop_padding")

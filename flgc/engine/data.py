@@ -69,8 +69,29 @@ def _first_unreadable(where, train):
     return None
 
 
-def load_split(data_cfg, train):
-    """(images uint8 N x 32 x 32 x 3, labels int64 N) of one split, honouring the data.* keys."""
+def load_split(data_cfg, train, validation=False):
+    """(images uint8 N x 32 x 32 x 3, labels int64 N) of one split, honouring the data.* keys. With
+    data.validation_images = V, the training split loses its last V images and `validation` gives them."""
+    held = data_cfg.validation_images or 0
+    if validation and not held:
+        raise UsageError("no validation split: set data.validation_images=N (the last N training images)")
+    images, labels = _read_split(data_cfg, train or validation)
+    if held and (train or validation):
+        if held >= len(labels):
+            raise UsageError(f"data.validation_images={held} leaves no training image (the split has {len(labels)}); "
+                             f"give fewer than {len(labels)}")
+        if validation:
+            return images[-held:], labels[-held:]
+        if train:
+            images, labels = images[:-held], labels[:-held]
+    subset = data_cfg.train_subset if train else data_cfg.test_subset
+    if subset is not None:
+        images, labels = images[:subset], labels[:subset]
+    return images, labels
+
+
+def _read_split(data_cfg, train):
+    """All images and labels of the training or test split, downloaded or checked as data.* asks."""
     root = os.path.expanduser(data_cfg.root)
     where = os.path.join(root, FOLDER)
     if not files_present(root):
@@ -101,12 +122,7 @@ def load_split(data_cfg, train):
             what, err = (f"file {os.path.join(where, bad[0])}", bad[1]) if bad else (f"files in {where}/", err)
             raise UsageError(f"cannot parse CIFAR-10 {what} ({type(err).__name__}: {err}); it may be truncated "
                              f"or damaged: replace it, or delete it and set data.download=true") from None
-    images = torch.from_numpy(dataset.data)
-    labels = torch.tensor(dataset.targets, dtype=torch.int64)
-    subset = data_cfg.train_subset if train else data_cfg.test_subset
-    if subset is not None:
-        images, labels = images[:subset], labels[:subset]
-    return images, labels
+    return torch.from_numpy(dataset.data), torch.tensor(dataset.targets, dtype=torch.int64)
 
 
 def augment_params(count, generator, padding=4, flip=True):
@@ -217,8 +233,8 @@ class Batches:
             yield self._normalise(self._images(index, batch_params)), self.labels[index]
 
 
-def make_batches(cfg, device, train, shard=(0, 1)):
-    """The Batches of the training (train=True, shard = (rank, processes)) or test split of `cfg`."""
-    images, labels = load_split(cfg.data, train)
+def make_batches(cfg, device, train, shard=(0, 1), validation=False):
+    """The Batches of the training (train=True, shard = (rank, processes)), test or validation split."""
+    images, labels = load_split(cfg.data, train, validation)
     batch_size = cfg.train.batch_size if train else cfg.train.eval_batch_size
     return Batches(images, labels, cfg.data, batch_size, train, cfg.seed, device, cfg.train.channels_last, shard)

@@ -36,13 +36,15 @@ def scalars(row):
 
 
 def summary_line(row, epochs):
+    split = "val" if row.get("eval_split") == "validation" else "test"
     test = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2f}%"
     best = "-" if row.get("best_accuracy") is None else f"{row['best_accuracy']:.2f}%"  # none before any evaluation
     line = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.2f}%  "
-            f"test {test}  best {best}  lr {row['lr']:.4g}  {row['mflops']:.2f} MMac")
+            f"{split} {test}  best {best}  lr {row['lr']:.4g}  {row['mflops']:.2f} MMac")
     if row["reassign_per_layer"]:
         line += (f"  reg {row['regularizer']:.4f}  reassigned: {row['reassign_inputs']} inputs, "
-                 f"{row['reassign_filters']} filters")
+                 f"{row['reassign_filters']} filters; from the start: {row['moved_inputs']} inputs, "
+                 f"{row['moved_filters']} filters")
     return line + f"  {row['epoch_time_s']:.1f}s"
 
 

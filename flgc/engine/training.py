@@ -180,12 +180,14 @@ class Run:
         self.compile = resolve_compile(cfg.train.compile, self.device)
         torch.manual_seed(cfg.seed)
         self.model = distributed.convert_batchnorm(build_model(cfg), self.device)
+        self.start_assignments = assignments(self.model)  # the seeded structure, also when resuming
         if state is not None:
             checkpoint.load_weights(self.model, state["model"], resume_from)
         self.model = prepare_model(self.model, cfg, self.device)
         self.budget_moves = self.project_to_budget() if state is None else self.project_to_budget(moves=False)
         self.train_batches = make_batches(cfg, self.device, train=True, shard=(self.rank, self.world))
-        self.test_batches = make_batches(cfg, self.device, train=False)
+        self.validation = bool(cfg.data.validation_images)
+        self.test_batches = make_batches(cfg, self.device, train=False, validation=self.validation)
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.optimizer = build_optimizer(self.model, cfg.train, cfg.flgc)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_batches))
@@ -331,7 +333,8 @@ def _progress(cfg, total, epoch, done):
 def epoch_row(run, epoch, sums, before):
     """Evaluate (when due) and assemble the metrics row of a finished epoch."""
     cfg, model = run.cfg, run.model
-    per_layer = reassignments(before, assignments(model))
+    now = assignments(model)
+    per_layer, from_start = reassignments(before, now), reassignments(run.start_assignments, now)
     mflops, params = flops.count(model)
     evaluated = run.main and (epoch % cfg.train.eval_interval == 0 or epoch == cfg.train.epochs)
     test = evaluate(model, run.test_batches) if evaluated else {"accuracy": None, "loss": None}
@@ -344,6 +347,9 @@ def epoch_row(run, epoch, sums, before):
         **structure_stats(model),
         "reassign_inputs": sum(v[0] for v in per_layer.values()),
         "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
+        "moved_inputs": sum(v[0] for v in from_start.values()),
+        "moved_filters": sum(v[1] for v in from_start.values()),
+        "eval_split": "validation" if run.validation else "test",
         "epoch_time_s": round(time.time() - run.epoch_clock, 2), "amp": resolve_amp(cfg.train.amp, run.device),
         "compile": run.compile, **run.provenance,
         **({"epochs_changes": [dict(c) for c in run.epochs_changes]} if run.epochs_changes else {})}

@@ -15,6 +15,7 @@ from .planner import channel_gather, plan_pointwise
 
 GRADIENTS = ("straight_through", "reference_masked")
 INITS = ("uniform", "random")
+WEIGHT_GRADIENTS = ("masked", "dense")
 
 
 def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
@@ -98,7 +99,7 @@ class FLGConv2d(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=8, bias=False, logit_init_std=1.0, temperature=1.0,
-                 gradient="straight_through", init="uniform"):
+                 gradient="straight_through", init="uniform", weight_gradient="masked"):
         super().__init__()
         if not isinstance(groups, int) or groups < 1:
             raise ValueError(f"FLGConv2d groups must be an integer >= 1, got {groups!r}")
@@ -107,12 +108,14 @@ class FLGConv2d(nn.Module):
                              f"(in={in_channels}, out={out_channels}); allowed: 1..{min(in_channels, out_channels)}")
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown FLGC gradient {gradient!r}; allowed: {', '.join(GRADIENTS)}")
+        if weight_gradient not in WEIGHT_GRADIENTS:
+            raise ValueError(f"unknown FLGC weight gradient {weight_gradient!r}; allowed: {', '.join(WEIGHT_GRADIENTS)}")
         if init not in INITS:
             raise ValueError(f"unknown FLGC init {init!r}; allowed: {', '.join(INITS)}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
-        self.temperature, self.gradient = temperature, gradient
+        self.temperature, self.gradient, self.weight_gradient = temperature, gradient, weight_gradient
         self.frozen = False
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -129,7 +132,8 @@ class FLGConv2d(nn.Module):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
-                f"bias={self.bias is not None}, gradient={self.gradient}")
+                f"bias={self.bias is not None}, gradient={self.gradient}"
+                + (f", weight_gradient={self.weight_gradient}" if self.weight_gradient != "masked" else ""))
 
     # --- the hard structure -------------------------------------------------------------------
     def input_groups(self):
@@ -206,7 +210,12 @@ class FLGConv2d(nn.Module):
     def forward(self, x):
         if self.frozen and hasattr(self, "_rows"):
             return self._grouped_forward(x)
-        weight = self.weight * self.mask()[:, :, None, None]
+        mask = self.mask()[:, :, None, None]
+        weight = self.weight * mask
+        if self.weight_gradient == "dense" and not self.frozen:
+            # value W * M; gradient of W unmasked: the weights of absent connections train as if present,
+            # so the logits' gradient (grad * W) weighs a possible connection by a trained weight
+            weight = weight + (self.weight - self.weight.detach()) * (1 - mask.detach())
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
 

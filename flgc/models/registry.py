@@ -39,6 +39,6 @@ def build_model(cfg):
     try:
         return create_model(cfg.model.name, num_classes=cfg.model.num_classes, pointwise=f.pointwise,
                             groups=f.groups, where=f.where, logit_init_std=f.logit_init_std, init=f.init,
-                            gradient=f.gradient)
+                            gradient=f.gradient, weight_gradient=f.weight_gradient)
     except ValueError as err:
         raise UsageError(f"bad model configuration: {err}") from None
