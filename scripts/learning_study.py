@@ -32,22 +32,14 @@ VARIANTS = {  # name: (config, overrides, description)
     "flgc8-budget-62.6": ("mbv2_flgc8", ["flgc.regularizer.kind=budget", "flgc.regularizer.target_mflops=62.6"],
                           "uniform init, budget <= 62.6 MMac"),
     "flgc8-balance-random-init": ("mbv2_flgc8", ["flgc.init=random"], "random init (former), balance"),
-    # the FLGC8 setting study of the long recipe (docs/learning.md): whole-model budget at SGC8's cost
+    # the FLGC8 setting study of the long recipe (--recipe cpu-long; docs/learning.md): budget at SGC8's cost
     "flgc8-budget-s10": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=10"], "budget <= 62.62, logit lr x10"),
-    "flgc8-budget-s30": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=30"], "budget <= 62.62, logit lr x30"),
     "flgc8-budget-s100": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=100"], "budget <= 62.62, logit lr x100"),
-    "flgc8-budget-s100-w1": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=100", "flgc.regularizer.weight=1"],
-                             "budget <= 62.62 at weight 1, logit lr x100"),
-    "flgc8-balance-s100": ("mbv2_flgc8", ["flgc.logit_lr_scale=100"], "balance, logit lr x100"),
     "flgc8-budget-s0": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=0"],
                         "budget <= 62.62, logits not trained (the projection's moves only)"),
     "flgc8-budget-s3": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=3"], "budget <= 62.62, logit lr x3"),
     "flgc8-budget-s10-dense": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=10", "flgc.weight_gradient=dense"],
                                "budget <= 62.62, logit lr x10, dense weight gradient"),
-    "flgc8-budget-s100-dense": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=100", "flgc.weight_gradient=dense"],
-                                "budget <= 62.62, logit lr x100, dense weight gradient"),
-    "flgc8-budget-s100-t4": ("mbv2_flgc8", [*BUDGET, "flgc.logit_lr_scale=100", "flgc.temperature_start=4",
-                                            "flgc.temperature_end=4"], "budget <= 62.62, logit lr x100, T=4"),
 }
 
 
