@@ -36,6 +36,7 @@ def test_bench_train_one_variant_row():
     assert [r["variant"] for r in out["results"]] == ["flgc8"] and out["results"][0]["ms_per_step"] > 0
 
 
+@pytest.mark.slow  # a whole process with the profiler on (about 9 s): CI runs it with the slow tests
 def test_bench_inference_profiles_the_torch_variants():
     result = run_cli("benchmarks/bench_inference.py", "--size", "32", "--batch-sizes", "1", "--repeats", "1",
                      "--runtimes", "torch", "--profile", "--json")
