@@ -186,8 +186,7 @@ class Run:
         self.model = prepare_model(self.model, cfg, self.device)
         self.budget_moves = self.project_to_budget() if state is None else self.project_to_budget(moves=False)
         self.train_batches = make_batches(cfg, self.device, train=True, shard=(self.rank, self.world))
-        self.validation = bool(cfg.data.validation_images)
-        self.test_batches = make_batches(cfg, self.device, train=False, validation=self.validation)
+        self.test_batches = make_batches(cfg, self.device, train=False, validation=bool(cfg.data.validation_images))
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.optimizer = build_optimizer(self.model, cfg.train, cfg.flgc)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_batches))
@@ -349,7 +348,7 @@ def epoch_row(run, epoch, sums, before):
         "reassign_filters": sum(v[1] for v in per_layer.values()), "reassign_per_layer": per_layer,
         "moved_inputs": sum(v[0] for v in from_start.values()),
         "moved_filters": sum(v[1] for v in from_start.values()),
-        "eval_split": "validation" if run.validation else "test",
+        "eval_split": "validation" if cfg.data.validation_images else "test",
         "epoch_time_s": round(time.time() - run.epoch_clock, 2), "amp": resolve_amp(cfg.train.amp, run.device),
         "compile": run.compile, **run.provenance,
         **({"epochs_changes": [dict(c) for c in run.epochs_changes]} if run.epochs_changes else {})}
