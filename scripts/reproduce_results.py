@@ -25,10 +25,11 @@ def row(out, run_dir):
     payload, cfg = finished_run(run_dir)
     size = checkpoint.save_slim(os.path.join(out, f"{name}.pt"), payload)
     mflops, params = flops.count(checkpoint.model_from(payload, run_dir, cfg))
-    minutes, hardware, _, last = provenance_of(run_dir, cfg.train.epochs)
+    made = provenance_of(run_dir, cfg.train.epochs)
+    last = made.last
     return {"name": name, "accuracy": last["test_accuracy"], "best_accuracy": last["best_accuracy"],
-            "mflops": round(mflops, 2), "params": params, "epochs": cfg.train.epochs, "minutes": round(minutes, 2),
-            "hardware": hardware, "checkpoint": f"{name}.pt", "checkpoint_mb": round(size / 1e6, 2)}
+            "mflops": round(mflops, 2), "params": params, "epochs": cfg.train.epochs, "minutes": round(made.minutes, 2),
+            "hardware": made.hardware, "checkpoint": f"{name}.pt", "checkpoint_mb": round(size / 1e6, 2)}
 
 
 def main(argv=None):

@@ -68,6 +68,7 @@ def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(s
     assert entry["hardware"].startswith(f"{os.cpu_count()} CPU cores") and entry["commit"]
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert entry["minutes"] == round(sum(r["epoch_time_s"] for r in rows) / 60, 1)  # the log's epoch times
+    assert entry["median_epoch_s"] == round(rows[0]["epoch_time_s"], 1)  # one epoch: its own time
     assert "CIFAR-10 copy" in entry["data"] and entry["recipe"].startswith("SGD 0.05")
     # the structure the training log counted for its last epoch is the released one
     assert (entry["empty_input_groups"], entry["empty_filter_groups"], entry["mflops"]) == (

@@ -164,7 +164,8 @@ def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest
     shutil.copy(paths["mbv2_flgc8"] / "best.pt", release / "flgc8.pt")
     blob = (release / "flgc8.pt").read_bytes()
     entry = {"name": "flgc8", "file": "flgc8.pt", "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
-             "accuracy": 93.5, "mflops": 62.7, "params": 1, "recipe": "fast", "epochs": 30, "hardware": "1 GPU"}
+             "accuracy": 93.5, "mflops": 62.7, "params": 1, "recipe": "fast", "epochs": 30, "hardware": "1 GPU",
+             "minutes": 600.0, "median_epoch_s": 19.6}
     absent = dict(entry, name="sgc8", file="sgc8.pt", config="configs/mbv2_sgc8.yaml")
     (tmp_path / "configs").mkdir()
     shutil.copy(os.path.join(ROOT, "configs", "mbv2_sgc8.yaml"), tmp_path / "configs")
@@ -174,6 +175,7 @@ def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest
     assert present.kind == "manifest" and present.accuracy_source == "manifest" and present.accuracy == 93.5
     assert present.params > 1_000_000 and present.per_layer and present.epochs == "30"
     assert (missing.mflops, missing.params, missing.per_layer) == (62.7, 1, [])
+    assert "1 GPU; 600.0 min (median epoch 20 s)" in results.markdown_cells(missing)
     assert (missing.model, missing.groups, missing.where) == ("MobileNetV2-SGC", 8, "project")  # from its config
     assert "sgc8.pt is not here" in capsys.readouterr().err
 

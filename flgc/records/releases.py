@@ -3,7 +3,7 @@
 checkpoints/manifest.json = {"checkpoints": [entry, ...]}; an entry holds name, config, file, sha256 and
 bytes (required), model, groups, where, accuracy, accuracy_first_1000, accuracy_flip,
 accuracy_flip_first_1000, test_images, mflops, params, empty_input_groups, empty_filter_groups,
-trained_accuracy, data, recipe, epochs, epochs_changed, minutes, hardware, commit, note (optional) and
+trained_accuracy, data, recipe, epochs, epochs_changed, minutes, median_epoch_s, hardware, commit, note (optional) and
 url (optional: where download() fetches the file). Every key but the required ones may be missing
 (entries written before it existed).
 
@@ -15,6 +15,8 @@ recipe (`test_images`), single crop; `accuracy_first_1000` the same over test im
 and its mirror: another protocol, never shown as `accuracy`). The first-1000 keys are left out where
 the recipe's test split holds no more than 1000 images. remeasure(NAME) fills the missing figures of
 an existing entry from its verified file (after checking that it reproduces the entry's `accuracy`).
+`minutes` is the sum of the run's wall-clock epoch times (a paused or shared machine inflates it);
+`median_epoch_s` the median epoch's seconds, what an epoch takes alone while most epochs ran alone.
 
 release(run_dir, name, config_path, ...) checks that the run is finished, trained with the
 repository's config file with the schedule that config describes (a run resumed with another
@@ -38,11 +40,13 @@ match; an interrupted download resumes with an HTTP Range request (or restarts w
 ignores it). A leftover FILE.part that cannot be resumed (as large as the entry or larger, or answered
 with HTTP 416) is verified and kept when it is the file, else deleted and fetched again.
 """
+import collections
 import hashlib
 import http.client
 import json
 import os
 import re
+import statistics
 import tempfile
 import urllib.error
 import urllib.request
@@ -272,15 +276,20 @@ def check_trained_with(cfg, config_path):
     return released
 
 
+Provenance = collections.namedtuple("Provenance", "minutes median_epoch_s hardware commit last")
+
+
 def provenance_of(run_dir, epochs, hardware=None, commit=None):
-    """(minutes of training, hardware, commit, the last epoch's row) from the run's metrics.jsonl; `hardware` and `commit`
-    stand in for epochs whose rows lack them (logs written before runs recorded them). A run resumed
-    on other hardware or with other code lists each, in the order they trained."""
+    """Provenance of a finished run from its metrics.jsonl: minutes of training (the sum of the epochs'
+    wall-clock times, pauses and shared cores included), the median epoch's seconds (what an epoch takes
+    when nothing else runs, as long as most epochs ran alone), hardware, commit and the last epoch's row.
+    `hardware` and `commit` stand in for epochs whose rows lack them (logs written before runs recorded
+    them). A run resumed on other hardware or with other code lists each, in the order they trained."""
     rows = {r["epoch"]: r for r in runlog.read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
     missing = [e for e in range(1, epochs + 1) if e not in rows or rows[e].get("epoch_time_s") is None]
     if missing:
         raise UsageError(f"{run_dir}/{runlog.METRICS} has no epoch time for epochs {missing[:5]}; it is not this run's log")
-    minutes = sum(rows[e]["epoch_time_s"] for e in range(1, epochs + 1)) / 60
+    times = [rows[e]["epoch_time_s"] for e in range(1, epochs + 1)]
     found = {"hardware": [], "commit": []}
     for key, given, flag in (("hardware", hardware, "--hardware TEXT"), ("commit", commit, "--commit SHA")):
         for epoch in range(1, epochs + 1):
@@ -289,7 +298,8 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
                 raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
             if value not in found[key]:
                 found[key].append(value)
-    return minutes, "; ".join(found["hardware"]), ", ".join(found["commit"]), rows[epochs]
+    return Provenance(sum(times) / 60, statistics.median(times), "; ".join(found["hardware"]),
+                      ", ".join(found["commit"]), rows[epochs])
 
 
 def write_slim(payload, released_cfg, directory):
@@ -361,7 +371,8 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
     overrides = check_release_overrides(overrides)
     payload, cfg = finished_run(run_dir)
     released_cfg = check_trained_with(cfg, config_path)
-    minutes, hardware, commit, trained = provenance_of(run_dir, cfg.train.epochs, hardware, commit)
+    made = provenance_of(run_dir, cfg.train.epochs, hardware, commit)
+    trained = made.last
     extended = check_epochs_changes(run_dir, cfg, epochs_changes(payload, runlog.read_metrics(run_dir)))
     check_committed()
     entries = load_manifest(manifest_path)
@@ -378,17 +389,19 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
                  "file": old["file"] if kept else release_file_name(name, sha), "sha256": sha, "bytes": size,
                  **measured, "trained_accuracy": trained.get("test_accuracy"),
                  "data": data_label(eval_cfg.data, measured["test_images"]), "recipe": recipe_of(released_cfg, trained.get("amp")),
-                 "epochs": cfg.train.epochs, "minutes": round(minutes, 1), "hardware": hardware, "commit": commit}
+                 "epochs": cfg.train.epochs, "minutes": round(made.minutes, 1),
+                 "median_epoch_s": round(made.median_epoch_s, 1), "hardware": made.hardware, "commit": made.commit}
         entry.update({key: value for key, value in (("epochs_changed", extended), ("note", note)) if value})
         entries, replaced = add_entry(entries, entry, force)
         target, stale = _write_pair(temp, entries, entry, old if replaced else None, directory, manifest_path, force)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
-    dirty = " (trained from uncommitted changes: its commit says +changes)" if "+changes" in commit else ""
+    dirty = " (trained from uncommitted changes: its commit says +changes)" if "+changes" in made.commit else ""
     report(f"released {name}: {target}, {measured['accuracy']:.2f}% on {measured['test_images']:,} test images "
            f"(trained: {entry['trained_accuracy']}), {measured['mflops']:.2f} MMac, {measured['params']:,} params, "
-           f"{minutes:.1f} min on {hardware}{dirty}; {'replaced the' if replaced else 'new'} entry in {manifest_path}"
+           f"{made.minutes:.1f} min (median epoch {made.median_epoch_s:.0f} s) on {made.hardware}{dirty}; "
+           f"{'replaced the' if replaced else 'new'} entry in {manifest_path}"
            + (f"; removed {stale}" if stale else ""))
     return entry
 

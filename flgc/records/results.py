@@ -8,6 +8,7 @@ from the manifest, or published), the training recipe and epochs, hardware and s
 import dataclasses
 import json
 import os
+import statistics
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -45,6 +46,7 @@ class Row:
     epochs: Optional[str] = None
     hardware: Optional[str] = None
     minutes: Optional[float] = None
+    median_epoch_s: Optional[float] = None  # what an epoch takes alone (the sum of minutes counts pauses)
     # (FLGC layer name, learned MMac, uniform MMac) of a learned structure, for the plot
     per_layer: List[tuple] = field(default_factory=list, repr=False)
 
@@ -135,6 +137,7 @@ def local_row(path, overrides=(), evaluate=True):
         row.epochs = f"{row.epochs} ({BEST_EPOCH})"
     times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s") is not None and r.get("epoch", 0) <= (epoch or 0)]
     row.minutes = sum(times) / 60 if times else None
+    row.median_epoch_s = statistics.median(times) if times else None
     logged = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
     metrics = payload.get("metrics") or logged
     row.hardware = logged.get("hardware") or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})"
@@ -154,7 +157,8 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
               params=entry.get("params"), accuracy=entry.get("accuracy"), accuracy_source="manifest",
               test_images=entry.get("test_images"), accuracy_first_1000=entry.get("accuracy_first_1000"),
               data=entry.get("data"), recipe=entry.get("recipe"), epochs=_text(entry.get("epochs")),
-              hardware=entry.get("hardware"), minutes=entry.get("minutes"))
+              hardware=entry.get("hardware"), minutes=entry.get("minutes"),
+              median_epoch_s=entry.get("median_epoch_s"))
     config_path = os.path.join(os.path.dirname(directory), entry.get("config") or "")
     if entry.get("config") and os.path.isfile(config_path):  # the repository's copy of the release's config
         for key, value in structure(config_lib.load(config_path)).items():
@@ -213,6 +217,8 @@ def markdown_cells(row):
     hardware = row.hardware or ""
     if row.minutes is not None:
         hardware += f"; {row.minutes:.1f} min"
+    if row.median_epoch_s is not None:
+        hardware += f" (median epoch {row.median_epoch_s:.0f} s)"
     return (row.model, "-" if row.groups is None else str(row.groups), row.where or "-",
             _number(row.mflops, 2, row.kind in ("paper", "reference")), "" if row.ratio is None else f"{row.ratio:.2f}",
             "" if row.params is None else f"{row.params:,}", accuracy, row.accuracy_source or "",
