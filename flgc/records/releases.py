@@ -362,6 +362,15 @@ def _write_pair(temp, entries, entry, replaced, directory, manifest_path, force)
     return target, stale
 
 
+def released_line(entry, target, made, replaced, stale, manifest_path):
+    """What release() reports: the file, its figures, the training time and where the entry went."""
+    dirty = " (trained from uncommitted changes: its commit says +changes)" if "+changes" in made.commit else ""
+    return (f"released {entry['name']}: {target}, {entry['accuracy']:.2f}% on {entry['test_images']:,} test images "
+            f"(trained: {entry['trained_accuracy']}), {entry['mflops']:.2f} MMac, {entry['params']:,} params, "
+            f"{made.minutes:.1f} min (median epoch {made.median_epoch_s:.0f} s) on {made.hardware}{dirty}; "
+            f"{'replaced the' if replaced else 'new'} entry in {manifest_path}" + (f"; removed {stale}" if stale else ""))
+
+
 def release(run_dir, name, config_path, directory, manifest_path, overrides=(), hardware=None, commit=None,
             force=False, config_label=None, note=None, report=print):
     """Release the finished run in `run_dir` as `name` (module docstring); returns the entry, which names the
@@ -372,7 +381,6 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
     payload, cfg = finished_run(run_dir)
     released_cfg = check_trained_with(cfg, config_path)
     made = provenance_of(run_dir, cfg.train.epochs, hardware, commit)
-    trained = made.last
     extended = check_epochs_changes(run_dir, cfg, epochs_changes(payload, runlog.read_metrics(run_dir)))
     check_committed()
     entries = load_manifest(manifest_path)
@@ -387,22 +395,18 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
         kept = old is not None and old["sha256"] == sha and verified(os.path.join(directory, old["file"]), old)
         entry = {"name": name, **structure(released_cfg), "config": config_label or config_path,
                  "file": old["file"] if kept else release_file_name(name, sha), "sha256": sha, "bytes": size,
-                 **measured, "trained_accuracy": trained.get("test_accuracy"),
-                 "data": data_label(eval_cfg.data, measured["test_images"]), "recipe": recipe_of(released_cfg, trained.get("amp")),
-                 "epochs": cfg.train.epochs, "minutes": round(made.minutes, 1),
-                 "median_epoch_s": round(made.median_epoch_s, 1), "hardware": made.hardware, "commit": made.commit}
+                 **measured, "trained_accuracy": made.last.get("test_accuracy"),
+                 "data": data_label(eval_cfg.data, measured["test_images"]),
+                 "recipe": recipe_of(released_cfg, made.last.get("amp")), "epochs": cfg.train.epochs,
+                 "minutes": round(made.minutes, 1), "median_epoch_s": round(made.median_epoch_s, 1),
+                 "hardware": made.hardware, "commit": made.commit}
         entry.update({key: value for key, value in (("epochs_changed", extended), ("note", note)) if value})
         entries, replaced = add_entry(entries, entry, force)
         target, stale = _write_pair(temp, entries, entry, old if replaced else None, directory, manifest_path, force)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
-    dirty = " (trained from uncommitted changes: its commit says +changes)" if "+changes" in made.commit else ""
-    report(f"released {name}: {target}, {measured['accuracy']:.2f}% on {measured['test_images']:,} test images "
-           f"(trained: {entry['trained_accuracy']}), {measured['mflops']:.2f} MMac, {measured['params']:,} params, "
-           f"{made.minutes:.1f} min (median epoch {made.median_epoch_s:.0f} s) on {made.hardware}{dirty}; "
-           f"{'replaced the' if replaced else 'new'} entry in {manifest_path}"
-           + (f"; removed {stale}" if stale else ""))
+    report(released_line(entry, target, made, replaced, stale, manifest_path))
     return entry
 
 
