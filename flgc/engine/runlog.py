@@ -2,6 +2,7 @@
 figures, and the one-line summary printed per epoch; and reading metrics.jsonl back."""
 import json
 import os
+import statistics
 
 from ..errors import UsageError
 from ..extras import require
@@ -28,6 +29,15 @@ def read_metrics(run_dir):
                 raise UsageError(f"{path} line {number} is not a JSON object")
             rows.append(row)
     return rows
+
+
+def training_time(epoch_seconds):
+    """(minutes, median epoch seconds) of a run's `epoch_time_s` values: the sum counts every pause and
+    shared core, the median is what an epoch takes alone while most epochs ran alone; (None, None)
+    for no epochs."""
+    if not epoch_seconds:
+        return None, None
+    return sum(epoch_seconds) / 60, statistics.median(epoch_seconds)
 
 
 def scalars(row):

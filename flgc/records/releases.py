@@ -46,7 +46,6 @@ import http.client
 import json
 import os
 import re
-import statistics
 import tempfile
 import urllib.error
 import urllib.request
@@ -280,16 +279,15 @@ Provenance = collections.namedtuple("Provenance", "minutes median_epoch_s hardwa
 
 
 def provenance_of(run_dir, epochs, hardware=None, commit=None):
-    """Provenance of a finished run from its metrics.jsonl: minutes of training (the sum of the epochs'
-    wall-clock times, pauses and shared cores included), the median epoch's seconds (what an epoch takes
-    when nothing else runs, as long as most epochs ran alone), hardware, commit and the last epoch's row.
+    """Provenance of a finished run from its metrics.jsonl: minutes of training and the median epoch's
+    seconds (runlog.training_time), hardware, commit and the last epoch's row.
     `hardware` and `commit` stand in for epochs whose rows lack them (logs written before runs recorded
     them). A run resumed on other hardware or with other code lists each, in the order they trained."""
     rows = {r["epoch"]: r for r in runlog.read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
     missing = [e for e in range(1, epochs + 1) if e not in rows or rows[e].get("epoch_time_s") is None]
     if missing:
         raise UsageError(f"{run_dir}/{runlog.METRICS} has no epoch time for epochs {missing[:5]}; it is not this run's log")
-    times = [rows[e]["epoch_time_s"] for e in range(1, epochs + 1)]
+    minutes, median_epoch_s = runlog.training_time([rows[e]["epoch_time_s"] for e in range(1, epochs + 1)])
     found = {"hardware": [], "commit": []}
     for key, given, flag in (("hardware", hardware, "--hardware TEXT"), ("commit", commit, "--commit SHA")):
         for epoch in range(1, epochs + 1):
@@ -298,8 +296,7 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
                 raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
             if value not in found[key]:
                 found[key].append(value)
-    return Provenance(sum(times) / 60, statistics.median(times), "; ".join(found["hardware"]),
-                      ", ".join(found["commit"]), rows[epochs])
+    return Provenance(minutes, median_epoch_s, "; ".join(found["hardware"]), ", ".join(found["commit"]), rows[epochs])
 
 
 def write_slim(payload, released_cfg, directory):

@@ -8,7 +8,6 @@ from the manifest, or published), the training recipe and epochs, hardware and s
 import dataclasses
 import json
 import os
-import statistics
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -136,8 +135,7 @@ def local_row(path, overrides=(), evaluate=True):
     if os.path.basename(ckpt) == "best.pt":  # a figure selected on the test set
         row.epochs = f"{row.epochs} ({BEST_EPOCH})"
     times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s") is not None and r.get("epoch", 0) <= (epoch or 0)]
-    row.minutes = sum(times) / 60 if times else None
-    row.median_epoch_s = statistics.median(times) if times else None
+    row.minutes, row.median_epoch_s = runlog.training_time(times)
     logged = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
     metrics = payload.get("metrics") or logged
     row.hardware = logged.get("hardware") or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})"
