@@ -11,15 +11,11 @@ percentages and the learned group sizes. NAME is a released checkpoint (checkpoi
 import json
 import os
 
-import torch
-
 from flgc.engine import checkpoint
 from flgc.engine.cli import ArgumentParser, human_stream, run
 from flgc.engine.runlog import METRICS, read_metrics
-from flgc.engine.training import assignments
+from flgc.engine.training import moved_from_start, moved_totals
 from flgc.errors import UsageError
-from flgc.method.layer import flgc_layers
-from flgc.models import build_model
 from flgc.records import pretrained
 
 
@@ -30,31 +26,13 @@ def read_rows(run_dir):
     return rows
 
 
-def moved_from_start(path):
-    """{layer: {inputs, filters, moved_inputs, moved_filters, input_sizes, filter_sizes}} of the checkpoint
-    at `path` against the seeded initial model of its config."""
-    model, cfg, _ = checkpoint.load_model(path)
-    torch.manual_seed(cfg.seed)
-    start, learned = assignments(build_model(cfg)), assignments(model)
-    if not learned:
-        raise UsageError(f"{path} has no FLGC layers")
-    table = {}
-    for name, layer in flgc_layers(model):
-        (inputs_0, filters_0), (inputs, filters) = start[name], learned[name]
-        table[name] = {"inputs": inputs.numel(), "filters": filters.numel(),
-                       "moved_inputs": int((inputs != inputs_0).sum()), "moved_filters": int((filters != filters_0).sum()),
-                       "input_sizes": torch.bincount(inputs, minlength=layer.groups).tolist(),
-                       "filter_sizes": torch.bincount(filters, minlength=layer.groups).tolist()}
-    return table
-
-
 def print_from_start(table, out):
     width = max(len(name) for name in table)
     print(f"{'layer':<{width}} {'inputs moved':>14} {'filters moved':>14}  group sizes (inputs / filters)", file=out)
     for name, t in table.items():
         print(f"{name:<{width}} {t['moved_inputs']:>7}/{t['inputs']:<6} {t['moved_filters']:>7}/{t['filters']:<6}  "
               f"{t['input_sizes']} / {t['filter_sizes']}", file=out)
-    total = {key: sum(t[key] for t in table.values()) for key in ("inputs", "filters", "moved_inputs", "moved_filters")}
+    total = moved_totals(table)
     print(f"{'total':<{width}} {total['moved_inputs']:>7}/{total['inputs']:<6} {total['moved_filters']:>7}/"
           f"{total['filters']:<6}  ({100 * total['moved_inputs'] / total['inputs']:.2f}% of the input channels, "
           f"{100 * total['moved_filters'] / total['filters']:.2f}% of the filters in another group than at the start)",
@@ -72,7 +50,11 @@ def main(argv=None):
         raise UsageError("give either RUN_DIR or --from-start CHECKPOINT (one of them)")
     out = human_stream(args.json)
     if args.from_start:
-        table = moved_from_start(pretrained.file_or_release(args.from_start))
+        path = pretrained.file_or_release(args.from_start)
+        model, cfg, _ = checkpoint.load_model(path)
+        table = moved_from_start(model, cfg)
+        if not table:
+            raise UsageError(f"{path} has no FLGC layers")
         total = print_from_start(table, out)
         if args.json:
             print(json.dumps({"layers": table, "total": total}))

@@ -11,8 +11,9 @@ uncommitted changes. The released file is evaluated with the training preprocess
 test split: `accuracy` (every test image, single crop), `accuracy_first_1000` (images 0-999),
 `accuracy_flip` and `accuracy_flip_first_1000` (flip test-time augmentation). KEY=VALUE may say only
 where the data are: data.root=DIR, data.download, data.verify_checksums. The entry records sha256,
-bytes, the figures, MMac, params, empty groups, recipe, epochs, wall time (the log's epoch times),
-hardware, data and the training commit. Hardware and commit come from the run's metrics.jsonl (each
+bytes, the figures, MMac, params, empty groups, for FLGC the input channels and filters in another group
+than at the start (moved_from_start), recipe, epochs, wall time (the log's epoch times), hardware, data
+and the training commit. Hardware and commit come from the run's metrics.jsonl (each
 one, when a resumed run trained on several; a commit trained from uncommitted changes keeps its
 '+changes'), or from --hardware / --commit for epochs whose rows lack them. --note is kept in the entry
 as it is (e.g. what else ran on the machine and slowed some epochs, so that `minutes` is read right).
@@ -20,7 +21,7 @@ Releasing over an entry whose file has another sha256 is refused unless --force;
 entry named is removed once the new entry is written.
 
 --remeasure NAME evaluates the file of an existing entry (its sha256 verified first; it must reproduce
-the entry's accuracy to 0.01) and fills in the figures the entry lacks; nothing else changes.
+the entry's accuracy to 0.01) and fills in the figures and counts the entry lacks; nothing else changes.
 """
 import os
 

@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import ROOT, assert_usage_error, load_script, run_captured, run_cli
+from helpers import ROOT, assert_usage_error, run_captured, run_cli
+
+from flgc.engine import checkpoint, training
 
 TINY = ["train.batch_size=16", "train.eval_batch_size=20", "data.verify_checksums=false",
         "train.progress=false", "threads=2"]
@@ -18,9 +20,10 @@ def config_path(name):
 
 def moved_since_seeded_start(path):
     """(input channels, filters) of the checkpoint's FLGC layers in another group than in the model its
-    config's seed builds, as scripts/assignment_changes.py --from-start counts them."""
-    table = load_script("scripts/assignment_changes.py").moved_from_start(str(path)).values()
-    return sum(t["moved_inputs"] for t in table), sum(t["moved_filters"] for t in table)
+    config's seed builds, as scripts/assignment_changes.py --from-start and a release count them."""
+    model, cfg, _ = checkpoint.load_model(str(path))
+    total = training.moved_totals(training.moved_from_start(model, cfg))
+    return total["moved_inputs"], total["moved_filters"]
 
 
 def train(config, out_dir, data, *extra):

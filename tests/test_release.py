@@ -11,6 +11,7 @@ from helpers import ROOT, assert_usage_error, last_json, run_captured, write_tin
 
 from flgc.engine import checkpoint, config, evaluation, runlog, training
 from flgc.errors import UsageError
+from flgc.method.layer import flgc_layers
 from flgc.records import releases
 from flgc.records.releases import load_manifest, sha256_file
 
@@ -248,8 +249,17 @@ def test_the_figures_of_a_release_and_remeasure_filling_them_in(setting, tmp_pat
                 "accuracy_flip_first_1000": evaluation.test_metrics(model, first, tta="flip")["accuracy"]}
     assert {k: entry[k] for k in expected} == expected
     assert list(entry).index("accuracy_flip_first_1000") == list(entry).index("accuracy") + 3
+    last = runlog.read_metrics(run_dir)[-1]  # what training counted against the structure it started from
+    assert entry["moved_from_start"]["moved_inputs"] == last["moved_inputs"] > 0
+    assert entry["moved_from_start"]["moved_filters"] == last["moved_filters"]
+    assert entry["moved_from_start"]["inputs"] == sum(m.in_channels for _, m in flgc_layers(model))
     manifest = os.path.join(directory, "manifest.json")
-    old = {k: v for k, v in entry.items() if k not in releases.FIGURES}  # an entry written before the figures
+    old = {k: v for k, v in entry.items() if k not in releases.FIGURES + ("moved_from_start",)}  # an older entry
+    with open(manifest, "w") as f:
+        json.dump({"checkpoints": [dict(entry, moved_from_start=dict(entry["moved_from_start"], moved_inputs=0))]}, f)
+    with pytest.raises(UsageError, match="counts moved_from_start=.* the manifest says .* nothing written"):
+        releases.remeasure("tiny", directory, manifest, [("data.root", root), ("data.verify_checksums", False)],
+                           report=lambda line: None)
     with open(manifest, "w") as f:
         json.dump({"checkpoints": [old]}, f)
     args = ("scripts/release_checkpoint.py", "--remeasure", "tiny", f"data.root={root}", "data.verify_checksums=false",
@@ -257,6 +267,7 @@ def test_the_figures_of_a_release_and_remeasure_filling_them_in(setting, tmp_pat
     result = run_captured(*args)
     assert result.returncode == 0, result.stderr
     assert load_manifest(manifest) == [entry] and "filled accuracy_first_1000=" in result.stdout
+    assert list(load_manifest(manifest)[0]) == list(entry) and "moved_from_start={'inputs'" in result.stdout
     with open(manifest, "w") as f:
         json.dump({"checkpoints": [dict(old, accuracy=old["accuracy"] + 5)]}, f)
     before = snapshot(directory)

@@ -66,6 +66,8 @@ def test_table_has_the_published_rows_and_both_runs(runs, monkeypatch, capsys):
     assert "| 62.6 | 1.52 |" in body[2] and "| 93.7 |" in body[2] and "| 400 |" in body[2]
     assert body[3].startswith("| MobileNetV2-SGC | 8 | project | 62.62 | 1.52 | 1,453,034 |")
     assert body[4].startswith("| MobileNetV2-FLGC | 8 | project |") and "mbv2_flgc8" in body[4]
+    assert "/7,136 inputs (" in body[4] and "/1,504 filters (" in body[4]  # moved from start
+    assert "12 test images | - | SGD" in body[3]  # SGC: no learned groups to move
     assert "| evaluated | CIFAR-10 copy (re-encoded, md5 not verified), 12 test images |" in body[3]
     assert "lists no released checkpoints yet" in err
 
@@ -96,8 +98,11 @@ def test_json_rows_count_the_learned_structure_and_say_where_accuracy_comes_from
     assert ours["mflops"] != pytest.approx(62.62, abs=1e-3)  # a learned, non-uniform structure
     assert ours["ratio"] == pytest.approx(document["baseline_mflops"] / ours["mflops"])
     assert document["baseline_mflops"] == pytest.approx(94.99, abs=0.01)
-    recorded = json.loads((paths["mbv2_flgc8"] / "metrics.jsonl").read_text().splitlines()[-1])["test_accuracy"]
-    assert ours["accuracy"] == pytest.approx(recorded)  # evaluate() here reproduces training's figure
+    logged = json.loads((paths["mbv2_flgc8"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ours["accuracy"] == pytest.approx(logged["test_accuracy"])  # evaluate() here reproduces training's figure
+    moved = ours["moved_from_start"]  # counted against the seeded start, as training counted it
+    assert (moved["moved_inputs"], moved["moved_filters"]) == (logged["moved_inputs"], logged["moved_filters"])
+    assert moved["moved_inputs"] > 0 and moved["inputs"] == 7136
     assert ours["test_images"] == 12 and ours["epochs"] == "1"
 
 

@@ -67,6 +67,31 @@ def reassignments(before, after):
                    int((before[name][1] != after[name][1]).sum())] for name in after}
 
 
+def moved_from_start(model, cfg):
+    """{layer: {inputs, filters, moved_inputs, moved_filters, input_sizes, filter_sizes}} of the FLGC
+    layers of `model` against the seeded initial model of `cfg` (the structure a run of `cfg` starts
+    from, as Run builds it); {} for a model without FLGC layers. The caller's RNG state is kept."""
+    learned = assignments(model)
+    if not learned:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        start = assignments(build_model(cfg))
+    table = {}
+    for name, layer in flgc_layers(model):
+        (inputs_0, filters_0), (inputs, filters) = start[name], learned[name]
+        table[name] = {"inputs": inputs.numel(), "filters": filters.numel(),
+                       "moved_inputs": int((inputs != inputs_0).sum()), "moved_filters": int((filters != filters_0).sum()),
+                       "input_sizes": torch.bincount(inputs, minlength=layer.groups).tolist(),
+                       "filter_sizes": torch.bincount(filters, minlength=layer.groups).tolist()}
+    return table
+
+
+def moved_totals(table):
+    """{inputs, moved_inputs, filters, moved_filters} summed over the layers of a moved_from_start table."""
+    return {key: sum(t[key] for t in table.values()) for key in ("inputs", "moved_inputs", "filters", "moved_filters")}
+
+
 def temperature(cfg, epoch):
     """Geometric schedule from flgc.temperature_start (epoch 1) to flgc.temperature_end (last epoch)."""
     f = cfg.flgc

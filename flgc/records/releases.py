@@ -3,9 +3,9 @@
 checkpoints/manifest.json = {"checkpoints": [entry, ...]}; an entry holds name, config, file, sha256 and
 bytes (required), model, groups, where, accuracy, accuracy_first_1000, accuracy_flip,
 accuracy_flip_first_1000, test_images, mflops, params, empty_input_groups, empty_filter_groups,
-trained_accuracy, data, recipe, epochs, epochs_changed, minutes, median_epoch_s, hardware, commit, note (optional) and
-url (optional: where download() fetches the file). Every key but the required ones may be missing
-(entries written before it existed).
+moved_from_start (FLGC models only), trained_accuracy, data, recipe, epochs, epochs_changed, minutes,
+median_epoch_s, hardware, commit, note (optional) and url (optional: where download() fetches the
+file). Every key but the required ones may be missing (entries written before it existed).
 
 The figures (all measured on the released file with the training preprocessing; a release may change
 only where the data are, RELEASE_MAY_CHANGE): `accuracy` is top-1 in % over every test image of the
@@ -13,8 +13,12 @@ recipe (`test_images`), single crop; `accuracy_first_1000` the same over test im
 (data.test_subset=1000: the images whose pixels are exact in the re-encoded copy); `accuracy_flip` and
 `accuracy_flip_first_1000` the same two with flip test-time augmentation (mean softmax of the image
 and its mirror: another protocol, never shown as `accuracy`). The first-1000 keys are left out where
-the recipe's test split holds no more than 1000 images. remeasure(NAME) fills the missing figures of
-an existing entry from its verified file (after checking that it reproduces the entry's `accuracy`).
+the recipe's test split holds no more than 1000 images. `moved_from_start` = {inputs, moved_inputs,
+filters, moved_filters}: the input channels and filters of the FLGC layers, and how many of them are in
+another group than in the seeded initial model of the config (the structure training started from;
+scripts/assignment_changes.py --from-start shows them per layer). remeasure(NAME) fills the missing
+figures and counts of an existing entry from its verified file (after checking that it reproduces the
+entry's `accuracy`).
 `minutes` is the sum of the run's wall-clock epoch times (a paused or shared machine inflates it);
 `median_epoch_s` the median epoch's seconds, what an epoch takes alone while most epochs ran alone.
 
@@ -54,6 +58,7 @@ from ..engine import checkpoint, provenance, runlog
 from ..engine import config as config_lib
 from ..engine.evaluation import test_metrics
 from ..engine.optim import peak_lr
+from ..engine.training import moved_from_start, moved_totals
 from ..errors import UsageError
 from ..fileio import atomic_path, publish
 from ..method import flops
@@ -335,7 +340,15 @@ def measure(path, data_overrides):
     mflops, params = flops.count(model)
     stats = structure_stats(model)
     return {**accuracy_figures(model, cfg), "mflops": mflops, "params": params,
-            "empty_input_groups": stats["empty_input_groups"], "empty_filter_groups": stats["empty_filter_groups"]}
+            "empty_input_groups": stats["empty_input_groups"], "empty_filter_groups": stats["empty_filter_groups"],
+            **moves_of(model, cfg)}
+
+
+def moves_of(model, cfg):
+    """{"moved_from_start": {inputs, moved_inputs, filters, moved_filters}} of an FLGC model (its input
+    channels and filters in another group than in the seeded initial model of `cfg`); {} without FLGC layers."""
+    table = moved_from_start(model, cfg)
+    return {"moved_from_start": moved_totals(table)} if table else {}
 
 
 def release_file_name(name, sha256):
@@ -407,8 +420,9 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
     return entry
 
 
-def _with_figures(entry, figures):
-    """`entry` with the FIGURES it lacks taken from `figures`, placed after `accuracy` in FIGURES order."""
+def _with_figures(entry, figures, moves):
+    """`entry` with the FIGURES it lacks taken from `figures`, placed after `accuracy` in FIGURES order, and
+    the `moves` keys it lacks after `empty_filter_groups` (where a release puts them)."""
     every = {k: entry[k] if k in entry else figures[k] for k in FIGURES if k in entry or k in figures}
     filled = {}
     for key, value in entry.items():
@@ -416,14 +430,35 @@ def _with_figures(entry, figures):
             filled[key] = value
         if key == "accuracy":
             filled.update(every)
-    filled.update({k: v for k, v in every.items() if k not in filled})
+        if key == "empty_filter_groups":
+            filled.update({k: v for k, v in moves.items() if k not in entry})
+    filled.update({k: v for k, v in {**every, **moves}.items() if k not in filled})
     return filled
 
 
+def check_reproduces(name, entry, figures, moves):
+    """UsageError ("nothing written") unless the re-measured `figures` and `moves` of the release `name`
+    agree with what its `entry` holds: the accuracy on as many test images and every figure to 0.01,
+    the moved counts exactly."""
+    if entry.get("test_images") not in (None, figures["test_images"]) or (
+            entry.get("accuracy") is not None and abs(figures["accuracy"] - entry["accuracy"]) > TOLERANCE):
+        raise UsageError(f"{name} measures {figures['accuracy']:.2f}% on {figures['test_images']:,} test images here, "
+                         f"the manifest says {entry.get('accuracy')}% on {entry.get('test_images')}: other data "
+                         f"(data.root, data.verify_checksums) or other code; nothing written")
+    for key in FIGURES:
+        if key in entry and key in figures and abs(figures[key] - entry[key]) > TOLERANCE:
+            raise UsageError(f"{name} measures {key}={figures[key]:.2f} here, the manifest says {entry[key]}; "
+                             f"nothing written")
+    for key, value in moves.items():
+        if key in entry and entry[key] != value:
+            raise UsageError(f"{name} counts {key}={value} here, the manifest says {entry[key]}; nothing written")
+
+
 def remeasure(name, directory, manifest_path, overrides=(), report=print):
-    """Fill the figures (FIGURES) that the entry `name` lacks by evaluating its file, verified by sha256
-    first; the file must reproduce the entry's accuracy on as many test images (to 0.01), and figures the
-    entry holds already must agree. Nothing is written otherwise. Returns the entry."""
+    """Fill the figures (FIGURES, and moved_from_start for an FLGC model) that the entry `name` lacks by
+    evaluating its file, verified by sha256 first; the file must reproduce the entry's accuracy on as many
+    test images (to 0.01), and what the entry holds already must agree (check_reproduces). Nothing is
+    written otherwise. Returns the entry."""
     overrides = check_release_overrides(overrides, "--remeasure")
     entries = load_manifest(manifest_path)
     entry = next((e for e in entries if e["name"] == name), None)
@@ -434,25 +469,19 @@ def remeasure(name, directory, manifest_path, overrides=(), report=print):
         raise UsageError(f"{path} is missing or does not match the sha256 of {name}; fetch it with "
                          f"scripts/download_checkpoints.py {name}")
     model, cfg, _ = checkpoint.load_model(path, [("data.download", False)] + overrides)
-    figures = accuracy_figures(model, cfg)
-    if entry.get("test_images") not in (None, figures["test_images"]) or (
-            entry.get("accuracy") is not None and abs(figures["accuracy"] - entry["accuracy"]) > TOLERANCE):
-        raise UsageError(f"{name} measures {figures['accuracy']:.2f}% on {figures['test_images']:,} test images here, "
-                         f"the manifest says {entry.get('accuracy')}% on {entry.get('test_images')}: other data "
-                         f"(data.root, data.verify_checksums) or other code; nothing written")
-    for key in FIGURES:
-        if key in entry and key in figures and abs(figures[key] - entry[key]) > TOLERANCE:
-            raise UsageError(f"{name} measures {key}={figures[key]:.2f} here, the manifest says {entry[key]}; "
-                             f"nothing written")
+    figures, moves = accuracy_figures(model, cfg), moves_of(model, cfg)
+    check_reproduces(name, entry, figures, moves)
     missing = [k for k in FIGURES if k in figures and k not in entry]
-    if not missing:
+    new_moves = {k: v for k, v in moves.items() if k not in entry}
+    if not missing and not new_moves:
         report(f"{name}: every figure is in the manifest already and reproduces; nothing to fill")
         return entry
-    filled = _with_figures(entry, figures)
+    filled = _with_figures(entry, figures, moves)
     entries = [filled if e is entry else e for e in entries]
     save_manifest(manifest_path, entries)
+    said = [f"{k}={figures[k]:.2f}" for k in missing] + [f"{k}={v}" for k, v in new_moves.items()]
     report(f"{name}: sha256 verified, {figures['accuracy']:.2f}% reproduced on {figures['test_images']:,} test images; "
-           f"filled " + ", ".join(f"{k}={figures[k]:.2f}" for k in missing) + f" in {manifest_path}")
+           f"filled {', '.join(said)} in {manifest_path}")
     return filled
 
 

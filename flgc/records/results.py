@@ -17,6 +17,7 @@ from ..engine import config as config_lib
 from ..engine.data import files_present
 from ..engine.evaluation import test_metrics
 from ..engine.plots import pyplot
+from ..engine.training import moved_from_start, moved_totals
 from ..errors import UsageError
 from ..method import flops
 from ..method.layer import FLGConv2d
@@ -46,6 +47,8 @@ class Row:
     hardware: Optional[str] = None
     minutes: Optional[float] = None
     median_epoch_s: Optional[float] = None  # what an epoch takes alone (the sum of minutes counts pauses)
+    # FLGC: {inputs, moved_inputs, filters, moved_filters} in another group than at the seeded start
+    moved_from_start: Optional[dict] = None
     # (FLGC layer name, learned MMac, uniform MMac) of a learned structure, for the plot
     per_layer: List[tuple] = field(default_factory=list, repr=False)
 
@@ -89,8 +92,10 @@ def per_layer_macs(model):
 def structure_row(name, source, kind, cfg, model):
     """A Row with what the config and the loaded model tell: model, G, where, MMac, params, recipe."""
     mflops, params = flops.count(model)
+    moved = moved_from_start(model, cfg)
     return Row(name, source=source, kind=kind, mflops=mflops, params=params, recipe=recipe_of(cfg),
-               per_layer=per_layer_macs(model), **structure(cfg))
+               per_layer=per_layer_macs(model), moved_from_start=moved_totals(moved) if moved else None,
+               **structure(cfg))
 
 
 def evaluate_row(row, model, cfg):
@@ -156,7 +161,7 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
               test_images=entry.get("test_images"), accuracy_first_1000=entry.get("accuracy_first_1000"),
               data=entry.get("data"), recipe=entry.get("recipe"), epochs=_text(entry.get("epochs")),
               hardware=entry.get("hardware"), minutes=entry.get("minutes"),
-              median_epoch_s=entry.get("median_epoch_s"))
+              median_epoch_s=entry.get("median_epoch_s"), moved_from_start=entry.get("moved_from_start"))
     config_path = os.path.join(os.path.dirname(directory), entry.get("config") or "")
     if entry.get("config") and os.path.isfile(config_path):  # the repository's copy of the release's config
         for key, value in structure(config_lib.load(config_path)).items():
@@ -172,6 +177,7 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
         print(f"{entry['name']}: counted {counted.mflops:.2f} MMac, manifest says {row.mflops}", file=sys.stderr)
     row.model, row.groups, row.where = counted.model, counted.groups, counted.where
     row.mflops, row.params, row.per_layer = counted.mflops, counted.params, counted.per_layer
+    row.moved_from_start = counted.moved_from_start
     if evaluate:
         evaluate_row(row, model, cfg)
     return row
@@ -206,7 +212,16 @@ def _number(value, digits, published):
 
 
 COLUMNS = ("model", "G", "where", "MMac", "x dense", "params", "accuracy, %", "accuracy source", "test data",
-           "recipe", "epochs", "hardware", "source")
+           "moved from start", "recipe", "epochs", "hardware", "source")
+
+
+def moved_cell(row):
+    """'54/7,136 inputs (0.76%), 2/1,504 filters (0.13%)': the FLGC channels in another group than at the start."""
+    m = row.moved_from_start
+    if m is None:  # not counted (published rows, a release whose file is not here) or no learned groups
+        return "" if "FLGC" in (row.model or "") else "-"
+    return (f"{m['moved_inputs']:,}/{m['inputs']:,} inputs ({100 * m['moved_inputs'] / m['inputs']:.2f}%), "
+            f"{m['moved_filters']:,}/{m['filters']:,} filters ({100 * m['moved_filters'] / m['filters']:.2f}%)")
 
 
 def markdown_cells(row):
@@ -220,7 +235,7 @@ def markdown_cells(row):
     return (row.model, "-" if row.groups is None else str(row.groups), row.where or "-",
             _number(row.mflops, 2, row.kind in ("paper", "reference")), "" if row.ratio is None else f"{row.ratio:.2f}",
             "" if row.params is None else f"{row.params:,}", accuracy, row.accuracy_source or "",
-            row.data or "", row.recipe or "", row.epochs or "", hardware, row.source)
+            row.data or "", moved_cell(row), row.recipe or "", row.epochs or "", hardware, row.source)
 
 
 def markdown(rows, baseline):
