@@ -11,7 +11,8 @@ import sys
 
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
-from flgc.records import releases
+from flgc.records.downloads import download
+from flgc.records.manifest import load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +25,7 @@ def main(argv=None):
     parser.add_argument("--manifest", default=os.path.join(ROOT, "checkpoints", "manifest.json"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    entries = {e["name"]: e for e in releases.load_manifest(args.manifest)}
+    entries = {e["name"]: e for e in load_manifest(args.manifest)}
     if args.all == bool(args.names):
         raise UsageError(f"name checkpoints or pass --all (not both); available: {', '.join(entries) or 'none'}")
     if args.all and not entries:
@@ -37,7 +38,7 @@ def main(argv=None):
     failed = []
     for name in names:  # every release is tried; the ones that fail are named together at the end
         try:
-            path, fetched = releases.download(entries[name], args.dir, show_progress=not args.no_progress)
+            path, fetched = download(entries[name], args.dir, show_progress=not args.no_progress)
         except UsageError as err:
             failed.append(str(err))
             continue

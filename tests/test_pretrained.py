@@ -10,10 +10,11 @@ from helpers import ROOT, assert_usage_error, load_script, run_captured, write_t
 
 import flgc
 from flgc.engine import checkpoint, config, evaluation
-from flgc.records import pretrained, releases
+from flgc.records import pretrained
+from flgc.records.manifest import load_manifest
 
 MANIFEST = os.path.join(ROOT, "checkpoints", "manifest.json")
-RELEASED = [entry["name"] for entry in releases.load_manifest(MANIFEST)]
+RELEASED = [entry["name"] for entry in load_manifest(MANIFEST)]
 pytestmark = pytest.mark.skipif(not RELEASED, reason="checkpoints/manifest.json lists no release")
 
 
@@ -49,7 +50,7 @@ def test_architectures_and_unknown_names():
 
 
 def test_a_file_that_does_not_match_its_sha256_is_refused(tmp_path):
-    entry = releases.load_manifest(MANIFEST)[0]
+    entry = load_manifest(MANIFEST)[0]
     shutil.copy(MANIFEST, tmp_path / "manifest.json")
     with open(tmp_path / entry["file"], "wb") as f:
         f.write(b"\0" * entry["bytes"])  # right size, wrong bytes
@@ -87,7 +88,7 @@ def test_count_flops_compares_the_released_rows_by_default():
     assert "configs/cpu/mbv2_flgc8.yaml" in sources and "configs/cpu-long/mbv2_baseline.yaml" in sources
     result = run_captured("count_flops.py", "--compare", RELEASED[-1], "configs/cpu/mbv2_sgc8.yaml", "--json")
     rows = json.loads(result.stdout)["rows"]
-    entry = {e["name"]: e for e in releases.load_manifest(MANIFEST)}[RELEASED[-1]]
+    entry = {e["name"]: e for e in load_manifest(MANIFEST)}[RELEASED[-1]]
     assert rows[0]["name"] == RELEASED[-1] and rows[0]["mflops"] == pytest.approx(entry["mflops"], abs=1e-4)
     assert rows[1]["config"] == "configs/cpu/mbv2_sgc8.yaml"
 
@@ -108,7 +109,7 @@ def test_moves_from_start_counts_exactly_the_channels_moved(tmp_path):
     from flgc.engine import checkpoint as ckpt
     from flgc.method.layer import flgc_layers
     from flgc.models import build_model
-    flgc8 = next(e for e in releases.load_manifest(MANIFEST) if e.get("groups"))
+    flgc8 = next(e for e in load_manifest(MANIFEST) if e.get("groups"))
     payload = ckpt.load(pretrained.released_path(flgc8["name"]))
     cfg = config.from_dict(payload["config"])
     torch.manual_seed(cfg.seed)

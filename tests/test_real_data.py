@@ -10,6 +10,7 @@ from helpers import CIFAR10_ROOT, ROOT, run_cli
 
 from flgc.engine import checkpoint, evaluation
 from flgc.records import releases
+from flgc.records.manifest import load_manifest, verified
 
 pytestmark = pytest.mark.slow
 needs_cifar10 = pytest.mark.skipif(
@@ -34,14 +35,14 @@ def test_short_flgc8_run_learns_and_moves_groups(tmp_path):
 
 
 @needs_cifar10
-@pytest.mark.parametrize("entry", releases.load_manifest(os.path.join(CHECKPOINTS, "manifest.json")),
+@pytest.mark.parametrize("entry", load_manifest(os.path.join(CHECKPOINTS, "manifest.json")),
                          ids=lambda entry: entry["name"])
 def test_released_checkpoint_reproduces_its_manifest_accuracy(entry):
     # 25-45 s a checkpoint on 2 cores (10,000 test images)
     path = os.path.join(CHECKPOINTS, entry["file"])
     if not os.path.isfile(path):
         pytest.skip(f"{path} is not here; fetch it with scripts/download_checkpoints.py {entry['name']}")
-    assert releases.verified(path, entry), f"{path} does not match the size and sha256 of {entry['name']}"
+    assert verified(path, entry), f"{path} does not match the size and sha256 of {entry['name']}"
     overrides = releases.check_release_overrides([("data.root", CIFAR10_ROOT), ("data.download", False),
                                                   ("data.verify_checksums", False)])
     threads = torch.get_num_threads()

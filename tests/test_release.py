@@ -13,7 +13,7 @@ from flgc.engine import checkpoint, config, evaluation, runlog, training
 from flgc.errors import UsageError
 from flgc.method.layer import flgc_layers
 from flgc.records import releases
-from flgc.records.releases import load_manifest, sha256_file
+from flgc.records.manifest import load_manifest, sha256_file
 
 RECIPE = {"seed": 0, "data": {"train_subset": 40, "test_subset": 20, "download": False},
           "train": {"epochs": 1, "batch_size": 20, "eval_batch_size": 20, "progress": False, "lr": 0.05},

@@ -11,7 +11,8 @@ from ..engine import checkpoint
 from ..engine import config as config_lib
 from ..errors import UsageError
 from ..models import build_model
-from . import releases
+from .downloads import download
+from .manifest import load_manifest
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKPOINTS = os.path.join(REPOSITORY, "checkpoints")
@@ -22,7 +23,7 @@ def released_names(manifest=MANIFEST):
     """The names of the released checkpoints, in manifest order ([] without a manifest)."""
     if not os.path.isfile(manifest):
         return []
-    return [entry["name"] for entry in releases.load_manifest(manifest)]
+    return [entry["name"] for entry in load_manifest(manifest)]
 
 
 def released_entry(name, manifest=MANIFEST):
@@ -30,7 +31,7 @@ def released_entry(name, manifest=MANIFEST):
     if not os.path.isfile(manifest):
         raise UsageError(f"no released checkpoints here: {manifest} is missing (released checkpoints come with "
                          f"a clone of the repository)")
-    entries = {entry["name"]: entry for entry in releases.load_manifest(manifest)}
+    entries = {entry["name"]: entry for entry in load_manifest(manifest)}
     if name not in entries:
         raise UsageError(f"{name!r} is not a released checkpoint; released: {', '.join(entries) or 'none'}")
     return entries[name]
@@ -39,7 +40,7 @@ def released_entry(name, manifest=MANIFEST):
 def released_path(name, manifest=MANIFEST, show_progress=False):
     """Path of the verified file of release `name` (downloaded first when missing and the entry has a url)."""
     entry = released_entry(name, manifest)
-    return releases.download(entry, os.path.dirname(manifest), show_progress=show_progress)[0]
+    return download(entry, os.path.dirname(manifest), show_progress=show_progress)[0]
 
 
 def file_or_release(given, manifest=MANIFEST):

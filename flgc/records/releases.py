@@ -1,35 +1,17 @@
-"""Released checkpoints (checkpoints/): the manifest, making a release, and verified downloads.
-
-checkpoints/manifest.json = {"checkpoints": [entry, ...]}; an entry holds name, config, file, sha256 and
-bytes (required), model, groups, where, accuracy, accuracy_first_1000, accuracy_flip,
-accuracy_flip_first_1000, test_images, mflops, params, empty_input_groups, empty_filter_groups,
-moved_from_start (FLGC models only), trained_accuracy, data, recipe, epochs, epochs_changed, minutes,
-median_epoch_s, hardware, commit, note (optional) and url (optional: where download() fetches the
-file). Every key but the required ones may be missing (entries written before it existed).
-
-The figures (all measured on the released file with the training preprocessing; a release may change
-only where the data are, RELEASE_MAY_CHANGE): `accuracy` is top-1 in % over every test image of the
-recipe (`test_images`), single crop; `accuracy_first_1000` the same over test images 0-999
-(data.test_subset=1000: the images whose pixels are exact in the re-encoded copy); `accuracy_flip` and
-`accuracy_flip_first_1000` the same two with flip test-time augmentation (mean softmax of the image
-and its mirror: another protocol, never shown as `accuracy`). The first-1000 keys are left out where
-the recipe's test split holds no more than 1000 images. `moved_from_start` = {inputs, moved_inputs,
-filters, moved_filters}: the input channels and filters of the FLGC layers, and how many of them are in
-another group than in the seeded initial model of the config (the structure training started from;
-scripts/assignment_changes.py --from-start shows them per layer). remeasure(NAME) fills the missing
-figures and counts of an existing entry from its verified file (after checking that it reproduces the
-entry's `accuracy`).
-`minutes` is the sum of the run's wall-clock epoch times (a paused or shared machine inflates it);
-`median_epoch_s` the median epoch's seconds, what an epoch takes alone while most epochs ran alone.
+"""Making a release of a finished training run (checkpoints/: the file and its manifest entry, whose
+keys flgc.records.manifest describes), and filling in the figures an older entry lacks.
 
 release(run_dir, name, config_path, ...) checks that the run is finished, trained with the
 repository's config file with the schedule that config describes (a run resumed with another
 train.epochs is refused where that changed its lr or temperature schedule), and that the tree
 releasing it has no uncommitted changes (its config file and code must be what a commit holds; the
 run's own training commits are copied as recorded, '+changes' included). It then writes the slim file
-(model weights and that config only), evaluates it, counts its MMac and parameters, and adds the entry.
-Nothing is written until every check has passed; a release over an entry with another sha256 is
-refused unless forced.
+(model weights and that config only), evaluates it with the training preprocessing (a release may
+change only where the data are, RELEASE_MAY_CHANGE), counts its MMac, parameters and, for FLGC, the
+channels moved from the start, and adds the entry. Nothing is written until every check has passed; a
+release over an entry with another sha256 is refused unless forced. remeasure(NAME) fills the missing
+figures and counts of an existing entry from its verified file (after checking that it reproduces the
+entry's `accuracy`).
 
 File and entry are written as a pair that a kill at any moment leaves consistent: a new file is named
 NAME-<first 8 hex digits of its sha256>.pt (as torchvision names its weights), so it never replaces
@@ -38,148 +20,22 @@ rename), then, for a forced re-release, the file the replaced entry named (when 
 more). A kill between two steps leaves at most an unreferenced file, never an entry whose sha256
 contradicts its file. Re-releasing the file an entry already holds keeps that entry's file name (the
 first releases, NAME.pt, keep theirs).
-
-download(entry, directory) fetches to FILE.part and renames it to FILE only after its size and sha256
-match; an interrupted download resumes with an HTTP Range request (or restarts when the server
-ignores it). A leftover FILE.part that cannot be resumed (as large as the entry or larger, or answered
-with HTTP 416) is verified and kept when it is the file, else deleted and fetched again.
 """
 import collections
-import hashlib
-import http.client
-import json
 import os
 import re
 import tempfile
-import urllib.error
-import urllib.request
 
 from ..engine import checkpoint, provenance, runlog
 from ..engine import config as config_lib
 from ..engine.evaluation import test_metrics
-from ..engine.optim import peak_lr
 from ..engine.training import moved_from_start, moved_totals
 from ..errors import UsageError
-from ..fileio import atomic_path, publish
+from ..fileio import publish
 from ..method import flops
 from ..method.regularizer import structure_stats
+from .manifest import add_entry, data_label, load_manifest, recipe_of, save_manifest, sha256_file, structure, verified
 
-REQUIRED = ("name", "file", "sha256", "bytes")
-
-
-def load_manifest(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"manifest {path} does not exist")
-    try:
-        with open(path) as f:
-            entries = json.load(f)["checkpoints"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UsageError(f"manifest {path} is not valid ({err}); expected {{\"checkpoints\": [...]}}") from None
-    if not isinstance(entries, list):
-        raise UsageError(f"manifest {path} is not valid: \"checkpoints\" must be a list")
-    for entry in entries:
-        problem = entry_problem(entry)
-        if problem:
-            name = entry.get("name", "?") if isinstance(entry, dict) else "?"
-            raise UsageError(f"manifest {path}: entry {name} {problem}")
-    return entries
-
-
-def entry_problem(entry):
-    """What is wrong with one manifest entry, or None."""
-    if not isinstance(entry, dict):
-        return "is not an object"
-    missing = [k for k in REQUIRED if k not in entry]
-    if missing:
-        return f"lacks {', '.join(missing)}"
-    if not (isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64
-            and all(c in "0123456789abcdef" for c in entry["sha256"])):
-        return "has a sha256 that is not 64 lowercase hex digits"
-    if not isinstance(entry["bytes"], int) or isinstance(entry["bytes"], bool) or entry["bytes"] < 1:
-        return "has a size (bytes) that is not a positive integer"
-    if os.path.basename(entry["file"]) != entry["file"] or entry["file"] in ("", ".", ".."):
-        return f"names file {entry['file']!r}, which is not a plain file name"
-    return None
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verified(path, entry):
-    return os.path.isfile(path) and os.path.getsize(path) == entry["bytes"] and sha256_file(path) == entry["sha256"]
-
-
-def save_manifest(path, entries):
-    """Write the manifest atomically (indent 1, entries in the given order)."""
-    with atomic_path(path) as temp, open(temp, "w") as f:
-        json.dump({"checkpoints": entries}, f, indent=1)
-        f.write("\n")
-
-
-def add_entry(entries, entry, force=False):
-    """The manifest entries with `entry` added, or replacing the one of its name. Replacing an entry
-    whose file has another sha256 is refused (UsageError) unless `force`; returns (entries, replaced)."""
-    problem = entry_problem(entry)
-    if problem:
-        raise UsageError(f"entry {entry.get('name', '?')} {problem}")
-    old = next((e for e in entries if e["name"] == entry["name"]), None)
-    if old is not None and old["sha256"] != entry["sha256"] and not force:
-        raise UsageError(f"the manifest already releases {entry['name']} with sha256 {old['sha256'][:12]}..., "
-                         f"this file has {entry['sha256'][:12]}...; pass --force to replace the release")
-    clashing = [e["name"] for e in entries if e["file"] == entry["file"] and e["name"] != entry["name"]]
-    if clashing:
-        raise UsageError(f"file {entry['file']} already belongs to the release {clashing[0]}; choose another name")
-    kept = [entry if e["name"] == entry["name"] else e for e in entries]
-    return (kept if old is not None else kept + [entry]), old is not None
-
-
-# --- how an entry (and a results row) describes a run --------------------------------------------
-MODEL_NAMES = {"dense": "MobileNetV2", "group": "MobileNetV2-SGC", "flgc": "MobileNetV2-FLGC"}
-
-
-def weight_decay_of(train_cfg):
-    """'wd 0.0005', with the parameter kinds that decay otherwise: 'wd 0.0005 (0 on norms and biases)'."""
-    t = train_cfg
-    kinds = {"norms and biases": t.norm_weight_decay, "depthwise": t.depthwise_weight_decay}
-    other = [f"{value:g} on {kind}" for kind, value in kinds.items() if value is not None and value != t.weight_decay]
-    return f"wd {t.weight_decay:g}" + (f" ({', '.join(other)})" if other else "")
-
-
-def recipe_of(cfg, amp=None):
-    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images.
-    `amp`: the precision train.amp=auto resolved to (metrics.jsonl `amp`), when known."""
-    t = cfg.train
-    if t.schedule == "multistep":
-        schedule = f"x{t.lr_gamma:g} at {'/'.join(str(m) for m in t.milestones)}"
-    else:
-        schedule = f"{t.schedule} after a {t.warmup_epochs:g}-epoch warm-up" if t.warmup_epochs else t.schedule
-    extras = [weight_decay_of(t)] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
-    extras += [amp or t.amp] if (amp or t.amp) in ("bf16", "fp16") else []
-    images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
-    optimizer = "SGD nesterov" if t.nesterov else "SGD"
-    return f"{optimizer} {peak_lr(t):g}, batch {t.batch_size}, {schedule}, {', '.join(extras)}; {images} train images"
-
-
-def structure(cfg):
-    """{model, groups, where} of a Config (groups and where are None for the dense network)."""
-    f = cfg.flgc
-    dense = f.pointwise == "dense"
-    return {"model": MODEL_NAMES.get(f.pointwise, f.pointwise), "groups": None if dense else f.groups,
-            "where": None if dense else f.where}
-
-
-def data_label(data_cfg, images):
-    """The test data of an evaluation in words, as entries and results rows name it."""
-    source = "CIFAR-10 (md5 verified)" if data_cfg.verify_checksums else "CIFAR-10 copy (re-encoded, md5 not verified)"
-    return f"{source}, {images:,} test images"
-
-
-# --- releasing a run --------------------------------------------------------------------------------
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # what a release's evaluation may set: where the data are, never how they are preprocessed or which test
 # images count (a narrower set than engine.config.EVALUATION_MAY_CHANGE)
@@ -483,101 +339,3 @@ def remeasure(name, directory, manifest_path, overrides=(), report=print):
     report(f"{name}: sha256 verified, {figures['accuracy']:.2f}% reproduced on {figures['test_images']:,} test images; "
            f"filled {', '.join(said)} in {manifest_path}")
     return filled
-
-
-# --- downloading a release ---------------------------------------------------------------------------
-CHUNK = 1 << 16
-
-
-def _fetch_once(url, part, progress):
-    """Append what the server sends to `part`, resuming from its current size when possible. An HTTP
-    416 answer (nothing past what `part` holds) deletes `part`, so that the next attempt starts over."""
-    have = os.path.getsize(part) if os.path.exists(part) else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        opened = urllib.request.urlopen(request, timeout=30)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have:
-            os.unlink(part)
-        raise
-    with opened as response:
-        status = getattr(response, "status", None) or response.getcode()
-        if have and status != 206:  # the server ignored the range: start over
-            have = 0
-        if progress is not None:
-            progress.reset()
-            progress.update(have)
-        with open(part, "ab" if have else "wb") as f:
-            while True:
-                block = response.read(CHUNK)
-                if not block:
-                    break
-                f.write(block)
-                if progress is not None:
-                    progress.update(len(block))
-
-
-def _leftover(part, entry):
-    """Deal with a FILE.part that a Range request cannot continue (as large as the entry or larger):
-    True when it is the file (verified), else it is deleted."""
-    if not os.path.exists(part) or os.path.getsize(part) < entry["bytes"]:
-        return False
-    if verified(part, entry):
-        return True
-    os.unlink(part)
-    return False
-
-
-def _fetch_attempts(entry, part, attempts, progress):
-    """Fetch `entry` into `part` in up to `attempts` tries, resuming a partial file; the last error or None."""
-    last_error = None
-    for _ in range(attempts):
-        try:
-            _fetch_once(entry["url"], part, progress)
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            last_error = err  # keep the partial file: the next attempt resumes it
-            continue
-        size = os.path.getsize(part)
-        if size < entry["bytes"]:
-            last_error = f"got {size} of {entry['bytes']} bytes"
-            continue
-        if size > entry["bytes"]:  # not this file: start over
-            os.unlink(part)
-            last_error = f"got {size} bytes, more than the {entry['bytes']} of the file"
-            continue
-        return None
-    return last_error
-
-
-def download(entry, directory, attempts=5, show_progress=True):
-    """(path, fetched) of the verified file of `entry` in `directory`, downloading it when needed: the
-    sha256 of a file already there is checked every time."""
-    path = os.path.join(directory, entry["file"])
-    if verified(path, entry):
-        return path, False
-    part = path + ".part"
-    if _leftover(part, entry):
-        publish(part, path)
-        return path, True
-    if not entry.get("url"):
-        raise UsageError(f"{entry['name']}: {path} is missing or does not match its sha256, and the "
-                         f"manifest gives no url to fetch it from")
-    os.makedirs(directory, exist_ok=True)
-    progress = None
-    if show_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=entry["bytes"], unit="B", unit_scale=True, desc=entry["name"], leave=False)
-    try:
-        last_error = _fetch_attempts(entry, part, attempts, progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    if not os.path.exists(part) or os.path.getsize(part) != entry["bytes"]:
-        raise UsageError(f"{entry['name']}: download from {entry['url']} did not complete after {attempts} "
-                         f"attempts ({last_error}); run again to resume")
-    if sha256_file(part) != entry["sha256"]:
-        os.unlink(part)
-        raise UsageError(f"{entry['name']}: the downloaded file does not match its sha256 "
-                         f"{entry['sha256'][:12]}...; it was deleted")
-    publish(part, path)
-    return path, True

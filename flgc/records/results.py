@@ -22,7 +22,7 @@ from ..errors import UsageError
 from ..method import flops
 from ..method.layer import FLGConv2d
 from ..models import build_model
-from .releases import data_label, load_manifest, recipe_of, structure, verified
+from .manifest import data_label, load_manifest, recipe_of, structure, verified
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Downloads from a local HTTP server on 127.0.0.1: complete, truncated then resumed, bad hash, leftover
-partial files that cannot be resumed."""
+"""The manifest (flgc.records.manifest) and downloads (flgc.records.downloads) from a local HTTP server on
+127.0.0.1: complete, truncated then resumed, bad hash, leftover partial files that cannot be resumed;
+manifest entries that are refused."""
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import pytest
 from helpers import ROOT, run_main
 
 from flgc.errors import UsageError
-from flgc.records.releases import load_manifest
+from flgc.records.manifest import load_manifest
 
 PAYLOAD = os.urandom(300_000)
 
@@ -179,7 +180,7 @@ def test_all_with_an_empty_manifest_says_so(tmp_path, download):
 
 def test_recipe_names_the_precision_auto_resolved_to():
     from flgc.engine import config as config_lib
-    from flgc.records.releases import recipe_of
+    from flgc.records.manifest import recipe_of
     cfg = config_lib.load(os.path.join(ROOT, "configs", "cpu-long", "mbv2_baseline.yaml"))
     assert cfg.train.amp == "auto" and "bf16" not in recipe_of(cfg)
     assert recipe_of(cfg, "bf16").endswith("label smoothing 0.1, bf16; 50,000 train images")
