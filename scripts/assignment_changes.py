@@ -1,11 +1,12 @@
 """Group reassignments of FLGC layers: per layer and epoch of a training run, or of a trained
-checkpoint against the structure its run started from.
+checkpoint against the seeded structure its run started from.
 
 python scripts/assignment_changes.py RUN_DIR [--json]
 python scripts/assignment_changes.py --from-start CHECKPOINT|NAME [--json]
 RUN_DIR: each cell is 'inputs/filters' that changed group during that epoch (from RUN_DIR/metrics.jsonl).
 --from-start: the input channels and filters of every FLGC layer whose group differs from the seeded
-initial model of the checkpoint's config (the structure its training started from), with counts,
+initial model of the checkpoint's config (where training started; a budget regularizer's projection
+before the first step counts as moved), with counts,
 percentages and the learned group sizes. NAME is a released checkpoint (checkpoints/manifest.json).
 """
 import json

@@ -253,6 +253,9 @@ def test_the_figures_of_a_release_and_remeasure_filling_them_in(setting, tmp_pat
     assert entry["moved_from_start"]["moved_inputs"] == last["moved_inputs"] > 0
     assert entry["moved_from_start"]["moved_filters"] == last["moved_filters"]
     assert entry["moved_from_start"]["inputs"] == sum(m.in_channels for _, m in flgc_layers(model))
+    state = torch.get_rng_state()
+    training.moved_from_start(model, cfg)  # builds the seeded start without touching the caller's RNG
+    assert torch.equal(state, torch.get_rng_state())
     manifest = os.path.join(directory, "manifest.json")
     old = {k: v for k, v in entry.items() if k not in releases.FIGURES + ("moved_from_start",)}  # an older entry
     with open(manifest, "w") as f:

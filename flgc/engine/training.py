@@ -69,13 +69,14 @@ def reassignments(before, after):
 
 def moved_from_start(model, cfg):
     """{layer: {inputs, filters, moved_inputs, moved_filters, input_sizes, filter_sizes}} of the FLGC
-    layers of `model` against the seeded initial model of `cfg` (the structure a run of `cfg` starts
-    from, as Run builds it); {} for a model without FLGC layers. The caller's RNG state is kept."""
+    layers of `model` against the seeded initial model of `cfg`, as Run builds it (before a budget
+    regularizer's projection at the start, whose few moves count as moved, as in metrics.jsonl);
+    {} for a model without FLGC layers. The caller's RNG state is kept (models are built on the CPU)."""
     learned = assignments(model)
     if not learned:
         return {}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.random.default_generator.manual_seed(cfg.seed)
         start = assignments(build_model(cfg))
     table = {}
     for name, layer in flgc_layers(model):

@@ -1,8 +1,8 @@
 """The manifest of released checkpoints (checkpoints/manifest.json): its entries, how they are read,
 checked and written, and how an entry (and a results row) describes the run behind it.
 
-checkpoints/manifest.json = {"checkpoints": [entry, ...]}; an entry holds name, config, file, sha256 and
-bytes (required), model, groups, where, accuracy, accuracy_first_1000, accuracy_flip,
+checkpoints/manifest.json = {"checkpoints": [entry, ...]}; an entry holds name, file, sha256 and bytes
+(required), config, model, groups, where, accuracy, accuracy_first_1000, accuracy_flip,
 accuracy_flip_first_1000, test_images, mflops, params, empty_input_groups, empty_filter_groups,
 moved_from_start (FLGC models only), trained_accuracy, data, recipe, epochs, epochs_changed, minutes,
 median_epoch_s, hardware, commit, note (optional) and url (optional: where flgc.records.downloads fetches
@@ -16,10 +16,10 @@ flip test-time augmentation (mean softmax of the image and its mirror: another p
 as `accuracy`). The first-1000 keys are left out where the recipe's test split holds no more than 1000
 images. `moved_from_start` = {inputs, moved_inputs, filters, moved_filters}: the input channels and
 filters of the FLGC layers, and how many of them are in another group than in the seeded initial model
-of the config (the structure training started from; scripts/assignment_changes.py --from-start shows
-them per layer). `minutes` is the sum of the run's wall-clock epoch times (a paused or shared machine
-inflates it); `median_epoch_s` the median epoch's seconds, what an epoch takes alone while most epochs
-ran alone.
+of the config (where training started; a budget regularizer's projection before the first step counts
+as moved; scripts/assignment_changes.py --from-start shows them per layer). `minutes` is the sum of
+the run's wall-clock epoch times (a paused or shared machine inflates it); `median_epoch_s` the median
+epoch's seconds, what an epoch takes alone while most epochs ran alone.
 """
 import hashlib
 import json

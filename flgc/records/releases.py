@@ -307,7 +307,8 @@ def check_reproduces(name, entry, figures, moves):
                              f"nothing written")
     for key, value in moves.items():
         if key in entry and entry[key] != value:
-            raise UsageError(f"{name} counts {key}={value} here, the manifest says {entry[key]}; nothing written")
+            raise UsageError(f"{name} counts {key}={value} here, the manifest says {entry[key]}: the seeded "
+                             f"initial model differs (other init code or config); nothing written")
 
 
 def remeasure(name, directory, manifest_path, overrides=(), report=print):

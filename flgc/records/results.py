@@ -1,7 +1,8 @@
 """The paper's CIFAR-10 results table: released checkpoints and local runs next to the published rows.
 
 A row holds the model, G, where the grouped 1x1 convs sit, MMac (ptflops convention, flgc.method.flops) and
-its ratio to the dense baseline, parameters, top-1 accuracy and where that accuracy comes from
+its ratio to the dense baseline, parameters, for FLGC the channels in another group than at the seeded
+start (flgc.records.manifest: moved_from_start), top-1 accuracy and where that accuracy comes from
 (`accuracy_source`: evaluated now on the test set, recorded in the checkpoint during training, taken
 from the manifest, or published), the training recipe and epochs, hardware and source.
 """
@@ -17,12 +18,12 @@ from ..engine import config as config_lib
 from ..engine.data import files_present
 from ..engine.evaluation import test_metrics
 from ..engine.plots import pyplot
-from ..engine.training import moved_from_start, moved_totals
 from ..errors import UsageError
 from ..method import flops
 from ..method.layer import FLGConv2d
 from ..models import build_model
 from .manifest import data_label, load_manifest, recipe_of, structure, verified
+from .releases import moves_of
 
 
 @dataclass
@@ -90,11 +91,11 @@ def per_layer_macs(model):
 
 
 def structure_row(name, source, kind, cfg, model):
-    """A Row with what the config and the loaded model tell: model, G, where, MMac, params, recipe."""
+    """A Row with what the config and the loaded model tell: model, G, where, MMac, params, recipe,
+    per-layer MMac and the channels moved from the start."""
     mflops, params = flops.count(model)
-    moved = moved_from_start(model, cfg)
     return Row(name, source=source, kind=kind, mflops=mflops, params=params, recipe=recipe_of(cfg),
-               per_layer=per_layer_macs(model), moved_from_start=moved_totals(moved) if moved else None,
+               per_layer=per_layer_macs(model), moved_from_start=moves_of(model, cfg).get("moved_from_start"),
                **structure(cfg))
 
 
@@ -175,6 +176,9 @@ def manifest_row(entry, directory, overrides=(), evaluate=True):
     counted = structure_row(entry["name"], row.source, "manifest", cfg, model)
     if row.mflops is not None and abs(counted.mflops - row.mflops) > 0.01:
         print(f"{entry['name']}: counted {counted.mflops:.2f} MMac, manifest says {row.mflops}", file=sys.stderr)
+    if row.moved_from_start is not None and counted.moved_from_start != row.moved_from_start:
+        print(f"{entry['name']}: counted moved_from_start={counted.moved_from_start}, manifest says "
+              f"{row.moved_from_start} (other init code?)", file=sys.stderr)
     row.model, row.groups, row.where = counted.model, counted.groups, counted.where
     row.mflops, row.params, row.per_layer = counted.mflops, counted.params, counted.per_layer
     row.moved_from_start = counted.moved_from_start
