@@ -78,11 +78,11 @@ def moved_from_start(model, cfg):
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(cfg.seed)
         start = assignments(build_model(cfg))
-    table = {}
+    moved, table = reassignments(start, learned), {}
     for name, layer in flgc_layers(model):
-        (inputs_0, filters_0), (inputs, filters) = start[name], learned[name]
+        inputs, filters = learned[name]
         table[name] = {"inputs": inputs.numel(), "filters": filters.numel(),
-                       "moved_inputs": int((inputs != inputs_0).sum()), "moved_filters": int((filters != filters_0).sum()),
+                       "moved_inputs": moved[name][0], "moved_filters": moved[name][1],
                        "input_sizes": torch.bincount(inputs, minlength=layer.groups).tolist(),
                        "filter_sizes": torch.bincount(filters, minlength=layer.groups).tolist()}
     return table
