@@ -217,8 +217,8 @@ def test_a_release_evaluates_with_the_training_preprocessing_only(setting, tmp_p
     for key, value in (("data.mean", [0.5, 0.5, 0.5]), ("data.flip", False), ("data.test_subset", 10), ("threads", 1)):
         with pytest.raises(UsageError, match=f"cannot override '{key}'.* allowed: data.root, data.download"):
             do_release(setting, run_dir, overrides=[(key, value)])
-    result = run_captured("scripts/release_checkpoint.py", run_dir, "data.std=[1,1,1]", "--name", "x", "--config",
-                          "configs/cpu/mbv2_flgc8.yaml", "--dir", directory)
+    result = run_captured("scripts/release_checkpoint.py", run_dir, "--name", "x", "--config",
+                          "configs/cpu/mbv2_flgc8.yaml", "--dir", directory, "data.std=[1,1,1]")
     assert_usage_error(result, "cannot override 'data.std'")
     assert snapshot(directory) == before
     entry = do_release(setting, run_dir, overrides=[("data.root", root), ("data.verify_checksums", False)])

@@ -6,12 +6,16 @@ from ..errors import UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments in one stderr line, exit code 2; --help shows the
-    description (the script's docstring) as written."""
+    """argparse that reports bad arguments in one stderr line, exit code 2, takes positionals before
+    and after options, and shows the description (the script's docstring) as written in --help."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        # positionals may follow options (RUN_DIR --name X data.root=DIR), as the commands' help shows them
+        return self.parse_intermixed_args(args, namespace)
 
     def error(self, message):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
