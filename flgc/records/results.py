@@ -306,8 +306,8 @@ def _cost_panel(ax, rows, baseline):
                     fontsize=7, color=f"C{index}")
         taken[point] = taken.get(point, 0) + 1
     ax.axvline(baseline, color="grey", ls="--", lw=1)
-    ax.annotate(f"dense baseline {baseline:.2f} MMac", (baseline, 0.5), xycoords=("data", "axes fraction"),
-                rotation=90, fontsize=7, color="grey", ha="right", va="center")
+    ax.annotate(f"dense baseline {baseline:.2f} MMac ", (baseline, 0.99), xycoords=("data", "axes fraction"),
+                fontsize=7, color="grey", ha="right", va="top")  # top left of the line, clear of the rows' labels
     ax.set_xlabel("MMac per 32x32 image (ptflops convention)")
     ax.set_ylabel("top-1 accuracy on CIFAR-10 test images, %")
     ax.set_title("accuracy vs cost (markers: o ours, D released, s paper, ^ reference)", fontsize=9)
