@@ -14,14 +14,17 @@ def main():
     args = parser.parse_args()
     cfg = config.load(args.config, config.parse_overrides(args.overrides))
     check_plotting(cfg.flgc.plot_interval)
+    from flgc.engine import distributed
     from flgc.engine.training import Diverged, Interrupted, fit
+    code = 0
     try:
         fit(cfg, args.resume)
     except Diverged as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        code = 3
     except Interrupted as err:  # saved; 130 for SIGINT, 143 for SIGTERM
-        sys.exit(err.code)
+        code = err.code
+    distributed.exit_process(code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Faults: bit-exact resume, SIGTERM, NaN loss, kill -9 during a save, and 2-process training."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -316,4 +317,8 @@ def test_a_signal_to_one_process_stops_every_process_with_its_exit_code(tmp_path
     os.kill(rank_process(1, out_dir), signal.SIGTERM)  # rank 0, which writes the checkpoint, gets no signal
     out, _ = child.communicate(timeout=240)
     assert "stopped by SIGTERM" in out and "ValueError" not in out, out[-3000:]
-    assert out.count("exitcode  : 143") == 2, out[-3000:]  # torchrun's report of each process
+    # torchrun's report of each process: 143 (stopped by the signal it received or agreed on), or -15 where
+    # torchrun itself sent SIGTERM to a process that had saved and was still exiting when the first one had
+    # gone; never an abort (-6) from distributed objects freed during interpreter exit
+    codes = re.findall(r"exitcode  : (-?\d+)", out)
+    assert len(codes) == 2 and "143" in codes and set(codes) <= {"143", "-15"}, out[-3000:]

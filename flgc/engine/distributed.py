@@ -7,6 +7,7 @@ processes so that N processes with a global batch B train exactly like one proce
 to float summation order). Module names and state are those of nn.BatchNorm2d.
 """
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -144,3 +145,14 @@ def barrier():
 def shutdown():
     if active():
         dist.destroy_process_group()
+
+
+def exit_process(code):
+    """End the process with `code` once the run has saved and shut down. Under torchrun the
+    interpreter's own teardown is skipped: a gloo thread that outlives it can abort the process
+    (SIGABRT) after everything was written, and torchrun would report the abort."""
+    if world()[1] == 1:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -8,6 +8,7 @@ A resume may change train.epochs (to extend a run); each change is recorded as {
 every later save; a checkpoint without it has none) and in every metrics row written after it, so that
 a release can tell the run from one trained with its final schedule from the start.
 """
+import gc
 import os
 import shlex
 import signal
@@ -445,6 +446,10 @@ def _loop(run, log):
         run.stop.uninstall()
         if log is not None:
             log.close()
+        # DDP's reducer holds the process group and its last work; it must go while the interpreter
+        # is whole: a gloo thread freed during interpreter exit aborts the process (SIGABRT)
+        run.loss_fn = None
+        gc.collect()
         distributed.shutdown()
     return row
 
