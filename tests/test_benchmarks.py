@@ -31,6 +31,7 @@ def test_bench_train_refuses_what_it_cannot_run(call):
         assert_usage_error(call("benchmarks/bench_train.py", "--device", "cuda"), "no CUDA device")
 
 
+@pytest.mark.slow  # a whole process (about 4 s)
 def test_bench_train_one_variant_row():
     out = last_json(run_cli("benchmarks/bench_train.py", "--only", "flgc8", "--batch", "2", "--repeats", "1", "--json"))
     assert [r["variant"] for r in out["results"]] == ["flgc8"] and out["results"][0]["ms_per_step"] > 0
@@ -92,6 +93,7 @@ def test_bench_inference_refuses_what_it_cannot_run(call):
         assert_usage_error(call("benchmarks/bench_inference.py", "--device", "cuda"), "no CUDA device")
 
 
+@pytest.mark.slow  # a whole process (about 4 s)
 def test_bench_native_times_every_kernel_and_instruction_set():
     from flgc.deploy import native
     if not native.available():

@@ -228,6 +228,7 @@ def test_assignment_changes_and_plot_groups(flgc_run, call, tmp_path):
     assert_usage_error(call("scripts/plot_groups.py", out / "last.pt", "--out", tmp_path / "g.gif"), "allowed file types")
 
 
+@pytest.mark.slow  # two whole processes (about 8 s); the tests above call the same entry points in this process
 def test_command_line_smoke(flgc_run):
     """The real command line of eval.py and count_flops.py: exit codes and streams as a shell sees them."""
     out, _, data = flgc_run

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,30 @@ def tiny_cfg(tmp_path, out, *overrides):
          "train.progress=false", f"out_dir={tmp_path / out}", "train.milestones=[1]", *overrides]))
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """Runs of tiny_cfg trained once for the module, by epoch count: several tests start from the same run."""
+    base, runs = tmp_path_factory.mktemp("trained"), {}
+
+    def run(epochs):
+        if epochs not in runs:
+            training.fit(tiny_cfg(base, f"run{epochs}", f"train.epochs={epochs}"))
+            runs[epochs] = base / f"run{epochs}"
+        return runs[epochs]
+    return run
+
+
+@pytest.fixture
+def trained(tmp_path, trained_once, capsys):
+    """trained(epochs, out="run"): tmp_path/out, a copy of tiny_cfg's run directory after `epochs` epochs
+    (what training.fit(tiny_cfg(tmp_path, out, f"train.epochs={epochs}")) writes); its output is discarded."""
+    def copy(epochs, out="run"):
+        shutil.copytree(trained_once(epochs), tmp_path / out)
+        capsys.readouterr()
+        return tmp_path / out
+    return copy
+
+
 def parameters(path):
     return checkpoint.load(str(path))["model"]
 
@@ -36,11 +61,10 @@ def assert_identical(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_after_an_epoch_is_bit_exact(tmp_path):
-    training.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
-    training.fit(tiny_cfg(tmp_path, "split", "train.epochs=1"))
+def test_resume_after_an_epoch_is_bit_exact(tmp_path, trained):
+    straight, _ = trained(2, "straight"), trained(1, "split")
     training.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"), resume="auto")
-    assert_identical(parameters(tmp_path / "straight" / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
+    assert_identical(parameters(straight / "last.pt"), parameters(tmp_path / "split" / "last.pt"))
 
 
 def sigterm_after(adds, monkeypatch):
@@ -56,8 +80,8 @@ def sigterm_after(adds, monkeypatch):
     monkeypatch.setattr(EpochSums, "add", counting)
 
 
-def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch, capsys):
-    training.fit(tiny_cfg(tmp_path, "straight", "train.epochs=2"))
+def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch, capsys, trained):
+    trained(2, "straight")
     sigterm_after(7, monkeypatch)  # 5 steps an epoch: epoch 2, after its step 2
     with pytest.raises(training.Interrupted) as stopped:
         training.fit(tiny_cfg(tmp_path, "split", "train.epochs=2"))
@@ -119,10 +143,9 @@ def test_a_process_that_did_not_receive_the_signal_stops_with_its_code(tmp_path,
     assert stopped.value.code == 143
 
 
-def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
-    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, trained):
+    trained(1)
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").iterdir()}
-    capsys.readouterr()
     training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1", "threads=1"), resume="auto")
     assert "is complete: 1 of 1 epochs trained; nothing to do" in capsys.readouterr().out
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").iterdir()}
@@ -132,16 +155,16 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("override", ["data.train_subset=40", "flgc.gradient=reference_masked", "flgc.regularizer.weight=0.5",
                                       "train.lr=0.2", "train.schedule=cosine",
                                       "train.label_smoothing=0.1", "seed=1"])
-def test_resume_that_would_change_what_was_trained_is_refused(tmp_path, override):
-    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+def test_resume_that_would_change_what_was_trained_is_refused(tmp_path, override, trained):
+    trained(1)
     last = (tmp_path / "run" / "last.pt").read_bytes()
     with pytest.raises(UsageError, match=f"cannot resume .* with {override.split('=')[0]}="):
         training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", override), resume="auto")
     assert (tmp_path / "run" / "last.pt").read_bytes() == last
 
 
-def test_extended_run_keeps_config_yaml_describing_the_checkpoint(tmp_path):
-    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+def test_extended_run_keeps_config_yaml_describing_the_checkpoint(tmp_path, trained):
+    trained(1)
     training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2", "threads=1", "train.checkpoint_steps=2"), resume="auto")
     saved = checkpoint.load(str(tmp_path / "run" / "last.pt"))
     described = config.load(str(tmp_path / "run" / "config.yaml"))
@@ -161,8 +184,9 @@ def test_epoch_summaries_say_no_best_before_any_evaluation(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("every, saves, window", [(50, 0, "between steps 1 and 5 of 5"), (2, 2, "between steps 1 and 2 of 5")])
-def test_nan_loss_names_epoch_and_step_window_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, every, saves, window):
-    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"))
+def test_nan_loss_names_epoch_and_step_window_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, every, saves, window,
+                                                                               trained):
+    trained(1)
     good = (tmp_path / "run" / "last.pt").read_bytes()
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, logits, labels: logits.sum() * float("nan"))
     with pytest.raises(training.Diverged, match=f"epoch 2 {window}"):

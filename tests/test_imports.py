@@ -211,6 +211,7 @@ print("core ok")
 """
 
 
+@pytest.mark.slow  # a whole process with the deployment layer blocked (about 10 s)
 def test_the_core_trains_counts_and_loads_without_deployment(tmp_path):
     """The direction in practice: the training core runs with flgc.deploy and the deploy and plot extras
     unimportable; a deployed checkpoint then needs the deploy layer, and says so in one line."""

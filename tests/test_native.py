@@ -31,6 +31,7 @@ def test_the_kernels_build_here():
     assert native.available(), native.unavailable_reason()
 
 
+@pytest.mark.slow  # a whole process (about 4 s)
 def test_without_a_compiler_one_warning_line_and_the_torch_ops(tmp_path):
     script = ("import torch; from flgc.deploy import native; from flgc.deploy.modules import channel_gather; "
               "x = torch.randn(1, 4, 2, 2); print(native.available(), torch.equal(channel_gather(x, torch.tensor([3, 0])), "
