@@ -6,7 +6,8 @@ python eval.py --checkpoint PATH|NAME [--tta flip] [KEY=VALUE ...] [--json]
 its file is sha256-checked first). --tta flip adds the accuracy of flip test-time augmentation (each
 image's prediction is the mean softmax of the image and its mirror), reported apart from the plain
 single-crop figure, which stays `accuracy`. KEY=VALUE pairs set where the data are and how they are
-read (data.root=DIR, data.verify_checksums=false, data.test_subset=N, ...).
+read (data.root=DIR, data.verify_checksums=false, data.test_subset=N, data.test_jpeg_quality=Q to
+measure what a JPEG-re-encoded copy of the test images costs, ...).
 """
 import json
 
@@ -30,8 +31,12 @@ def main(argv=None):
     test = test_metrics(model, cfg)
     result = {"accuracy": test["accuracy"], "loss": test["loss"], "mflops": mflops, "params": params,
               "images": test["images"]}
+    jpeg = cfg.data.test_jpeg_quality
+    if jpeg is not None:
+        result["jpeg_quality"] = jpeg
     out = human_stream(args.json)
-    print(f"{args.checkpoint}: top-1 {test['accuracy']:.2f}% on {test['images']} test images, "
+    print(f"{args.checkpoint}: top-1 {test['accuracy']:.2f}% on {test['images']} test images"
+          f"{'' if jpeg is None else f' JPEG-encoded at quality {jpeg}'}, "
           f"loss {test['loss']:.4f}, {mflops:.2f} MMac, {params:,} parameters", file=out)
     if args.tta == "flip":
         flip = test_metrics(model, cfg, tta="flip")

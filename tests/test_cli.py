@@ -86,6 +86,9 @@ def test_eval_json_is_the_whole_stdout(flgc_run, call):
     assert report["mflops"] == pytest.approx(row["mflops"])
     plain = call("eval.py", "--checkpoint", out / "last.pt", f"data.root={data}", "data.verify_checksums=false")
     assert "top-1" in plain.stdout
+    lossy = call("eval.py", "--checkpoint", out / "last.pt", f"data.root={data}", "data.verify_checksums=false",
+                 "data.test_jpeg_quality=50", "--json")
+    assert json.loads(lossy.stdout)["jpeg_quality"] == 50 and "40 test images JPEG-encoded at quality 50" in lossy.stderr
 
 
 def test_count_flops_json_is_the_whole_stdout(flgc_run, call):

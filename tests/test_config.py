@@ -41,6 +41,8 @@ def test_round_trip_through_dict():
     ("flgc.logit_weight_decay=-0.5", "flgc.logit_weight_decay must be >= 0"),
     ("flgc.regularizer.weight=-1", "flgc.regularizer.weight must be >= 0"),
     ("train.lr_gamma=0", "train.lr_gamma must be > 0"),
+    ("data.test_jpeg_quality=0", "data.test_jpeg_quality must be in 1-95 (JPEG quality), got 0"),
+    ("data.test_jpeg_quality=96", "data.test_jpeg_quality must be in 1-95"),
 ])
 def test_bad_values_are_usage_errors(override, message):
     with pytest.raises(UsageError, match=re.escape(message)):

@@ -108,3 +108,24 @@ def test_validation_images_are_the_last_training_images_and_leave_the_test_split
         load_split(config.from_dict({"data": {**base, "validation_images": 50}}).data, train=True)
     with pytest.raises(UsageError, match="no validation split"):
         load_split(config.from_dict({"data": base}).data, train=False, validation=True)
+
+
+def test_test_jpeg_quality_reencodes_the_test_images_only(tmp_path):
+    """A lossy copy of the test images, as the re-encoded CIFAR-10 copy holds: the images change by a
+    few levels on average, more at a lower quality; the labels and the training split stay as stored."""
+    from helpers import write_colour_cifar
+
+    from flgc.engine.data import load_split
+    from flgc.records.manifest import data_label
+    root = write_colour_cifar(str(tmp_path), per_batch=10, test=12)
+    base = {"root": root, "download": False, "verify_checksums": False}
+    stored, labels = load_split(config.from_dict({"data": base}).data, train=False)
+    errors = {}
+    for quality in (95, 30):
+        lossy = config.from_dict({"data": {**base, "test_jpeg_quality": quality}}).data
+        images, lossy_labels = load_split(lossy, train=False)
+        assert images.dtype == torch.uint8 and images.shape == stored.shape and torch.equal(lossy_labels, labels)
+        errors[quality] = float((images.float() - stored.float()).abs().mean())
+        assert torch.equal(load_split(lossy, train=True)[0], load_split(config.from_dict({"data": base}).data, True)[0])
+    assert 0 < errors[95] < errors[30] < 20, errors
+    assert data_label(lossy, 12) == "CIFAR-10 copy (re-encoded, md5 not verified), 12 test images, JPEG-encoded at quality 30"

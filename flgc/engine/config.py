@@ -19,6 +19,9 @@ class DataConfig:
     verify_checksums: bool = True  # false accepts re-encoded copies, with a warning
     train_subset: Optional[int] = None  # first N training images; null = all
     test_subset: Optional[int] = None  # first N test images; null = all
+    # the test images JPEG-encoded once at this quality (1-95) before evaluation, to measure what a lossy
+    # copy of the data costs; null = as stored
+    test_jpeg_quality: Optional[int] = None
     # training holds out its last N images and evaluates on them in place of the test split (choosing a
     # setting without the test set); eval.py and releases always read the test split
     validation_images: Optional[int] = None
@@ -216,6 +219,8 @@ def validate(cfg):
         raise UsageError("config keys data.mean and data.std must hold 3 values (R, G, B)")
     if any(s <= 0 for s in cfg.data.std):
         raise UsageError(f"config key data.std must hold values > 0, got {cfg.data.std}")
+    if cfg.data.test_jpeg_quality is not None and not 1 <= cfg.data.test_jpeg_quality <= 95:
+        raise UsageError(f"config key data.test_jpeg_quality must be in 1-95 (JPEG quality), got {cfg.data.test_jpeg_quality}")
     return cfg
 
 

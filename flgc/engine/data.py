@@ -87,7 +87,23 @@ def load_split(data_cfg, train, validation=False):
     subset = data_cfg.train_subset if train else data_cfg.test_subset
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
+    if not (train or validation) and data_cfg.test_jpeg_quality is not None:
+        images = jpeg_roundtrip(images, data_cfg.test_jpeg_quality)
     return images, labels
+
+
+def jpeg_roundtrip(images, quality):
+    """uint8 N x H x W x 3 images, each JPEG-encoded at `quality` (PIL, 4:2:0 chroma) and decoded again."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    out = np.empty_like(images.numpy())
+    for i, image in enumerate(images.numpy()):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    return torch.from_numpy(out)
 
 
 def _read_split(data_cfg, train):
