@@ -85,7 +85,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
     eval_batch_size: int = 1000  # large static evaluation batches
-    channels_last: bool = True  # measured: a CPU step of MobileNetV2 1.5-1.6x faster than NCHW (docs/training-speed.md)
+    channels_last: bool = True  # measured: a CPU step of MobileNetV2 1.5-1.7x faster than NCHW (docs/training-speed.md)
     amp: str = "auto"  # autocast: none | bf16 | fp16 | auto (bf16 on CUDA and on CPUs that compute it natively, else none)
     compile: str = "auto"  # none | inductor | cudagraphs (inductor with CUDA graphs) | auto (none: eager everywhere)
     finite_check_steps: int = 50  # read the device's loss-is-finite flag every N steps (and at each epoch end)

@@ -21,7 +21,7 @@ WEIGHT_GRADIENTS = ("masked", "dense")
 def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
     """One-hot group assignment (rows x G) of `logits` (rows x G) with a gradient to the logits.
 
-    straight_through: forward is the hard one-hot, backward is that of softmax(logits / T), every
+    straight_through: forward is the hard one-hot, backward is that of softmax(logits / temperature), every
     entry included.  reference_masked: as the public reference implementation, the gradient on the
     softmax output is kept only at the argmax entry, which in practice freezes the assignment.
     """
@@ -36,7 +36,7 @@ def hard_assignment(logits, temperature=1.0, gradient="straight_through"):
 
 
 def _softmax_backward(logits, groups, grad_soft, temperature, masked):
-    """Gradient to `logits` of sum(grad_soft * softmax(logits / T)); with `masked`, grad_soft is kept
+    """Gradient to `logits` of sum(grad_soft * softmax(logits / temperature)); with `masked`, grad_soft is kept
     only at each row's argmax entry `groups` (the reference gradient)."""
     soft = torch.softmax(logits / temperature, dim=1)
     if masked:
@@ -50,9 +50,9 @@ def _one_hot(groups, count, dtype):
 
 class _StraightThroughMask(torch.autograd.Function):
     """M[o, i] = [group of filter o == group of input i] in the forward pass; backward is that of
-    M = T S^T with T, S the straight-through one-hot assignments (`hard_assignment`): the gradient on
-    T is grad_M summed over the columns of each input group, on S over the rows of each filter group,
-    each then through the softmax backward. No host sync and no data-dependent shape."""
+    M = F S^T with F, S the straight-through one-hot assignments of filters and inputs
+    (`hard_assignment`): the gradient on F is grad_M summed over the columns of each input group, on S
+    over the rows of each filter group, each then through the softmax backward. No host sync and no data-dependent shape."""
 
     @staticmethod
     def forward(ctx, input_logits, output_logits, temperature, masked, dtype):
@@ -93,8 +93,9 @@ class FLGConv2d(nn.Module):
     """Conv2d whose dense weight (out x in x kh x kw) is masked by a learned group structure.
 
     input_group_logits (in x G) assigns input channels to groups, output_group_logits (out x G)
-    assigns filters; the connection mask is M = T S^T (out x in) with S, T the hard one-hot
-    assignments. Groups may be non-uniform or empty; any 1 <= G <= min(in, out) is allowed.
+    assigns filters; the connection mask is M = F S^T (out x in) with F, S the hard one-hot
+    assignments of filters and input channels. Groups may be non-uniform or empty; any
+    1 <= G <= min(in, out) is allowed.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -201,7 +202,7 @@ class FLGConv2d(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def mask(self):
-        """The connection mask M = T S^T (out x in), differentiable with respect to the logits."""
+        """The connection mask M = F S^T (out x in), differentiable with respect to the logits."""
         if self.frozen:
             return self.hard_mask()
         return _StraightThroughMask.apply(self.input_group_logits, self.output_group_logits, self.temperature,

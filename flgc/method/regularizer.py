@@ -3,7 +3,7 @@ structure statistics logged per epoch.
 
 Per layer, c_g and n_g are the numbers of input channels and filters whose argmax group is g: the
 real, hard structure. Their gradient is that of the softmax column sums (straight-through:
-value = hard counts, gradient = d/dlogits of sum_rows softmax(logits / T)).
+value = hard counts, gradient = d/dlogits of sum_rows softmax(logits / temperature)).
 
 balance: mean over the trainable FLGC layers of
     1/G sum_g [ ((c_g - in/G) / (in/G))^2 + ((n_g - out/G) / (out/G))^2 ]
