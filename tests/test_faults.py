@@ -101,6 +101,25 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
     assert 1000.0 < json.loads(rows[-1])["epoch_time_s"] < 1000.0 + 60  # the time before the stop counts
 
 
+def test_an_epoch_resumed_inside_logs_the_lr_of_its_first_step():
+    from flgc.engine.optim import build_scheduler
+    cfg = config.load("configs/cpu-long/mbv2_flgc8.yaml", config.parse_overrides(["train.epochs=4"]))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    scheduler = build_scheduler(optimizer, cfg.train, 10)
+    for _ in range(20):  # epochs 1 and 2 of 10 steps: epoch 3 starts here
+        optimizer.step()
+        scheduler.step()
+    at_start = optimizer.param_groups[0]["lr"]
+    for _ in range(7):  # the steps of epoch 3 before a stop
+        optimizer.step()
+        scheduler.step()
+    run = types.SimpleNamespace(optimizer=optimizer, scheduler=scheduler, start_step=7)
+    assert optimizer.param_groups[0]["lr"] < at_start  # cosine: the lr fell inside the epoch
+    assert training.epoch_start_lr(run, resumed_inside=True) == pytest.approx(at_start, rel=1e-12)
+    run.start_step = 0
+    assert training.epoch_start_lr(run, resumed_inside=False) == optimizer.param_groups[0]["lr"]
+
+
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
     sigterm_after(3, monkeypatch)
     # the command line the run was started with: the hint repeats it with --resume auto

@@ -381,6 +381,14 @@ def epoch_row(run, epoch, sums, before):
         **({"epochs_changes": [dict(c) for c in run.epochs_changes]} if run.epochs_changes else {})}
 
 
+def epoch_start_lr(run, resumed_inside):
+    """The lr (first param group) of the epoch's first step, also for an epoch resumed after some of its steps."""
+    if not resumed_inside:
+        return run.optimizer.param_groups[0]["lr"]
+    first_step = run.scheduler.last_epoch - run.start_step  # the scheduler counts every step of the run
+    return run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](first_step)
+
+
 def train_and_checkpoint_epoch(run, epoch, log):
     """One epoch: train, evaluate, save, log. Returns the metrics row, or None when stopped."""
     prepare_flgc(run.model, run.cfg, epoch)
@@ -388,7 +396,7 @@ def train_and_checkpoint_epoch(run, epoch, log):
     # an epoch's time includes what it ran before a stop (saved with its mid-epoch checkpoint)
     run.epoch_clock = time.time() - (run.epoch_elapsed if resumed_inside else 0.0)
     before = run.epoch_start_assignments if resumed_inside else assignments(run.model)
-    run.epoch_lr = run.optimizer.param_groups[0]["lr"]
+    run.epoch_lr = epoch_start_lr(run, resumed_inside)
     run.model.train()
     sums = train_epoch(run, epoch, before)
     if sums is None:
