@@ -120,6 +120,28 @@ def test_an_epoch_resumed_inside_logs_the_lr_of_its_first_step():
     assert training.epoch_start_lr(run, resumed_inside=False) == optimizer.param_groups[0]["lr"]
 
 
+def test_a_stop_inside_epoch_1_keeps_the_budget_moves_and_a_resume_the_fp16_loss_scale(tmp_path, monkeypatch):
+    """The starting projection's moves belong to epoch 1's row, also when epoch 1 is resumed; fp16's loss
+    scale (lowered by overflowing steps) goes on after a resume instead of starting again at 2^16."""
+    budget = ["flgc.regularizer.kind=budget", "flgc.regularizer.target_mflops=62.6", "train.epochs=1"]
+    straight = training.fit(tiny_cfg(tmp_path, "straight", *budget))
+    assert straight["budget_moves"] > 0
+    sigterm_after(2, monkeypatch)
+    with pytest.raises(training.Interrupted):
+        training.fit(tiny_cfg(tmp_path, "split", *budget))
+    monkeypatch.undo()
+    saved = checkpoint.load(str(tmp_path / "split" / "last.pt"))
+    assert saved["step"] == 2 and saved["budget_moves"] > 0 and "scaler" not in saved
+    resumed = training.fit(tiny_cfg(tmp_path, "split", *budget), resume="auto")
+    assert resumed["budget_moves"] == straight["budget_moves"]
+    # fp16 (slow on a CPU, so no steps here): the scaler's state travels with the checkpoint
+    fp16 = tiny_cfg(tmp_path, "fp16", *budget, "train.amp=fp16")
+    saved["scaler"] = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3).state_dict()
+    run = training.Run(fp16, saved, "last.pt")
+    assert run.scaler.get_scale() == 1024.0 and run.scaler.get_growth_interval() == 3
+    assert run.payload(0, 2, run.epoch_sums, saved["epoch_start_assignments"])["scaler"]["scale"] == 1024.0
+
+
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
     sigterm_after(3, monkeypatch)
     # the command line the run was started with: the hint repeats it with --resume auto
@@ -352,11 +374,11 @@ def test_a_signal_to_one_process_stops_every_process_with_its_exit_code(tmp_path
     child = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                               "train.py", "--config", "configs/mbv2_flgc8.yaml", f"data.root={tmp_path / 'data'}",
                               "data.verify_checksums=false", "train.batch_size=16", "train.progress=false",
-                              "train.epochs=1000", "threads=1", "data.train_subset=32", out_dir],
+                              "train.epochs=1000", "threads=1", "train.checkpoint_steps=1", out_dir],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 240
-    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.2)
+    saved, deadline = tmp_path / "run" / "last.pt", time.time() + 240
+    while not saved.exists() and time.time() < deadline:  # saved after every step
+        time.sleep(0.05)
     os.kill(rank_process(1, out_dir), signal.SIGTERM)  # rank 0, which writes the checkpoint, gets no signal
     out, _ = child.communicate(timeout=240)
     assert "stopped by SIGTERM" in out and "ValueError" not in out, out[-3000:]
@@ -365,3 +387,6 @@ def test_a_signal_to_one_process_stops_every_process_with_its_exit_code(tmp_path
     # gone; never an abort (-6) from distributed objects freed during interpreter exit
     codes = re.findall(r"exitcode  : (-?\d+)", out)
     assert len(codes) == 2 and "143" in codes and set(codes) <= {"143", "-15"}, out[-3000:]
+    saved = checkpoint.load(str(tmp_path / "run" / "last.pt"))
+    if saved.get("step"):  # stopped inside an epoch (5 steps): its sums count the images of both processes
+        assert saved["epoch_sums"]["seen"] == 16 * saved["step"]

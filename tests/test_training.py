@@ -137,7 +137,7 @@ def test_on_device_sums_equal_the_host_sums_read_every_step(tmp_path):
         return step
     sums, done = train(model, cfg, make_batches(cfg, "cpu", train=True), wrap=reading)
     assert done == 2 and host["seen"] == 40  # 40 images, batch 20
-    assert sums.to_dict() == host
+    assert sums.totals() == host
     assert bool(sums.finite)
 
 

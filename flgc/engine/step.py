@@ -162,14 +162,17 @@ class EpochSums:
         self.values += parts
         self.seen += count
 
-    def to_dict(self):
-        return {**dict(zip(self.KEYS, self.values.tolist())), "seen": self.seen}
+    def totals(self):
+        """The sums over every process of a distributed run (every process must call it), as a dict."""
+        totals = distributed.sum_over_processes(torch.cat([self.values, self.values.new_tensor([self.seen])]))
+        *values, seen = totals.tolist()
+        return {**dict(zip(self.KEYS, values)), "seen": int(seen)}
 
     def stats(self):
         """Means over every process of a distributed run."""
-        totals = torch.cat([self.values, self.values.new_tensor([self.seen])])
-        loss, regularizer, correct, seen = distributed.sum_over_processes(totals).tolist()
-        seen = max(seen, 1)
+        totals = self.totals()
+        loss, regularizer, correct = (totals[k] for k in self.KEYS)
+        seen = max(totals["seen"], 1)
         return {"train_loss": loss / seen, "regularizer": regularizer / seen, "train_accuracy": 100.0 * correct / seen}
 
 

@@ -236,19 +236,24 @@ class Run:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            # older checkpoints wrote 0.0 for "nothing evaluated yet"
             self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"] or None
         except (KeyError, ValueError, TypeError) as err:
             raise UsageError(f"checkpoint {self.resume_from} cannot resume this config ({err})") from None
         torch.set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])  # fp16: the loss scale and its growth count go on
         self.start_step = state.get("step", 0)
         self.epochs_changes = [dict(c) for c in state.get("epochs_changes") or []]
         change = epochs_change(state, self.cfg)
         if change is not None:
             self.epochs_changes.append(change)
         if self.start_step:
-            self.epoch_sums = EpochSums(self.device, state["epoch_sums"])
+            # the saved sums are totals over every process of the run: they count once, on the main process
+            self.epoch_sums = EpochSums(self.device, state["epoch_sums"] if self.main else None)
             self.epoch_start_assignments = state["epoch_start_assignments"]
             self.epoch_elapsed = state.get("epoch_elapsed_s", 0.0)
+            self.budget_moves = state.get("budget_moves", 0)  # the starting projection's, for epoch 1's row
 
     def project_to_budget(self, moves=True):
         """With kind=budget: refuse a whole-model target the model cannot meet (UsageError) and, with
@@ -285,9 +290,11 @@ class Run:
                    "epoch": epoch, "best_accuracy": self.best_accuracy, "rng": torch.get_rng_state()}
         if self.epochs_changes:
             payload["epochs_changes"] = [dict(c) for c in self.epochs_changes]
-        if step:
-            payload.update(step=step, epoch_sums=sums.to_dict(), epoch_start_assignments=before,
-                           epoch_elapsed_s=round(time.time() - self.epoch_clock, 2))
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler.state_dict()
+        if step:  # every process calls this: the sums are totalled over the processes
+            payload.update(step=step, epoch_sums=sums.totals(), epoch_start_assignments=before,
+                           epoch_elapsed_s=round(time.time() - self.epoch_clock, 2), budget_moves=self.budget_moves)
         if metrics is not None:
             payload["metrics"] = metrics
         return payload
