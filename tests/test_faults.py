@@ -14,6 +14,7 @@ import torch
 from helpers import ROOT, run_cli, write_tiny_cifar
 
 from flgc.engine import checkpoint, config, training
+from flgc.engine.optim import build_scheduler
 from flgc.engine.step import EpochSums
 from flgc.errors import UsageError
 
@@ -102,7 +103,6 @@ def test_stop_inside_an_epoch_saves_and_resumes_bit_exact(tmp_path, monkeypatch,
 
 
 def test_an_epoch_resumed_inside_logs_the_lr_of_its_first_step():
-    from flgc.engine.optim import build_scheduler
     cfg = config.load("configs/cpu-long/mbv2_flgc8.yaml", config.parse_overrides(["train.epochs=4"]))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
     scheduler = build_scheduler(optimizer, cfg.train, 10)
