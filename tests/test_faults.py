@@ -193,6 +193,18 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, trained):
     assert after == before
 
 
+def test_a_row_lost_between_the_epoch_checkpoint_and_the_log_is_restored_on_resume(tmp_path, capsys, trained):
+    run = trained(2)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(rows[0] + "\n")  # as if killed after epoch 2's checkpoint, before its row
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
+    out = capsys.readouterr().out
+    assert "lacked the row of epoch 2" in out and "is complete" in out
+    assert [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()] == [json.loads(r) for r in rows]
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")  # restored once, never twice
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and "lacked" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("override", ["data.train_subset=40", "flgc.gradient=reference_masked", "flgc.regularizer.weight=0.5",
                                       "train.lr=0.2", "train.schedule=cosine",
                                       "train.label_smoothing=0.1", "seed=1"])

@@ -31,6 +31,22 @@ def read_metrics(run_dir):
     return rows
 
 
+def restore_lost_row(out_dir, state):
+    """Append the row of the epoch that the checkpoint `state` ends with, when a kill between that
+    checkpoint and its metrics.jsonl row lost it (the log ends one epoch short). Returns the epoch
+    restored, or None. Checkpoints written before rows were kept whole hold only their numbers and
+    restore nothing."""
+    row, path = state.get("metrics"), os.path.join(out_dir, METRICS)
+    if state.get("step") or not row or "reassign_per_layer" not in row or not os.path.isfile(path):
+        return None
+    epochs = [r.get("epoch") for r in read_metrics(out_dir)]
+    if row.get("epoch") != state["epoch"] or (epochs[-1] if epochs else 0) != state["epoch"] - 1:
+        return None
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row["epoch"]
+
+
 def training_time(epoch_seconds):
     """(minutes, median epoch seconds) of a run's `epoch_time_s` values: the sum counts every pause and
     shared core, the median is what an epoch takes alone while most epochs ran alone; (None, None)
@@ -41,7 +57,7 @@ def training_time(epoch_seconds):
 
 
 def scalars(row):
-    """The entries of a metrics row that are numbers (or None): what TensorBoard and checkpoints keep."""
+    """The entries of a metrics row that are numbers (or None): what TensorBoard keeps."""
     return {k: v for k, v in row.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 

@@ -28,7 +28,7 @@ from . import config as config_lib
 from .data import make_batches
 from .evaluation import evaluate
 from .optim import build_optimizer, build_scheduler
-from .runlog import RunLog, scalars
+from .runlog import RunLog, restore_lost_row
 from .step import (
     EpochSums,
     GuardedObjective,
@@ -411,11 +411,20 @@ def train_and_checkpoint_epoch(run, epoch, log):
     moves, run.budget_moves = run.budget_moves + run.project_to_budget(), 0  # before counting and saving
     improved, row = epoch_row(run, epoch, sums, before)
     row["budget_moves"] = moves
-    run.save(run.payload(epoch, metrics=scalars(row)), best=improved)
+    run.save(run.payload(epoch, metrics=row), best=improved)  # the whole row: a resume restores a lost one
     if log is not None:
         log.write(row, run.model)
     distributed.barrier()
     return row
+
+
+def _restore_lost_row(cfg, state):
+    if distributed.world()[0] != 0:
+        return
+    restored = restore_lost_row(cfg.out_dir, state)
+    if restored is not None:
+        print(f"metrics.jsonl lacked the row of epoch {restored} (stopped between its checkpoint and its row): "
+              f"written from the checkpoint", flush=True)
 
 
 def fit(cfg, resume=None):
@@ -430,6 +439,7 @@ def fit(cfg, resume=None):
     if state is not None:  # refuse another architecture or recipe before anything else
         checkpoint.load_weights(build_model(cfg), state["model"], resume_from)
         check_resumable(checkpoint.config_of(state), cfg, resume_from)
+        _restore_lost_row(cfg, state)
         if state["epoch"] >= cfg.train.epochs and not state.get("step"):
             print(f"{resume_from} is complete: {state['epoch']} of {cfg.train.epochs} epochs trained; nothing to do "
                   f"(train longer with train.epochs=N --resume auto)", flush=True)
