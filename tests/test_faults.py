@@ -142,6 +142,23 @@ def test_a_stop_inside_epoch_1_keeps_the_budget_moves_and_a_resume_the_fp16_loss
     assert run.payload(0, 2, run.epoch_sums, saved["epoch_start_assignments"])["scaler"]["scale"] == 1024.0
 
 
+def test_an_epoch_resumed_on_other_hardware_lists_both_in_its_row_and_release(tmp_path, monkeypatch):
+    from flgc.engine import provenance
+    from flgc.records import releases
+    sigterm_after(2, monkeypatch)  # epoch 1, after its step 2
+    with pytest.raises(training.Interrupted):
+        training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"))
+    monkeypatch.undo()
+    first = checkpoint.load(str(tmp_path / "run" / "last.pt"))["epoch_provenance"][0]["hardware"]
+    monkeypatch.setattr(provenance, "hardware", lambda device, threads=None: "another machine")
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["hardware"] for r in rows] == ["another machine", "another machine"] and first != "another machine"
+    assert [p["hardware"] for p in rows[0]["epoch_provenance"]] == [first, "another machine"]
+    assert "epoch_provenance" not in rows[1]  # an epoch one process trained whole
+    assert releases.provenance_of(str(tmp_path / "run"), 2).hardware == f"{first}; another machine"
+
+
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):
     sigterm_after(3, monkeypatch)
     # the command line the run was started with: the hint repeats it with --resume auto

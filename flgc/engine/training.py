@@ -222,6 +222,7 @@ class Run:
             warn_emulated_bf16(cfg.train.amp, self.device)
         self.start_epoch, self.start_step, self.best_accuracy = 1, 0, None  # None: nothing evaluated yet
         self.epoch_sums, self.epoch_start_assignments = None, None
+        self.earlier_provenance = []  # of the processes that trained the first steps of a resumed epoch
         self.epoch_elapsed, self.epoch_clock = 0.0, time.time()
         self.epochs_changes = []  # the train.epochs changes of this run's resumes (module docstring)
         if state is not None:
@@ -254,6 +255,7 @@ class Run:
             self.epoch_start_assignments = state["epoch_start_assignments"]
             self.epoch_elapsed = state.get("epoch_elapsed_s", 0.0)
             self.budget_moves = state.get("budget_moves", 0)  # the starting projection's, for epoch 1's row
+            self.earlier_provenance = [dict(p) for p in state.get("epoch_provenance") or []]
 
     def project_to_budget(self, moves=True):
         """With kind=budget: refuse a whole-model target the model cannot meet (UsageError) and, with
@@ -294,10 +296,19 @@ class Run:
             payload["scaler"] = self.scaler.state_dict()
         if step:  # every process calls this: the sums are totalled over the processes
             payload.update(step=step, epoch_sums=sums.totals(), epoch_start_assignments=before,
-                           epoch_elapsed_s=round(time.time() - self.epoch_clock, 2), budget_moves=self.budget_moves)
+                           epoch_elapsed_s=round(time.time() - self.epoch_clock, 2), budget_moves=self.budget_moves,
+                           epoch_provenance=self.epoch_provenance())
         if metrics is not None:
             payload["metrics"] = metrics
         return payload
+
+    def epoch_provenance(self):
+        """Hardware and commit of every process that trained steps of the current epoch, in order."""
+        distinct = []
+        for entry in self.earlier_provenance + [self.provenance]:
+            if entry not in distinct:
+                distinct.append(entry)
+        return distinct
 
     def save(self, payload, best=False):
         """last.pt (and best.pt), and config.yaml beside them: it always describes the checkpoint."""
@@ -385,6 +396,7 @@ def epoch_row(run, epoch, sums, before):
         "eval_split": "validation" if cfg.data.validation_images else "test",
         "epoch_time_s": round(time.time() - run.epoch_clock, 2), "amp": resolve_amp(cfg.train.amp, run.device),
         "compile": run.compile, **run.provenance,
+        **({"epoch_provenance": run.epoch_provenance()} if len(run.epoch_provenance()) > 1 else {}),
         **({"epochs_changes": [dict(c) for c in run.epochs_changes]} if run.epochs_changes else {})}
 
 
@@ -404,6 +416,8 @@ def train_and_checkpoint_epoch(run, epoch, log):
     run.epoch_clock = time.time() - (run.epoch_elapsed if resumed_inside else 0.0)
     before = run.epoch_start_assignments if resumed_inside else assignments(run.model)
     run.epoch_lr = epoch_start_lr(run, resumed_inside)
+    if not resumed_inside:
+        run.earlier_provenance = []
     run.model.train()
     sums = train_epoch(run, epoch, before)
     if sums is None:

@@ -143,7 +143,8 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
     """Provenance of a finished run from its metrics.jsonl: minutes of training and the median epoch's
     seconds (runlog.training_time), hardware, commit and the last epoch's row.
     `hardware` and `commit` stand in for epochs whose rows lack them (logs written before runs recorded
-    them). A run resumed on other hardware or with other code lists each, in the order they trained."""
+    them). A run resumed on other hardware or with other code lists each, in the order they trained, also
+    one resumed inside an epoch."""
     rows = {r["epoch"]: r for r in runlog.read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
     missing = [e for e in range(1, epochs + 1) if e not in rows or rows[e].get("epoch_time_s") is None]
     if missing:
@@ -152,11 +153,13 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
     found = {"hardware": [], "commit": []}
     for key, given, flag in (("hardware", hardware, "--hardware TEXT"), ("commit", commit, "--commit SHA")):
         for epoch in range(1, epochs + 1):
-            value = rows[epoch].get(key) or given
-            if not value:
-                raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
-            if value not in found[key]:
-                found[key].append(value)
+            # an epoch resumed inside lists every process that trained some of its steps
+            entries = rows[epoch].get("epoch_provenance") or [rows[epoch]]
+            for value in (entry.get(key) or given for entry in entries):
+                if not value:
+                    raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
+                if value not in found[key]:
+                    found[key].append(value)
     return Provenance(minutes, median_epoch_s, "; ".join(found["hardware"]), ", ".join(found["commit"]), rows[epochs])
 
 
