@@ -2,7 +2,7 @@
 # Train the four fast configs (configs/fast/mbv2_{baseline,sgc8,flgc8,flgc8both}.yaml) on one GPU, one
 # after the other, with scripts/train_rows.sh (resumable: run the same command again after an
 # interruption and each row continues where it stopped), then slim each checkpoint to weights + config
-# and write OUT/results.json (accuracy, MMac, params, minutes per row) with scripts/reproduce_results.py.
+# and write OUT/results.json (accuracy, MMac, params, minutes per row) with scripts/reproduce_gpu_results.py.
 #
 #   bash scripts/reproduce_gpu.sh [--rehearse] [--out DIR]
 #
@@ -31,7 +31,7 @@ rows=(baseline sgc8 flgc8 flgc8both)
 if [ "$rehearse" = 1 ]; then
     out="${out:-runs/reproduce_rehearsal}"
     data="${FLGC_CIFAR10_ROOT:-$out/data}"
-    if [ -z "${FLGC_CIFAR10_ROOT:-}" ]; then python scripts/reproduce_results.py --random-data "$data"; fi
+    if [ -z "${FLGC_CIFAR10_ROOT:-}" ]; then python scripts/reproduce_gpu_results.py --random-data "$data"; fi
     extra=(device=cpu threads=2 train.compile=none "data.root=$data" data.verify_checksums=false data.train_subset=256
            data.test_subset=128 train.epochs=2 train.warmup_epochs=1 train.batch_size=64
            train.eval_batch_size=128 train.eval_interval=1 train.progress=false)
@@ -46,4 +46,4 @@ fi
 mkdir -p "$out"
 # the CPU runtime settings (preloaded allocator and OpenMP runtime) are not for GPU rows: RUNTIME=default
 RUNS="$out" RUNTIME=default bash scripts/train_rows.sh fast "${rows[@]}" -- "${extra[@]}"
-python scripts/reproduce_results.py "$out" "${rows[@]/#/$out/fast/mbv2_}"
+python scripts/reproduce_gpu_results.py "$out" "${rows[@]/#/$out/fast/mbv2_}"

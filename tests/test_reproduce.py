@@ -19,7 +19,7 @@ def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
          f"out_dir={tmp_path / 'mbv2_flgc8'}"]))
     last = training.fit(cfg)
     run_dir = str(tmp_path / "mbv2_flgc8")
-    result = call("scripts/reproduce_results.py", str(tmp_path), run_dir)
+    result = call("scripts/reproduce_gpu_results.py", str(tmp_path), run_dir)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["mbv2_flgc8"] and rows[0]["epochs"] == 1
@@ -37,8 +37,8 @@ def test_results_refuse_an_unfinished_run_and_an_oversized_checkpoint(tmp_path, 
     run_dir.mkdir()
     checkpoint.save(str(run_dir / "last.pt"), {"config": config.to_dict(config.from_dict({"train": {"epochs": 2}})),
                                                "model": {}, "epoch": 1})
-    assert_usage_error(call("scripts/reproduce_results.py", str(tmp_path), str(run_dir)), "is not finished (1 of 2 epochs")
-    assert_usage_error(call("scripts/reproduce_results.py", str(tmp_path)), "give the run directories")
+    assert_usage_error(call("scripts/reproduce_gpu_results.py", str(tmp_path), str(run_dir)), "is not finished (1 of 2 epochs")
+    assert_usage_error(call("scripts/reproduce_gpu_results.py", str(tmp_path)), "give the run directories")
     monkeypatch.setattr(checkpoint, "SLIM_LIMIT_BYTES", 1000)
     with pytest.raises(UsageError, match="over the 0 MB limit"):
         checkpoint.save_slim(str(tmp_path / "big.pt"), {"config": {}, "model": {"w": torch.zeros(1000)}})

@@ -1,12 +1,12 @@
 """The results of scripts/reproduce_gpu.sh: slim each run's checkpoint and write one results JSON.
 
-python scripts/reproduce_results.py OUT RUN_DIR [RUN_DIR ...]
+python scripts/reproduce_gpu_results.py OUT RUN_DIR [RUN_DIR ...]
 For every finished RUN_DIR (a train.py out_dir, e.g. OUT/fast/mbv2_flgc8), OUT/NAME.pt (NAME: the run
 directory's name) holds its last.pt slimmed to weights and config (flgc.engine.checkpoint.save_slim);
 OUT/results.json gets one row per run: top-1 accuracy of the final model (%, the last epoch's
 evaluation), the best evaluated accuracy, MMac and parameters of its learned structure, epochs, and the
 minutes and hardware of its epochs (from its metrics.jsonl: a resumed run counts every part).
-python scripts/reproduce_results.py --random-data DIR   writes random images in the CIFAR-10 layout
+python scripts/reproduce_gpu_results.py --random-data DIR   writes random images in the CIFAR-10 layout
 """
 import json
 import os
@@ -33,7 +33,7 @@ def row(out, run_dir):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="reproduce_results.py", description=__doc__)
+    parser = ArgumentParser(prog="reproduce_gpu_results.py", description=__doc__)
     parser.add_argument("out", help="where the slim checkpoints and results.json go (with --random-data: the data root)")
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
     parser.add_argument("--random-data", action="store_true", help="write random CIFAR-10-layout data to OUT")
