@@ -238,3 +238,27 @@ def test_command_line_smoke(flgc_run):
     good = run_cli("count_flops.py", "--checkpoint", str(out / "last.pt"), "--json")
     assert good.returncode == 0 and set(json.loads(good.stdout)) >= {"mflops", "params", "ratio"}
     assert_usage_error(run_cli("eval.py", "--checkpoint", str(out / "nowhere.pt"), "--json"), "does not exist")
+
+
+def fake_run(path, epochs, times, accuracies):
+    """A run directory as train.py leaves it, without training: config.yaml and one row per epoch done."""
+    from flgc.engine import config
+    path.mkdir(parents=True)
+    cfg = config.load("configs/mbv2_flgc8.yaml", config.parse_overrides([f"train.epochs={epochs}"]))
+    (path / "config.yaml").write_text(config.dump(cfg))
+    rows = [{"epoch": e, "epoch_time_s": t, "test_accuracy": a} for e, (t, a) in enumerate(zip(times, accuracies), 1)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_run_status_reports_each_run_of_a_folder_with_the_time_left(call, tmp_path):
+    fake_run(tmp_path / "recipe" / "mbv2_sgc8", 4, [100.0, 300.0, 200.0], [None, 50.0, None])
+    fake_run(tmp_path / "recipe" / "mbv2_baseline", 2, [60.0, 60.0], [40.0, 45.5])
+    (tmp_path / "recipe" / "empty").mkdir()
+    result = call("scripts/run_status.py", str(tmp_path / "recipe"))
+    assert result.returncode == 0, result.stderr
+    baseline, sgc8 = result.stdout.strip().splitlines()
+    assert "mbv2_baseline: complete, test 45.50% (epoch 2), median epoch 60 s" in baseline and "left" not in baseline
+    assert "mbv2_sgc8: 3/4 epochs, test 50.00% (epoch 2), median epoch 200 s, 0.2 h trained" in sgc8
+    figures = json.loads(call("scripts/run_status.py", str(tmp_path / "recipe" / "mbv2_sgc8"), "--json").stdout)
+    assert figures[0]["hours_left"] == 200.0 / 3600 and figures[0]["minutes"] == 10.0
+    assert_usage_error(call("scripts/run_status.py", str(tmp_path / "recipe" / "empty")), "nor holds one")

@@ -7,6 +7,7 @@ import statistics
 from ..errors import UsageError
 from ..extras import require
 from ..method.layer import flgc_layers
+from . import config as config_lib
 
 METRICS = "metrics.jsonl"
 
@@ -54,6 +55,29 @@ def training_time(epoch_seconds):
     if not epoch_seconds:
         return None, None
     return sum(epoch_seconds) / 60, statistics.median(epoch_seconds)
+
+
+def is_run_dir(path):
+    """Whether `path` holds a training run: its config.yaml beside its metrics.jsonl or last.pt."""
+    return os.path.isfile(os.path.join(path, "config.yaml")) and (
+        os.path.isfile(os.path.join(path, METRICS)) or os.path.isfile(os.path.join(path, "last.pt")))
+
+
+def progress(run_dir):
+    """Where the run in RUN_DIR stands, from its config.yaml and metrics.jsonl (nothing is loaded into a
+    model): epochs done of the run's train.epochs, the last evaluated accuracy and its epoch, minutes and
+    median epoch seconds so far, and the hours the remaining epochs take at that median."""
+    epochs = config_lib.load(os.path.join(run_dir, "config.yaml")).train.epochs
+    rows = read_metrics(run_dir) if os.path.isfile(os.path.join(run_dir, METRICS)) else []
+    done = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs]
+    evaluated = [r for r in done if r.get("test_accuracy") is not None]
+    minutes, median = training_time([r["epoch_time_s"] for r in done if r.get("epoch_time_s") is not None])
+    last = done[-1]["epoch"] if done else 0
+    return {"run_dir": run_dir, "epochs_done": last, "epochs": epochs, "complete": last >= epochs,
+            "accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
+            "accuracy_epoch": evaluated[-1]["epoch"] if evaluated else None,
+            "minutes": minutes, "median_epoch_s": median,
+            "hours_left": None if median is None else (epochs - last) * median / 3600}
 
 
 def scalars(row):
