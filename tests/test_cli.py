@@ -254,9 +254,13 @@ def test_run_status_reports_each_run_of_a_folder_with_the_time_left(call, tmp_pa
     fake_run(tmp_path / "recipe" / "mbv2_sgc8", 4, [100.0, 300.0, 200.0], [None, 50.0, None])
     fake_run(tmp_path / "recipe" / "mbv2_baseline", 2, [60.0, 60.0], [40.0, 45.5])
     (tmp_path / "recipe" / "empty").mkdir()
+    fake_run(tmp_path / "recipe" / "mbv2_torn", 2, [60.0], [None])
+    with open(tmp_path / "recipe" / "mbv2_torn" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "epo')  # a row half written
     result = call("scripts/run_status.py", str(tmp_path / "recipe"))
     assert result.returncode == 0, result.stderr
-    baseline, sgc8 = result.stdout.strip().splitlines()
+    baseline, sgc8, torn = result.stdout.strip().splitlines()
+    assert "mbv2_torn: cannot be read (" in torn and "line 2 is not JSON" in torn
     assert "mbv2_baseline: complete, test 45.50% (epoch 2), median epoch 60 s" in baseline and "left" not in baseline
     assert "mbv2_sgc8: 3/4 epochs, test 50.00% (epoch 2), median epoch 200 s, 0.2 h trained" in sgc8
     figures = json.loads(call("scripts/run_status.py", str(tmp_path / "recipe" / "mbv2_sgc8"), "--json").stdout)

@@ -222,6 +222,18 @@ def test_a_row_lost_between_the_epoch_checkpoint_and_the_log_is_restored_on_resu
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and "lacked" not in capsys.readouterr().out
 
 
+def test_a_lost_first_row_is_restored_but_never_into_another_runs_log(tmp_path, capsys, trained):
+    run = trained(1)
+    row = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").unlink()  # killed after epoch 1's checkpoint: the log did not exist yet
+    training.fit(tiny_cfg(tmp_path, "run", "train.epochs=1"), resume="auto")
+    assert "lacked the row of epoch 1" in capsys.readouterr().out
+    assert json.loads((run / "metrics.jsonl").read_text()) == json.loads(row)
+    other = tmp_path / "other"  # a new run started from this run's checkpoint keeps its own, empty log
+    training.fit(tiny_cfg(tmp_path, "other", "train.epochs=1"), resume=str(run / "last.pt"))
+    assert "lacked" not in capsys.readouterr().out and not (other / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize("override", ["data.train_subset=40", "flgc.gradient=reference_masked", "flgc.regularizer.weight=0.5",
                                       "train.lr=0.2", "train.schedule=cosine",
                                       "train.label_smoothing=0.1", "seed=1"])

@@ -1,7 +1,9 @@
 """The checkpoint format: one dict, written atomically, read with torch.load(weights_only=True).
 
 Keys: format_version, config (the resolved config as plain data), model (state_dict), and for
-training checkpoints optimizer, scheduler, epoch, best_accuracy, rng (torch CPU generator state);
+training checkpoints optimizer, scheduler, epoch, best_accuracy, rng (torch CPU generator state), at
+an epoch's end its metrics row (`metrics`), inside an epoch `step` and the epoch's partial state
+(flgc.engine.training.Run.payload);
 deployed checkpoints add deploy_spec (plain data describing the inference modules, see flgc.deploy).
 A checkpoint thus rebuilds its own model: `load_model(path)` needs nothing else.
 

@@ -1,7 +1,7 @@
 """Where a result came from: the hardware a run trained on and the commit of the code that trained it.
 
 Both are recorded in every metrics row of a run (metrics.jsonl: `hardware`, `commit`; an epoch that
-several processes trained in turn, resumed inside it, lists each in `epoch_provenance`) and copied into
+several runs trained in turn, resumed inside it, lists each in `epoch_provenance`) and copied into
 the manifest entry of a released checkpoint.
 """
 import os

@@ -33,15 +33,19 @@ def read_metrics(run_dir):
 
 
 def restore_lost_row(out_dir, state):
-    """Append the row of the epoch that the checkpoint `state` ends with, when a kill between that
-    checkpoint and its metrics.jsonl row lost it (the log ends one epoch short). Returns the epoch
-    restored, or None. Checkpoints written before rows were kept whole hold only their numbers and
-    restore nothing."""
+    """Append the row of the epoch that the checkpoint `state` (OUT_DIR/last.pt) ends with, when a kill
+    between that checkpoint and its metrics.jsonl row lost it: the log ends one epoch short, or is
+    missing after epoch 1. Returns the epoch restored, or None. Only metrics.jsonl gets the row
+    (TensorBoard keeps a gap); a damaged log is left for read_metrics to report, and checkpoints
+    written before rows were kept whole hold only their numbers and restore nothing."""
     row, path = state.get("metrics"), os.path.join(out_dir, METRICS)
-    if state.get("step") or not row or "reassign_per_layer" not in row or not os.path.isfile(path):
+    if state.get("step") or not isinstance(row, dict) or "hardware" not in row or row.get("epoch") != state["epoch"]:
         return None
-    epochs = [r.get("epoch") for r in read_metrics(out_dir)]
-    if row.get("epoch") != state["epoch"] or (epochs[-1] if epochs else 0) != state["epoch"] - 1:
+    try:
+        logged = read_metrics(out_dir) if os.path.isfile(path) else []
+    except UsageError:
+        return None
+    if (logged[-1].get("epoch") if logged else 0) != state["epoch"] - 1:
         return None
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -65,8 +69,9 @@ def is_run_dir(path):
 
 def progress(run_dir):
     """Where the run in RUN_DIR stands, from its config.yaml and metrics.jsonl (nothing is loaded into a
-    model): epochs done of the run's train.epochs, the last evaluated accuracy and its epoch, minutes and
-    median epoch seconds so far, and the hours the remaining epochs take at that median."""
+    model): epochs done of the run's train.epochs (as last saved), the last evaluated accuracy and its
+    epoch, minutes and median epoch seconds of those epochs, and the hours the remaining epochs take at
+    that median. A damaged file raises UsageError."""
     epochs = config_lib.load(os.path.join(run_dir, "config.yaml")).train.epochs
     rows = read_metrics(run_dir) if os.path.isfile(os.path.join(run_dir, METRICS)) else []
     done = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs]
@@ -74,6 +79,7 @@ def progress(run_dir):
     minutes, median = training_time([r["epoch_time_s"] for r in done if r.get("epoch_time_s") is not None])
     last = done[-1]["epoch"] if done else 0
     return {"run_dir": run_dir, "epochs_done": last, "epochs": epochs, "complete": last >= epochs,
+            "eval_split": done[-1].get("eval_split", "test") if done else "test",
             "accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
             "accuracy_epoch": evaluated[-1]["epoch"] if evaluated else None,
             "minutes": minutes, "median_epoch_s": median,

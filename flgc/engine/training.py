@@ -222,7 +222,7 @@ class Run:
             warn_emulated_bf16(cfg.train.amp, self.device)
         self.start_epoch, self.start_step, self.best_accuracy = 1, 0, None  # None: nothing evaluated yet
         self.epoch_sums, self.epoch_start_assignments = None, None
-        self.earlier_provenance = []  # of the processes that trained the first steps of a resumed epoch
+        self.earlier_provenance = []  # of the earlier runs (before a resume) that trained steps of this epoch
         self.epoch_elapsed, self.epoch_clock = 0.0, time.time()
         self.epochs_changes = []  # the train.epochs changes of this run's resumes (module docstring)
         if state is not None:
@@ -303,7 +303,8 @@ class Run:
         return payload
 
     def epoch_provenance(self):
-        """Hardware and commit of every process that trained steps of the current epoch, in order."""
+        """Hardware and commit of every run (start and resumes) that trained steps of the current epoch, each
+        once, in the order they first trained it (the main process's: one per run)."""
         distinct = []
         for entry in self.earlier_provenance + [self.provenance]:
             if entry not in distinct:
@@ -432,8 +433,10 @@ def train_and_checkpoint_epoch(run, epoch, log):
     return row
 
 
-def _restore_lost_row(cfg, state):
-    if distributed.world()[0] != 0:
+def _restore_lost_row(cfg, state, resume_from):
+    """A row lost to a kill is written from the run's own last.pt (not from a checkpoint of another run)."""
+    own = os.path.abspath(resume_from) == os.path.abspath(os.path.join(cfg.out_dir, "last.pt"))
+    if not own or distributed.world()[0] != 0:
         return
     restored = restore_lost_row(cfg.out_dir, state)
     if restored is not None:
@@ -453,7 +456,7 @@ def fit(cfg, resume=None):
     if state is not None:  # refuse another architecture or recipe before anything else
         checkpoint.load_weights(build_model(cfg), state["model"], resume_from)
         check_resumable(checkpoint.config_of(state), cfg, resume_from)
-        _restore_lost_row(cfg, state)
+        _restore_lost_row(cfg, state, resume_from)
         if state["epoch"] >= cfg.train.epochs and not state.get("step"):
             print(f"{resume_from} is complete: {state['epoch']} of {cfg.train.epochs} epochs trained; nothing to do "
                   f"(train longer with train.epochs=N --resume auto)", flush=True)
