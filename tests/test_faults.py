@@ -144,7 +144,7 @@ def test_a_stop_inside_epoch_1_keeps_the_budget_moves_and_a_resume_the_fp16_loss
 
 def test_an_epoch_resumed_on_other_hardware_lists_both_in_its_row_and_release(tmp_path, monkeypatch):
     from flgc.engine import provenance
-    from flgc.records import releases
+    from flgc.records import releases, results
     sigterm_after(2, monkeypatch)  # epoch 1, after its step 2
     with pytest.raises(training.Interrupted):
         training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"))
@@ -157,6 +157,7 @@ def test_an_epoch_resumed_on_other_hardware_lists_both_in_its_row_and_release(tm
     assert [p["hardware"] for p in rows[0]["epoch_provenance"]] == [first, "another machine"]
     assert "epoch_provenance" not in rows[1]  # an epoch one process trained whole
     assert releases.provenance_of(str(tmp_path / "run"), 2).hardware == f"{first}; another machine"
+    assert results.local_row(str(tmp_path / "run"), evaluate=False).hardware == f"{first}; another machine"
 
 
 def test_stop_and_resume_messages_count_alike(tmp_path, monkeypatch, capsys):

@@ -86,6 +86,22 @@ def progress(run_dir):
             "hours_left": None if median is None else (epochs - last) * median / 3600}
 
 
+def row_provenance(row, key):
+    """The `key` ("hardware" or "commit") of every run that trained the epoch of metrics row `row`: the
+    row's own, or each of its `epoch_provenance` when runs resumed inside the epoch (None: not recorded)."""
+    return [entry.get(key) for entry in row.get("epoch_provenance") or [row]]
+
+
+def trained_by(rows, key):
+    """The distinct recorded `key` values of the metrics rows `rows`, in the order they first trained."""
+    found = []
+    for row in rows:
+        for value in row_provenance(row, key):
+            if value and value not in found:
+                found.append(value)
+    return found
+
+
 def scalars(row):
     """The entries of a metrics row that are numbers (or None): what TensorBoard keeps."""
     return {k: v for k, v in row.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}

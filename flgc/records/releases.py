@@ -153,9 +153,7 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
     found = {"hardware": [], "commit": []}
     for key, given, flag in (("hardware", hardware, "--hardware TEXT"), ("commit", commit, "--commit SHA")):
         for epoch in range(1, epochs + 1):
-            # an epoch resumed inside lists every process that trained some of its steps
-            entries = rows[epoch].get("epoch_provenance") or [rows[epoch]]
-            for value in (entry.get(key) or given for entry in entries):
+            for value in (v or given for v in runlog.row_provenance(rows[epoch], key)):
                 if not value:
                     raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
                 if value not in found[key]:

@@ -144,7 +144,9 @@ def local_row(path, overrides=(), evaluate=True):
     row.minutes, row.median_epoch_s = runlog.training_time(times)
     logged = next((r for r in reversed(history) if r.get("epoch") == epoch), {})
     metrics = payload.get("metrics") or logged
-    row.hardware = logged.get("hardware") or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})"
+    trained = [r for r in history if isinstance(r.get("epoch"), int) and r["epoch"] <= (epoch or 0)]
+    row.hardware = ("; ".join(runlog.trained_by(trained, "hardware"))
+                    or f"not recorded (device={cfg.device}, threads={cfg.threads or 'default'})")
     if not (evaluate and evaluate_row(row, model, cfg)):
         recorded = metrics.get("test_accuracy")
         images = cfg.data.test_subset or 10000
