@@ -2,7 +2,7 @@
 every architecture of the model registry.
 
     import torch
-    model = torch.hub.load("PATH/TO/flgc", "mbv2_flgc8_cpu", source="local", pretrained=True)
+    model = torch.hub.load("PATH/TO/flgc", "mbv2_flgc8_cpu_long", source="local", pretrained=True)
 
 A released name with pretrained=True loads its file from checkpoints/ after checking its sha256 (and
 downloads it first when the manifest gives a url); pretrained=False builds the same network with

@@ -20,12 +20,13 @@ The public API (shapes are those of torch.nn.Conv2d: input N x C_in x H x W, out
   (default: every 1x1 conv whose channels G divides) into FLGConv2d in place, keeping weights and geometry.
 - ``create_model(name, pretrained=False, **kwargs)``: a registered architecture (``model_names()``;
   ``mobilenetv2_cifar``: input N x 3 x 32 x 32, output N x num_classes logits) or a released checkpoint
-  (``released_names()``, e.g. ``mbv2_flgc8_cpu``; ``pretrained=True`` loads its sha256-checked weights);
+  (``released_names()``, e.g. ``mbv2_flgc8_cpu_long``; ``pretrained=True`` loads its sha256-checked weights);
   ``build_model(cfg)``: the network a flgc.engine.config.Config describes.
 - ``load_model(path, overrides=())``: a checkpoint written by train.py (or scripts/deploy.py) as
   ``Loaded(model, config, payload)``, the model on CPU.
-- ``flgc.deploy.deploy_model(model, batch_size=1)``: the inference form of a trained network, computing only
-  in-group connections (BatchNorm folded; a copy in eval mode).
+- ``flgc.deploy.deploy_model(model, batch_size=1, input_size=(3, 32, 32))``: the inference form of a trained
+  network, computing only in-group connections (BatchNorm folded; a copy in eval mode); each layer's kernel
+  is chosen by timing at that batch size and input shape, so pass the shape the model will serve.
 
 ``import flgc`` loads only the method's layer, regularizer and conversion and the model registry; the run
 engine (flgc.engine: config, data, training, evaluation, checkpoints), the MMac counting (flgc.method.flops),
@@ -54,7 +55,7 @@ __all__ = ["FLGConv2d", "Loaded", "__version__", "balance_penalty", "budget_pena
 
 def create_model(name, pretrained=False, **kwargs):
     """A network by name: a registered architecture (model_names(), e.g. "mobilenetv2_cifar", built
-    with kwargs, fresh weights) or a released checkpoint (released_names(), e.g. "mbv2_flgc8_cpu":
+    with kwargs, fresh weights) or a released checkpoint (released_names(), e.g. "mbv2_flgc8_cpu_long":
     with pretrained=True its released weights after a sha256 check, else its architecture with fresh
     weights). The model is on the CPU in training mode; call .eval() before inference."""
     if name in model_names():

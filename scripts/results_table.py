@@ -1,6 +1,6 @@
 """The paper's CIFAR-10 results table: released checkpoints and local runs next to the published rows.
 
-python scripts/results_table.py [RUN_DIR or CHECKPOINT ...] [--wide] [--json] [--plot FILE.png] [KEY=VALUE ...]
+python scripts/results_table.py [RUN_DIR or CHECKPOINT ...] [--no-eval] [--wide] [--json] [--plot FILE.png] [KEY=VALUE ...]
 Rows: the paper's and the reference implementation's, checkpoints/manifest.json, then each run
 directory (its last.pt, the run as trained; else best.pt, an epoch chosen on the test set, which the
 row's epochs say) or checkpoint given. The accuracy column is single-crop over the recipe's test images
