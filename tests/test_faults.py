@@ -215,10 +215,15 @@ def test_a_row_lost_between_the_epoch_checkpoint_and_the_log_is_restored_on_resu
     run = trained(2)
     rows = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(rows[0] + "\n")  # as if killed after epoch 2's checkpoint, before its row
+    for events in run.glob("events.out.tfevents.*"):  # TensorBoard is written after the row: it lacks epoch 2 too
+        events.unlink()
     training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")
     out = capsys.readouterr().out
     assert "lacked the row of epoch 2" in out and "is complete" in out
     assert [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()] == [json.loads(r) for r in rows]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logged = EventAccumulator(str(run)).Reload().Scalars("train_loss")
+    assert [(s.step, round(s.value, 6)) for s in logged] == [(2, round(json.loads(rows[1])["train_loss"], 6))]
     training.fit(tiny_cfg(tmp_path, "run", "train.epochs=2"), resume="auto")  # restored once, never twice
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and "lacked" not in capsys.readouterr().out
 

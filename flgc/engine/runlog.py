@@ -35,9 +35,9 @@ def read_metrics(run_dir):
 def restore_lost_row(out_dir, state):
     """Append the row of the epoch that the checkpoint `state` (OUT_DIR/last.pt) ends with, when a kill
     between that checkpoint and its metrics.jsonl row lost it: the log ends one epoch short, or is
-    missing after epoch 1. Returns the epoch restored, or None. Only metrics.jsonl gets the row
-    (TensorBoard keeps a gap); a damaged log is left for read_metrics to report, and checkpoints
-    written before rows were kept whole hold only their numbers and restore nothing."""
+    missing after epoch 1. Returns the row restored, or None; RunLog.write_scalars puts it in
+    TensorBoard too. A damaged log is left for read_metrics to report, and checkpoints written before
+    rows were kept whole hold only their numbers and restore nothing."""
     row, path = state.get("metrics"), os.path.join(out_dir, METRICS)
     if state.get("step") or not isinstance(row, dict) or "hardware" not in row or row.get("epoch") != state["epoch"]:
         return None
@@ -49,7 +49,7 @@ def restore_lost_row(out_dir, state):
         return None
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-    return row["epoch"]
+    return row
 
 
 def training_time(epoch_seconds):
@@ -148,20 +148,25 @@ class RunLog:
         epoch = row["epoch"]
         with open(os.path.join(self.out_dir, METRICS), "a") as f:
             f.write(json.dumps(row) + "\n")
-        writer = self._tensorboard()
+        self.write_scalars(row)
+        due = self.plot_interval and (epoch % self.plot_interval == 0 or epoch == self.epochs)
+        if due and flgc_layers(model):
+            from .plots import group_figure
+            self._tensorboard().add_figure("groups", group_figure(model), epoch)
+        self._tensorboard().flush()
+        print(summary_line(row, self.epochs), flush=True)
+
+    def write_scalars(self, row):
+        """Log the numbers of `row` (one epoch) to TensorBoard at its epoch."""
+        writer, epoch = self._tensorboard(), row["epoch"]
         for key, value in scalars(row).items():
             if key != "epoch" and value is not None:
                 writer.add_scalar(key, value, epoch)
         if self.log_per_layer:
-            for name, (moved_inputs, moved_filters) in row["reassign_per_layer"].items():
+            for name, (moved_inputs, moved_filters) in row.get("reassign_per_layer", {}).items():
                 writer.add_scalar(f"reassign_per_layer/{name}/inputs", moved_inputs, epoch)
                 writer.add_scalar(f"reassign_per_layer/{name}/filters", moved_filters, epoch)
-        due = self.plot_interval and (epoch % self.plot_interval == 0 or epoch == self.epochs)
-        if due and flgc_layers(model):
-            from .plots import group_figure
-            writer.add_figure("groups", group_figure(model), epoch)
         writer.flush()
-        print(summary_line(row, self.epochs), flush=True)
 
     def close(self):
         if self.writer is not None:

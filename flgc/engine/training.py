@@ -440,8 +440,11 @@ def _restore_lost_row(cfg, state, resume_from):
         return
     restored = restore_lost_row(cfg.out_dir, state)
     if restored is not None:
-        print(f"metrics.jsonl lacked the row of epoch {restored} (stopped between its checkpoint and its row): "
-              f"written from the checkpoint", flush=True)
+        log = RunLog(cfg.out_dir, cfg.train.epochs, cfg.flgc.log_per_layer)
+        log.write_scalars(restored)
+        log.close()
+        print(f"metrics.jsonl lacked the row of epoch {restored['epoch']} (stopped between its checkpoint and its "
+              f"row): written from the checkpoint, to TensorBoard too", flush=True)
 
 
 def fit(cfg, resume=None):
