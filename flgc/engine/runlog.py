@@ -157,16 +157,16 @@ class RunLog:
         print(summary_line(row, self.epochs), flush=True)
 
     def write_scalars(self, row):
-        """Log the numbers of `row` (one epoch) to TensorBoard at its epoch."""
+        """Log the numbers of `row` (one epoch) to TensorBoard at its epoch (written out by write's
+        flush or by close)."""
         writer, epoch = self._tensorboard(), row["epoch"]
         for key, value in scalars(row).items():
             if key != "epoch" and value is not None:
                 writer.add_scalar(key, value, epoch)
         if self.log_per_layer:
-            for name, (moved_inputs, moved_filters) in row.get("reassign_per_layer", {}).items():
+            for name, (moved_inputs, moved_filters) in row["reassign_per_layer"].items():
                 writer.add_scalar(f"reassign_per_layer/{name}/inputs", moved_inputs, epoch)
                 writer.add_scalar(f"reassign_per_layer/{name}/filters", moved_filters, epoch)
-        writer.flush()
 
     def close(self):
         if self.writer is not None:
