@@ -157,9 +157,29 @@ def test_committed_tables_are_the_output_for_the_committed_manifest(page, marker
     assert code == 0, err
     with open(os.path.join(ROOT, page)) as f:
         text = f.read()
-    start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
-    committed = text[text.index(start) + len(start):text.index(end)]
-    assert committed == out.rstrip("\n"), f"regenerate: python scripts/results_table.py --no-eval {' '.join(flags)}"
+    assert results.splice(text, marker, out.rstrip("\n")) == text, "regenerate: python scripts/results_table.py --write-pages"
+
+
+def test_write_pages_puts_both_tables_between_the_markers_and_nothing_else(tmp_path, monkeypatch, capsys):
+    pages = {page: open(os.path.join(ROOT, page)).read() for page, _, _ in results.PAGES}
+    markers = {page: marker for page, marker, _ in results.PAGES}
+    (tmp_path / "docs").mkdir()
+    for page, text in pages.items():
+        stale = results.splice(text, markers[page], "| an old table |")
+        assert stale != text
+        (tmp_path / page).write_text(stale)
+    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
+    assert code == 0 and "rewrote" in err, err
+    assert {page: (tmp_path / page).read_text() for page in pages} == pages
+    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
+    assert code == 0 and "current" in err
+    (tmp_path / "README.md").write_text("| an old table |\n")  # no markers: refused, and docs/results.md left alone
+    (tmp_path / "docs" / "results.md").write_text("<!-- results-table-wide:start -->\nold\n<!-- results-table-wide:end -->\n")
+    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "results-table:start" in err
+    assert "old" in (tmp_path / "docs" / "results.md").read_text()
+    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--wide")
+    assert code == 2 and "manifest's rows only" in err
 
 
 def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest_when_not(runs, tmp_path, capsys):

@@ -19,6 +19,7 @@ from ..engine.data import files_present
 from ..engine.evaluation import test_metrics
 from ..engine.plots import pyplot
 from ..errors import UsageError
+from ..fileio import atomic_path
 from ..method import flops
 from ..method.layer import FLGConv2d
 from ..models import build_model
@@ -283,6 +284,41 @@ def headline(rows, baseline):
                  _number(row.accuracy_first_1000, 2, False) or "-", brief_recipe(row), source)
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
+
+
+# The pages that carry the table, each between `<!-- MARKER:start -->` and `<!-- MARKER:end -->` lines:
+# (path in the repository, marker, wide table?).
+PAGES = (("README.md", "results-table", False), (os.path.join("docs", "results.md"), "results-table-wide", True))
+
+
+def splice(text, marker, table):
+    """`text` with what stands between its MARKER:start and MARKER:end comment lines replaced by `table`."""
+    start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise UsageError(f"expected one '<!-- {marker}:start -->' line, then one '<!-- {marker}:end -->' line")
+    head, rest = text.split(start)
+    return head + start + table + end + rest.split(end)[1]
+
+
+def write_pages(rows, baseline, root):
+    """Put the tables of `rows` into the PAGES under `root`; returns the paths whose text changed.
+
+    Every page is checked before any is written: a page without its markers leaves all of them as they were.
+    """
+    edits = []
+    for page, marker, wide in PAGES:
+        path = os.path.join(root, page)
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such file; --write-pages rewrites {', '.join(p for p, _, _ in PAGES)}")
+        with open(path) as f:
+            text = f.read()
+        new = splice(text, marker, (markdown if wide else headline)(rows, baseline))
+        if new != text:
+            edits.append((path, new))
+    for path, new in edits:
+        with atomic_path(path) as temp, open(temp, "w") as f:
+            f.write(new)
+    return [path for path, _ in edits]
 
 
 def to_json(rows, baseline):
