@@ -1,7 +1,7 @@
 """Inference speed of dense, standard-group and FLGC networks: training form, deployed, and the bound.
 
 python benchmarks/bench_inference.py [--model mobilenetv2_cifar|resnet50] [--size N] [--threads 2]
-    [--batch-sizes 1,128] [--device cpu|cuda] [--checkpoint CKPT] [--json]
+    [--batch-sizes 1,128] [--device cpu|cuda] [--checkpoint CKPT|NAME] [--json]
 
 All variants are built in one process with fixed seeds, BN folded, and timed in interleaved rounds;
 the table shows medians (CPU: wall time; CUDA: CUDA events after warm-up).
@@ -32,6 +32,7 @@ from flgc.extras import require
 from flgc.method import flops
 from flgc.method.convert import pointwise_convs
 from flgc.models import MobileNetV2
+from flgc.records import pretrained
 
 GROUPS = 8
 DEFAULT_BATCHES = {"mobilenetv2_cifar": "1,128", "resnet50": "1,32"}
@@ -59,7 +60,7 @@ def mobilenet_models(checkpoint_path):
               "flgc8both": MobileNetV2(pointwise="flgc", where="both", init="random")}
     models = {name: calibrate_bn(m, 32, i) for i, (name, m) in enumerate(models.items())}
     if checkpoint_path:
-        model, cfg, _ = checkpoint.load_model(checkpoint_path)
+        model, cfg, _ = checkpoint.load_model(pretrained.file_or_release(checkpoint_path))
         model.eval()
         if yardsticks.count_flgc(model) == 0:
             raise UsageError(f"{checkpoint_path} has no FLGC layers; pass an FLGC checkpoint")

@@ -1,7 +1,8 @@
 """Deploy a checkpoint: its inference form, with BN folded and the learned groups computed as real groups.
 
-python scripts/deploy.py --checkpoint CKPT --out FILE [--batch-size 1] [--strategy auto|blocks|conv|matmul|native|dense]
-The result loads and evaluates with eval.py; its outputs are checked against the training model's.
+python scripts/deploy.py --checkpoint CKPT|NAME --out FILE [--batch-size 1] [--strategy auto|blocks|conv|matmul|native|dense]
+NAME is a released checkpoint (checkpoints/manifest.json). The result loads and evaluates with eval.py;
+its outputs are checked against the training model's.
 """
 import os
 
@@ -13,13 +14,14 @@ from flgc.engine import checkpoint
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
 from flgc.method import flops
+from flgc.records import pretrained
 
 TOLERANCE = 1e-4
 
 
 def main():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file or a released checkpoint's name")
     parser.add_argument("--out", required=True)
     parser.add_argument("--batch-size", type=int, default=1, help="batch size the per-layer kernels are timed for")
     parser.add_argument("--strategy", default="auto", choices=deploy.STRATEGIES)
@@ -31,7 +33,7 @@ def main():
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.strategy == "native":
         native.require("--strategy native")
-    model, _, payload = checkpoint.load_model(args.checkpoint)
+    model, _, payload = checkpoint.load_model(pretrained.file_or_release(args.checkpoint))
     if payload.get("deploy_spec") is not None:
         raise UsageError(f"{args.checkpoint} is already deployed")
     model = model.eval()

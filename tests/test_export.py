@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import randomise
+from helpers import assert_usage_error, randomise
 
 from flgc.engine import checkpoint, config
 from flgc.models import build_model
@@ -63,3 +63,16 @@ def test_torchscript_parity(trained, tmp_path, call):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (loaded(x) - model.eval()(x)).abs().max() <= 1e-4
+
+
+def test_deploy_export_and_plot_take_a_released_name(tmp_path, call):
+    out = tmp_path / "deployed.pt"
+    result = call("scripts/deploy.py", "--checkpoint", "mbv2_sgc8_cpu", "--out", out, "--strategy", "conv")
+    assert result.returncode == 0 and "deployed mbv2_sgc8_cpu" in result.stdout, result.stderr
+    assert checkpoint.load_model(str(out))[2]["source"].startswith("mbv2_sgc8_cpu")
+    for script, args in (("scripts/deploy.py", ("--out", tmp_path / "d.pt")),
+                         ("scripts/export.py", ("--format", "onnx", "--out", tmp_path / "m.onnx")),
+                         ("scripts/plot_groups.py", ("--out", tmp_path / "g.png"))):
+        name = ("mbv2_flgc99",) if script.endswith("plot_groups.py") else ("--checkpoint", "mbv2_flgc99")
+        assert_usage_error(call(script, *name, *args), "mbv2_flgc99", "no released checkpoint of that name")
+    assert list(tmp_path.iterdir()) == [out]
