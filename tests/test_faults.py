@@ -22,9 +22,9 @@ from flgc.errors import UsageError
 def tiny_cfg(tmp_path, out, *overrides):
     root = tmp_path / "data"
     if not root.exists():
-        write_tiny_cifar(str(root), per_batch=16, test=16)
+        write_tiny_cifar(str(root), per_batch=8, test=8)
     return config.load("configs/mbv2_flgc8.yaml", config.parse_overrides(
-        [f"data.root={root}", "data.verify_checksums=false", "train.batch_size=16", "train.eval_batch_size=16",
+        [f"data.root={root}", "data.verify_checksums=false", "train.batch_size=8", "train.eval_batch_size=8",
          "train.progress=false", f"out_dir={tmp_path / out}", "train.milestones=[1]", *overrides]))
 
 

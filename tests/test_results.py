@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT, write_tiny_cifar
 
 from flgc.engine import checkpoint, config, training
+from flgc.errors import UsageError
 from flgc.method import flops
 from flgc.records import results
 
@@ -162,22 +163,20 @@ def test_committed_tables_are_the_output_for_the_committed_manifest(page, marker
 
 def test_write_pages_puts_both_tables_between_the_markers_and_nothing_else(tmp_path, monkeypatch, capsys):
     pages = {page: open(os.path.join(ROOT, page)).read() for page, _, _ in results.PAGES}
-    markers = {page: marker for page, marker, _ in results.PAGES}
+    stale = {page: results.splice(pages[page], marker, "| an old table |") for page, marker, _ in results.PAGES}
     (tmp_path / "docs").mkdir()
-    for page, text in pages.items():
-        stale = results.splice(text, markers[page], "| an old table |")
-        assert stale != text
-        (tmp_path / page).write_text(stale)
+    for page, text in stale.items():
+        assert text != pages[page]
+        (tmp_path / page).write_text(text)
     code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
     assert code == 0 and "rewrote" in err, err
     assert {page: (tmp_path / page).read_text() for page in pages} == pages
-    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
-    assert code == 0 and "current" in err
-    (tmp_path / "README.md").write_text("| an old table |\n")  # no markers: refused, and docs/results.md left alone
-    (tmp_path / "docs" / "results.md").write_text("<!-- results-table-wide:start -->\nold\n<!-- results-table-wide:end -->\n")
-    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
-    assert code == 2 and err.count("\n") == 1 and "results-table:start" in err
-    assert "old" in (tmp_path / "docs" / "results.md").read_text()
+    for page, text in stale.items():
+        (tmp_path / page).write_text(text)
+    (tmp_path / "docs" / "results.md").write_text("no markers\n")  # the second page fails: the first stays too
+    with pytest.raises(UsageError, match="results-table-wide:start"):
+        results.write_pages([], 94.99, str(tmp_path))
+    assert (tmp_path / "README.md").read_text() == stale["README.md"]
     code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--wide")
     assert code == 2 and "manifest's rows only" in err
 
