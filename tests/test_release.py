@@ -3,6 +3,7 @@ the accuracy eval.py reproduces, the figures a release measures and --remeasure 
 every file as it was."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -45,6 +46,31 @@ def train(config_path, root, out_dir, *overrides):
     return out_dir
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """trained_once(seed): the recipe trained once for the module on the tiny images of that seed."""
+    base, runs = tmp_path_factory.mktemp("release-runs"), {}
+    config_path = base / "recipe.yaml"
+    config_path.write_text(yaml.safe_dump(RECIPE))
+
+    def run(seed):
+        if seed not in runs:
+            root = write_tiny_cifar(str(base / f"data{seed}"), per_batch=8, test=20, seed=seed)
+            runs[seed] = train(str(config_path), root, str(base / f"run{seed}"))
+        return runs[seed]
+    return run
+
+
+@pytest.fixture
+def trained_run(tmp_path, trained_once):
+    """trained_run(out, seed=0): tmp_path/out, a copy of the recipe's run on `setting`'s images (seed 0) or on
+    other ones (seed 1); each test releases its own copy."""
+    def copy(out, seed=0):
+        shutil.copytree(trained_once(seed), tmp_path / out)
+        return str(tmp_path / out)
+    return copy
+
+
 def do_release(setting, run_dir, name="tiny", **kwargs):
     config_path, _, directory = setting
     return releases.release(run_dir, name, config_path, directory, os.path.join(directory, "manifest.json"),
@@ -55,9 +81,9 @@ def snapshot(directory):
     return {name: sha256_file(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
 
 
-def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(setting, tmp_path):
-    config_path, root, directory = setting
-    run_dir = train(config_path, root, str(tmp_path / "run"))
+def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(setting, trained_run):
+    _, root, directory = setting
+    run_dir = trained_run("run")
     entry = do_release(setting, run_dir, note="nothing else ran")
     assert entry["file"] == f"tiny-{entry['sha256'][:8]}.pt"  # the hash in the name: a new file never replaces one
     path = os.path.join(directory, entry["file"])
@@ -85,11 +111,9 @@ def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(s
     assert sorted(os.listdir(directory)) == sorted(["manifest.json", entry["file"]])
 
 
-def test_another_file_under_a_released_name_is_refused_unless_forced(setting, tmp_path):
-    config_path, root, directory = setting
-    first = train(config_path, root, str(tmp_path / "a"))
-    other_data = write_tiny_cifar(str(tmp_path / "other"), per_batch=8, test=20, seed=1)
-    second = train(config_path, other_data, str(tmp_path / "b"))  # the same recipe on other images
+def test_another_file_under_a_released_name_is_refused_unless_forced(setting, trained_run):
+    _, _, directory = setting
+    first, second = trained_run("a"), trained_run("b", seed=1)  # the same recipe on other images
     do_release(setting, first)
     before = snapshot(directory)
     with pytest.raises(UsageError, match="already releases tiny"):
@@ -101,9 +125,9 @@ def test_another_file_under_a_released_name_is_refused_unless_forced(setting, tm
     assert sorted(os.listdir(directory)) == sorted(["manifest.json", entry["file"]])  # the replaced file went
 
 
-def test_unfinished_runs_and_other_recipes_are_refused_with_nothing_written(setting, tmp_path):
-    config_path, root, directory = setting
-    run_dir = train(config_path, root, str(tmp_path / "run"))
+def test_unfinished_runs_and_other_recipes_are_refused_with_nothing_written(setting, tmp_path, trained_run):
+    _, _, directory = setting
+    run_dir = trained_run("run")
     payload = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
     payload["config"]["train"]["epochs"] = 3
     unfinished = tmp_path / "unfinished"
@@ -191,11 +215,10 @@ def test_a_multistep_run_extended_is_released_with_the_change_described(setting,
     assert entry["epochs"] == 2 and entry["epochs_changed"].startswith("train.epochs 1 -> 2 on a resume after epoch 1")
 
 
-def test_a_kill_between_file_and_manifest_leaves_the_entry_matching_its_file(setting, tmp_path, monkeypatch):
-    config_path, root, directory = setting
-    first = do_release(setting, train(config_path, root, str(tmp_path / "a")))
-    other_data = write_tiny_cifar(str(tmp_path / "other"), per_batch=8, test=20, seed=1)
-    second = train(config_path, other_data, str(tmp_path / "b"))
+def test_a_kill_between_file_and_manifest_leaves_the_entry_matching_its_file(setting, trained_run, monkeypatch):
+    _, _, directory = setting
+    first = do_release(setting, trained_run("a"))
+    second = trained_run("b", seed=1)
 
     def killed(*args):
         raise KeyboardInterrupt  # as a kill after the new file was written, before the manifest
@@ -210,9 +233,9 @@ def test_a_kill_between_file_and_manifest_leaves_the_entry_matching_its_file(set
     assert sorted(os.listdir(directory)) == sorted(["manifest.json", replaced["file"]])
 
 
-def test_a_release_evaluates_with_the_training_preprocessing_only(setting, tmp_path):
-    config_path, root, directory = setting
-    run_dir = train(config_path, root, str(tmp_path / "run"))
+def test_a_release_evaluates_with_the_training_preprocessing_only(setting, trained_run):
+    _, root, directory = setting
+    run_dir = trained_run("run")
     before = snapshot(directory)
     for key, value in (("data.mean", [0.5, 0.5, 0.5]), ("data.flip", False), ("data.test_subset", 10), ("threads", 1)):
         with pytest.raises(UsageError, match=f"cannot override '{key}'.* allowed: data.root, data.download"):
@@ -225,9 +248,9 @@ def test_a_release_evaluates_with_the_training_preprocessing_only(setting, tmp_p
     assert entry["test_images"] == 20
 
 
-def test_a_tree_with_uncommitted_changes_does_not_release(setting, tmp_path, monkeypatch):
-    config_path, root, directory = setting
-    run_dir = train(config_path, root, str(tmp_path / "run"))
+def test_a_tree_with_uncommitted_changes_does_not_release(setting, trained_run, monkeypatch):
+    _, _, directory = setting
+    run_dir = trained_run("run")
     monkeypatch.setattr(releases, "tree_commit", lambda: "0123456789ab" + "0" * 28 + "+changes")
     before = snapshot(directory)
     with pytest.raises(UsageError, match="uncommitted changes .* commit or stash them"):
@@ -235,10 +258,10 @@ def test_a_tree_with_uncommitted_changes_does_not_release(setting, tmp_path, mon
     assert snapshot(directory) == before
 
 
-def test_the_figures_of_a_release_and_remeasure_filling_them_in(setting, tmp_path, monkeypatch):
-    config_path, root, directory = setting
+def test_the_figures_of_a_release_and_remeasure_filling_them_in(setting, trained_run, monkeypatch):
+    _, root, directory = setting
     monkeypatch.setattr(releases, "FIRST_IMAGES", 10)  # the 20 test images stand for 10,000: "first 1000" = 0-9
-    run_dir = train(config_path, root, str(tmp_path / "run"))
+    run_dir = trained_run("run")
     entry = do_release(setting, run_dir)
     path = os.path.join(directory, entry["file"])
     model, cfg, _ = checkpoint.load_model(path, [("data.root", root), ("data.verify_checksums", False)])
