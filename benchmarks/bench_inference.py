@@ -118,7 +118,8 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", default="", help="comma list (default: 1,128 | 1,32)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--checkpoint", help="mobilenetv2_cifar: take the flgc8 (or flgc8both) structure from this checkpoint")
+    parser.add_argument("--checkpoint", help="mobilenetv2_cifar: take the flgc8 (or flgc8both) structure from this "
+                        "checkpoint (a file or a released checkpoint's name)")
     parser.add_argument("--repeats", type=int, default=0, help="timed rounds (default: 40 at batch <= 8, else 10)")
     parser.add_argument("--runtimes", default="torch,onnxruntime",
                         help="comma list of torch, onnxruntime (CPU only), compile (torch.compile, inductor)")

@@ -4,13 +4,27 @@ A reader (or a kill at any moment) sees the old file or the complete new one, ne
 """
 import contextlib
 import os
+import stat
 import tempfile
 
 
+def _permissions(path):
+    """The permission bits `path` keeps: those it has now, or those a new file gets under the umask (a
+    temporary file is created private, 0600, and would otherwise pass that on)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def publish(temp, path):
-    """Move the finished file `temp` to `path` in one rename, its bytes flushed to disk first."""
+    """Move the finished file `temp` to `path` in one rename, its bytes flushed to disk first and its
+    permissions those `path` has (or a new file would get)."""
     with open(temp, "rb+") as f:
         os.fsync(f.fileno())
+    os.chmod(temp, _permissions(path))
     os.replace(temp, path)
 
 

@@ -33,7 +33,8 @@ def main():
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.strategy == "native":
         native.require("--strategy native")
-    model, _, payload = checkpoint.load_model(pretrained.file_or_release(args.checkpoint))
+    path = pretrained.file_or_release(args.checkpoint)
+    model, _, payload = checkpoint.load_model(path)
     if payload.get("deploy_spec") is not None:
         raise UsageError(f"{args.checkpoint} is already deployed")
     model = model.eval()
@@ -45,7 +46,7 @@ def main():
         raise RuntimeError(f"deployed model differs from the training model by {error} (> {TOLERANCE})")
     checkpoint.save(args.out, checkpoint.deployed_payload(
         deployed, payload["config"], epoch=payload.get("epoch"), best_accuracy=payload.get("best_accuracy"),
-        source=os.path.basename(args.checkpoint)))
+        source=os.path.basename(path)))
     before, _ = flops.count(model)
     after, params = flops.count(deployed)
     print(f"deployed {args.checkpoint} -> {args.out}: max |logit diff| {error:.2e}, "

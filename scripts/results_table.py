@@ -48,12 +48,13 @@ def main():
         check_figure_path(args.plot, "--plot")
     baseline = results.baseline_mflops(args.baseline_config)
     rows = results.collect(args.manifest, paths, overrides, not (args.no_eval or args.write_pages), baseline)
+    edits = results.page_edits(rows, baseline, args.pages_root) if args.write_pages else []  # checked before any write
     if args.plot:
         save_figure(results.figure(rows, baseline), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.write_pages:
-        changed = results.write_pages(rows, baseline, args.pages_root)
-        print(f"rewrote {', '.join(changed)}" if changed else "the pages' tables are current", file=sys.stderr)
+        results.write_pages(edits)
+        print(f"rewrote {', '.join(p for p, _ in edits)}" if edits else "the pages' tables are current", file=sys.stderr)
         return
     table = results.markdown if args.wide else results.headline
     print(results.to_json(rows, baseline) if args.json else table(rows, baseline))

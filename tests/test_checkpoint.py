@@ -1,6 +1,7 @@
 import os
 import pickle
 import re
+import stat
 
 import pytest
 import torch
@@ -123,3 +124,16 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
         with open(temp, "wb") as f:
             f.write(b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    target.chmod(0o640)
+    with atomic_path(str(target)) as temp:  # a rewrite keeps the file's permissions (the temp file is 0600)
+        with open(temp, "wb") as f:
+            f.write(b"newer")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(str(tmp_path / "new.png")) as temp:  # a new file: what the umask gives
+            with open(temp, "wb") as f:
+                f.write(b"new")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.png").stat().st_mode) == 0o644

@@ -241,7 +241,7 @@ def test_a_lost_first_row_is_restored_but_never_into_another_runs_log(tmp_path, 
     assert "lacked" not in capsys.readouterr().out and not (other / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("override", ["data.train_subset=40", "flgc.gradient=reference_masked", "flgc.regularizer.weight=0.5",
+@pytest.mark.parametrize("override", ["data.train_subset=24", "flgc.gradient=reference_masked", "flgc.regularizer.weight=0.5",
                                       "train.lr=0.2", "train.schedule=cosine",
                                       "train.label_smoothing=0.1", "seed=1"])
 def test_resume_that_would_change_what_was_trained_is_refused(tmp_path, override, trained):

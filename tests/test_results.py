@@ -3,6 +3,7 @@ the results table, released checkpoints, bad input."""
 import hashlib
 import json
 import os
+import pathlib
 import runpy
 import shutil
 import sys
@@ -17,6 +18,7 @@ from flgc.method import flops
 from flgc.records import results
 
 SCRIPT = os.path.join(ROOT, "scripts", "results_table.py")
+ROOT_PATH = pathlib.Path(ROOT)
 EMPTY = '{"checkpoints": []}'
 
 
@@ -162,23 +164,35 @@ def test_committed_tables_are_the_output_for_the_committed_manifest(page, marker
 
 
 def test_write_pages_puts_both_tables_between_the_markers_and_nothing_else(tmp_path, monkeypatch, capsys):
-    pages = {page: open(os.path.join(ROOT, page)).read() for page, _, _ in results.PAGES}
+    pages = {page: (ROOT_PATH / page).read_text(encoding="utf-8") for page, _, _ in results.PAGES}
     stale = {page: results.splice(pages[page], marker, "| an old table |") for page, marker, _ in results.PAGES}
     (tmp_path / "docs").mkdir()
     for page, text in stale.items():
         assert text != pages[page]
-        (tmp_path / page).write_text(text)
+        (tmp_path / page).write_text(text, encoding="utf-8")
     code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path)
     assert code == 0 and "rewrote" in err, err
-    assert {page: (tmp_path / page).read_text() for page in pages} == pages
+    assert {page: (tmp_path / page).read_text(encoding="utf-8") for page in pages} == pages
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["README.md", "docs", "results.md"]  # no temp file left
     for page, text in stale.items():
-        (tmp_path / page).write_text(text)
+        (tmp_path / page).write_text(text, encoding="utf-8")
     (tmp_path / "docs" / "results.md").write_text("no markers\n")  # the second page fails: the first stays too
-    with pytest.raises(UsageError, match="results-table-wide:start"):
-        results.write_pages([], 94.99, str(tmp_path))
-    assert (tmp_path / "README.md").read_text() == stale["README.md"]
-    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--wide")
+    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--pages-root", tmp_path,
+                                 "--plot", tmp_path / "plot.png")
+    assert code == 2 and err.count("\n") == 1 and "results-table-wide:start" in err, err
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == stale["README.md"]
+    assert not (tmp_path / "plot.png").exists()  # nothing is drawn before the pages are known to take the tables
+    code, _, err = results_table(monkeypatch, capsys, "--write-pages", "--wide", "--pages-root", tmp_path)
     assert code == 2 and "manifest's rows only" in err
+
+
+def test_splice_replaces_only_what_stands_between_the_markers():
+    page = "intro\n<!-- t:start -->\n| old |\n<!-- t:end -->\nrest\n"
+    assert results.splice(page, "t", "| new |") == "intro\n<!-- t:start -->\n| new |\n<!-- t:end -->\nrest\n"
+    assert results.splice("<!-- t:start -->\n<!-- t:end -->", "t", "| a |") == "<!-- t:start -->\n| a |\n<!-- t:end -->"
+    for broken in ("<!-- t:end -->\n<!-- t:start -->\n", "<!-- t:start -->\n", page + page):
+        with pytest.raises(UsageError, match="expected one '<!-- t:start -->' line"):
+            results.splice(broken, "t", "| new |")
 
 
 def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest_when_not(runs, tmp_path, capsys):

@@ -293,32 +293,35 @@ PAGES = (("README.md", "results-table", False), (os.path.join("docs", "results.m
 
 def splice(text, marker, table):
     """`text` with what stands between its MARKER:start and MARKER:end comment lines replaced by `table`."""
-    start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise UsageError(f"expected one '<!-- {marker}:start -->' line, then one '<!-- {marker}:end -->' line")
-    head, rest = text.split(start)
-    return head + start + table + end + rest.split(end)[1]
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    head, _, rest = text.partition(start)
+    _, found, tail = rest.partition(end)
+    if text.count(start) != 1 or text.count(end) != 1 or not found:
+        raise UsageError(f"expected one '{start}' line, then one '{end}' line")
+    return f"{head}{start}\n{table}\n{end}{tail}"
 
 
-def write_pages(rows, baseline, root):
-    """Put the tables of `rows` into the PAGES under `root`; returns the paths whose text changed.
-
-    Every page is checked before any is written: a page without its markers leaves all of them as they were.
-    """
+def page_edits(rows, baseline, root):
+    """[(path, new text)] for the PAGES under `root` whose tables differ from those of `rows`; UsageError,
+    before anything is written, when a page or its markers are missing."""
     edits = []
     for page, marker, wide in PAGES:
         path = os.path.join(root, page)
         if not os.path.isfile(path):
             raise UsageError(f"{path}: no such file; --write-pages rewrites {', '.join(p for p, _, _ in PAGES)}")
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
         new = splice(text, marker, (markdown if wide else headline)(rows, baseline))
         if new != text:
             edits.append((path, new))
-    for path, new in edits:
-        with atomic_path(path) as temp, open(temp, "w") as f:
-            f.write(new)
-    return [path for path, _ in edits]
+    return edits
+
+
+def write_pages(edits):
+    """Write each (path, text) of page_edits, each file whole or not at all."""
+    for path, text in edits:
+        with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def to_json(rows, baseline):
