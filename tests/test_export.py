@@ -54,6 +54,7 @@ def test_onnx_runtime_parity(trained, tmp_path, call):
         assert np.abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow  # the fast suite checks the ONNX export of the same deployed model
 def test_torchscript_parity(trained, tmp_path, call):
     path, model = trained
     out = tmp_path / "model.ts"

@@ -142,6 +142,7 @@ def test_a_stop_inside_epoch_1_keeps_the_budget_moves_and_a_resume_the_fp16_loss
     assert run.payload(0, 2, run.epoch_sums, saved["epoch_start_assignments"])["scaler"]["scale"] == 1024.0
 
 
+@pytest.mark.slow
 def test_an_epoch_resumed_on_other_hardware_lists_both_in_its_row_and_release(tmp_path, monkeypatch):
     from flgc.engine import provenance
     from flgc.records import releases, results

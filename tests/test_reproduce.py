@@ -11,6 +11,7 @@ from flgc.engine import checkpoint, config, training
 from flgc.errors import UsageError
 
 
+@pytest.mark.slow
 def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
     data = write_tiny_cifar(str(tmp_path / "data"), per_batch=16, test=16)
     cfg = config.load("configs/fast/mbv2_flgc8.yaml", config.parse_overrides(

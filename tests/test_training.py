@@ -201,9 +201,9 @@ def _failing_compiler(where, at_call):
     return compiled_stub
 
 
-# a failure in a later step's backward is the fast case: steps ran compiled, and BatchNorm statistics moved
-@pytest.mark.parametrize("where, at_call", [pytest.param("forward", 1, marks=pytest.mark.slow),
-                                            pytest.param("backward", 1, marks=pytest.mark.slow), ("backward", 3)])
+# a failure in a later step's backward: steps ran compiled, and BatchNorm statistics moved (two fits each: slow)
+@pytest.mark.slow
+@pytest.mark.parametrize("where, at_call", [("forward", 1), ("backward", 1), ("backward", 3)])
 def test_a_failing_compile_warns_once_and_continues_eager_with_the_same_results(tmp_path, monkeypatch, capsys,
                                                                                 where, at_call):
     from flgc.engine import step, training
