@@ -7,6 +7,16 @@ import os
 import stat
 import tempfile
 
+from .errors import UsageError
+
+
+def check_output(path, force, flag="--out"):
+    """Refuse (UsageError) an output file path that names a directory, or an existing file unless `force`."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory; give the path of a file")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+
 
 def _permissions(path):
     """The permission bits `path` keeps: those it has now, or those a new file gets under the umask (a

@@ -9,6 +9,7 @@ import os
 from flgc.engine import checkpoint, config
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.fileio import check_output
 from flgc.records.reference_checkpoints import REFERENCE_KEYS, import_reference_checkpoint, is_reference
 
 
@@ -18,8 +19,7 @@ def main(argv=None):
     parser.add_argument("dst")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     args = parser.parse_args(argv)
-    if os.path.exists(args.dst) and not args.force:
-        raise UsageError(f"{args.dst} exists; pass --force to overwrite it")
+    check_output(args.dst, args.force, "DST")
     payload = checkpoint.read(args.src)
     if not is_reference(payload):
         raise UsageError(f"{args.src} is not a reference checkpoint (expected keys {', '.join(REFERENCE_KEYS)})")

@@ -13,6 +13,7 @@ from flgc.deploy import native
 from flgc.engine import checkpoint
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.fileio import check_output
 from flgc.method import flops
 from flgc.records import pretrained
 
@@ -27,8 +28,7 @@ def main():
     parser.add_argument("--strategy", default="auto", choices=deploy.STRATEGIES)
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = parser.parse_args()
-    if os.path.exists(args.out) and not args.force:
-        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
+    check_output(args.out, args.force)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.strategy == "native":

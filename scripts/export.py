@@ -4,13 +4,13 @@ python scripts/export.py --checkpoint CKPT|NAME --format onnx|torchscript --out 
 A training checkpoint is deployed first (BN folded, real groups); the input is N x 3 x 32 x 32 float32
 normalised images (dynamic batch for ONNX), the output N x 10 logits.
 """
-import os
 
 from flgc import deploy
 from flgc.deploy import export
 from flgc.engine import checkpoint
 from flgc.engine.cli import ArgumentParser, run
 from flgc.errors import UsageError
+from flgc.fileio import check_output
 from flgc.records import pretrained
 
 
@@ -25,8 +25,7 @@ def main():
     export.check_format(args.format)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if os.path.exists(args.out) and not args.force:
-        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
+    check_output(args.out, args.force)
     model, _, payload = checkpoint.load_model(pretrained.file_or_release(args.checkpoint))
     model = model.eval()
     if payload.get("deploy_spec") is None:

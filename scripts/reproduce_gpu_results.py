@@ -20,9 +20,22 @@ from flgc.method import flops
 from flgc.records.releases import finished_run, provenance_of
 
 
-def row(out, run_dir):
-    name = os.path.basename(os.path.normpath(run_dir))
-    payload, cfg = finished_run(run_dir)
+def run_name(run_dir):
+    return os.path.basename(os.path.normpath(run_dir))
+
+
+def finished_runs(run_dirs):
+    """(name, run_dir, payload, cfg) of every run, all checked before anything is written: each finished,
+    no two with one name (their slim files would overwrite each other)."""
+    names = [run_name(d) for d in run_dirs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"two run directories named {', '.join(twice)}: OUT/NAME.pt would hold only one; "
+                         f"give run directories with different names")
+    return [(name, run_dir, *finished_run(run_dir)) for name, run_dir in zip(names, run_dirs)]
+
+
+def row(out, name, run_dir, payload, cfg):
     size = checkpoint.save_slim(os.path.join(out, f"{name}.pt"), payload)
     mflops, params = flops.count(checkpoint.model_from(payload, run_dir, cfg))
     made = provenance_of(run_dir, cfg.train.epochs)
@@ -43,7 +56,7 @@ def main(argv=None):
         return
     if not args.run_dirs:
         raise UsageError("give the run directories to summarise, e.g. OUT/fast/mbv2_flgc8")
-    rows = [row(args.out, run_dir) for run_dir in args.run_dirs]
+    rows = [row(args.out, *run) for run in finished_runs(args.run_dirs)]
     results = {"rows": rows, "total_minutes": round(sum(r["minutes"] for r in rows), 2)}
     with atomic_path(os.path.join(args.out, "results.json")) as temp, open(temp, "w") as f:
         json.dump(results, f, indent=1)

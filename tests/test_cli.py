@@ -195,6 +195,28 @@ def test_resume_from_another_architecture_names_the_key(tmp_path, flgc_run, call
     assert not target.exists()
 
 
+def test_a_released_file_cannot_be_resumed_and_out_dir_must_be_a_directory(tmp_path, flgc_run, call):
+    out, _, data = flgc_run
+    slim = tmp_path / "slim.pt"
+    checkpoint.save_slim(str(slim), checkpoint.load(str(out / "last.pt")))
+    result = call("train.py", "--config", config_path("mbv2_flgc8"), f"out_dir={tmp_path / 'r'}", f"data.root={data}",
+                  *TINY, "train.epochs=2", "--resume", slim)
+    assert_usage_error(result, "holds weights only", "resume a run's last.pt")
+    assert not (tmp_path / "r").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("kept")
+    result = call("train.py", "--config", config_path("mbv2_flgc8"), f"out_dir={a_file}", f"data.root={data}", *TINY)
+    assert_usage_error(result, "is a file; the run directory must be a directory")
+    assert a_file.read_text() == "kept"
+
+
+def test_fewer_classes_than_cifar10_is_refused(tmp_path, tiny_data, call):
+    result = call("train.py", "--config", config_path("mbv2_baseline"), f"out_dir={tmp_path / 'r'}",
+                  f"data.root={tiny_data}", *TINY, "model.num_classes=5")
+    assert_usage_error(result, "model.num_classes=5 is below CIFAR-10's 10 classes")
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_data_without_download(tmp_path, call):
     result = call("train.py", "--config", config_path("mbv2_baseline"), f"out_dir={tmp_path / 'r'}",
                   f"data.root={tmp_path}", "data.download=false")

@@ -43,6 +43,8 @@ def test_round_trip_through_dict():
     ("train.lr_gamma=0", "train.lr_gamma must be > 0"),
     ("data.test_jpeg_quality=0", "data.test_jpeg_quality must be in 1-95 (JPEG quality), got 0"),
     ("data.test_jpeg_quality=96", "data.test_jpeg_quality must be in 1-95"),
+    ("model.num_classes=0", "model.num_classes must be >= 1, got 0"),
+    ("train.weight_decay=5e-x", "train.weight_decay must be a float, got '5e-x'"),
 ])
 def test_bad_values_are_usage_errors(override, message):
     with pytest.raises(UsageError, match=re.escape(message)):
@@ -59,6 +61,30 @@ def test_an_empty_file_is_refused(tmp_path, text):
     path = tmp_path / "empty.yaml"
     path.write_text(text)
     with pytest.raises(UsageError, match="is empty"):
+        config.load(str(path))
+
+
+def test_nesterov_without_momentum_is_refused():
+    with pytest.raises(UsageError, match="train.nesterov=true needs train.momentum > 0"):
+        config.load("configs/cpu/mbv2_flgc8.yaml", config.parse_overrides(["train.momentum=0"]))
+    cfg = config.load("configs/cpu/mbv2_flgc8.yaml", config.parse_overrides(["train.momentum=0", "train.nesterov=false"]))
+    assert cfg.train.momentum == 0.0 and not cfg.train.nesterov
+
+
+def test_exponent_floats_that_yaml_reads_as_strings_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads 5e-4 as the string '5e-4'; a float key takes it as the number."""
+    path = tmp_path / "wd.yaml"
+    path.write_text("train:\n  weight_decay: 5e-4\n  lr: 1E-1\n")
+    cfg = config.load(str(path), config.parse_overrides(["flgc.logit_weight_decay=2e-5"]))
+    assert (cfg.train.weight_decay, cfg.train.lr, cfg.flgc.logit_weight_decay) == (5e-4, 0.1, 2e-5)
+    with pytest.raises(UsageError, match="must be an integer"):
+        config.load(str(path), config.parse_overrides(["train.epochs=1e2"]))
+
+
+def test_a_binary_file_as_config_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(UsageError, match="is not text"):
         config.load(str(path))
 
 

@@ -37,6 +37,8 @@ def test_deploy_then_eval_matches_the_training_checkpoint(trained, tiny_data, tm
     assert reports[0]["loss"] == pytest.approx(reports[1]["loss"], abs=1e-4)
     again = call("scripts/deploy.py", "--checkpoint", str(path), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+    into_folder = call("scripts/deploy.py", "--checkpoint", str(path), "--out", str(tmp_path), "--force")
+    assert_usage_error(into_folder, "is a directory; give the path of a file")
 
 
 def test_onnx_runtime_parity(trained, tmp_path, call):

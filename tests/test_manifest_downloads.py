@@ -147,6 +147,13 @@ def test_file_urls_and_unknown_names(tmp_path, download):
     assert result.returncode == 2 and "available: tiny" in result.stderr
 
 
+@pytest.mark.parametrize("url", ["checkpoints/tiny.pt", "htps://example.org/tiny.pt"])
+def test_a_url_that_is_no_url_is_one_line(tmp_path, download, url):
+    result = download(tmp_path, manifest(tmp_path, url))
+    assert result.returncode == 2 and "is not an https/http/file URL" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_the_repository_manifest_is_valid():
     entries = load_manifest(os.path.join(ROOT, "checkpoints", "manifest.json"))
     assert isinstance(entries, list)

@@ -33,6 +33,18 @@ def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
     assert round((tmp_path / "mbv2_flgc8.pt").stat().st_size / 1e6, 2) == rows[0]["checkpoint_mb"]
 
 
+def test_random_data_never_writes_over_other_files(tmp_path, call):
+    assert call("scripts/reproduce_gpu_results.py", "--random-data", str(tmp_path / "d")).returncode == 0
+    assert call("scripts/reproduce_gpu_results.py", "--random-data", str(tmp_path / "d")).returncode == 0  # its own: again
+    real = tmp_path / "real" / "cifar-10-batches-py"
+    real.mkdir(parents=True)
+    (real / "data_batch_1").write_bytes(b"real images")
+    result = call("scripts/reproduce_gpu_results.py", "--random-data", str(tmp_path / "real"))
+    assert_usage_error(result, "already holds files that are not random data")
+    assert sorted(p.name for p in real.iterdir()) == ["data_batch_1"]
+    assert (real / "data_batch_1").read_bytes() == b"real images"
+
+
 def test_results_refuse_an_unfinished_run_and_an_oversized_checkpoint(tmp_path, call, monkeypatch):
     run_dir = tmp_path / "stopped"
     run_dir.mkdir()
@@ -40,6 +52,11 @@ def test_results_refuse_an_unfinished_run_and_an_oversized_checkpoint(tmp_path, 
                                                "model": {}, "epoch": 1})
     assert_usage_error(call("scripts/reproduce_gpu_results.py", str(tmp_path), str(run_dir)), "is not finished (1 of 2 epochs")
     assert_usage_error(call("scripts/reproduce_gpu_results.py", str(tmp_path)), "give the run directories")
+    twin = tmp_path / "other" / "stopped"
+    twin.mkdir(parents=True)
+    result = call("scripts/reproduce_gpu_results.py", str(tmp_path / "out"), str(run_dir), str(twin))
+    assert_usage_error(result, "two run directories named stopped")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     monkeypatch.setattr(checkpoint, "SLIM_LIMIT_BYTES", 1000)
     with pytest.raises(UsageError, match="over the 0 MB limit"):
         checkpoint.save_slim(str(tmp_path / "big.pt"), {"config": {}, "model": {"w": torch.zeros(1000)}})

@@ -1,10 +1,11 @@
 """Deployment: a trained network -> an inference network that computes only in-group connections.
 
 An optional layer on top of the training core (pip install -e ".[deploy]" adds ninja for the compiled
-kernels, onnx and onnxruntime for export): the core never imports it. Importing it registers with
-the core what the core needs to know of deployed networks: their MAC counts
-(flgc.method.flops.register_flop_hook) and the rebuilding of deployed checkpoints
-(flgc.engine.checkpoint.register_rebuilder, which flgc.engine.checkpoint triggers by importing flgc.deploy).
+kernels, onnx and onnxruntime for export): the core imports it only by name, when it loads a
+deployed checkpoint. Importing it registers with the core what the core needs to know of deployed
+networks: their MAC counts (flgc.method.flops.register_flop_hook) and the rebuilding of deployed
+checkpoints (flgc.engine.checkpoint.register_rebuilder, which flgc.engine.checkpoint triggers by
+importing flgc.deploy).
 
 deploy_model(model) folds every BatchNorm into the convolution before it and rewrites the grouped convs
 (FLGC's learned groups, standard group conv) so that each group's input channels and filters are

@@ -176,7 +176,8 @@ def model_from(payload, path, cfg=None):
 
 
 def load_model(path, overrides=()):
-    """Load the checkpoint at `path`: Loaded(model, config, payload); the model is on CPU, in train mode.
+    """Load the checkpoint at `path`: Loaded(model, config, payload); the model is on CPU, in train mode
+    (a deployed checkpoint's rebuilt model: in eval mode, as it is meant to run).
 
     `overrides` ((key, value) pairs, see flgc.engine.config.parse_overrides) change the stored config, e.g. the
     data keys for evaluation; one that changes the architecture makes the weights not fit (UsageError).

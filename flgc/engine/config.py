@@ -4,6 +4,7 @@ A YAML file overrides the defaults; `KEY=VALUE` pairs (dotted names, YAML scalar
 """
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, get_args, get_origin, get_type_hints
 
@@ -120,11 +121,15 @@ CHOICES = {
 }
 POSITIVE = ("flgc.freeze_epoch", "train.epochs", "train.batch_size", "train.eval_interval", "train.eval_batch_size",
             "flgc.groups", "data.train_subset", "data.test_subset", "data.validation_images", "threads",
-            "train.base_batch_size", "train.finite_check_steps")
+            "train.base_batch_size", "train.finite_check_steps", "model.num_classes")
 POSITIVE_REAL = ("train.lr", "train.lr_gamma", "flgc.temperature_start", "flgc.temperature_end", "flgc.logit_init_std")
 NON_NEGATIVE = ("train.weight_decay", "flgc.logit_weight_decay", "flgc.logit_lr_scale", "flgc.regularizer.weight",
                 "train.checkpoint_steps", "flgc.plot_interval", "data.crop_padding")
 NON_NEGATIVE += ("train.warmup_epochs", "train.norm_weight_decay", "train.depthwise_weight_decay")
+
+
+# 5e-4 with no dot: YAML 1.1 (PyYAML) reads it as a string, though it is meant as a number
+EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _fields(cls):
@@ -157,6 +162,8 @@ def _coerce(key, value, annotation):
             raise UsageError(f"config key {key} must be a list, got {value!r}")
         return [_coerce(key, v, args[0]) for v in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value.strip()):
         return float(value)
     if annotation is bool and not isinstance(value, bool):
         raise UsageError(f"config key {key} must be true or false, got {value!r}")
@@ -212,6 +219,8 @@ def validate(cfg):
     _check_range(cfg, NON_NEGATIVE, 0, True, ">= 0")
     if not 0 <= cfg.train.momentum < 1:
         raise UsageError(f"config key train.momentum must be in [0, 1), got {cfg.train.momentum}")
+    if cfg.train.nesterov and cfg.train.momentum == 0:
+        raise UsageError("config key train.nesterov=true needs train.momentum > 0; set train.nesterov=false for plain SGD")
     if not 0 <= cfg.train.label_smoothing < 1:
         raise UsageError(f"config key train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
     _validate_regularizer(cfg.flgc.regularizer)
@@ -300,6 +309,9 @@ def load(path, overrides=()):
             tree = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not text (a checkpoint? give it as --checkpoint or --resume); "
+                         f"configs are YAML files, configs/*.yaml") from None
     if tree is None:
         raise UsageError(f"config file {path} is empty; write at least the keys that differ from the "
                          f"defaults (see configs/mbv2_baseline.yaml)")

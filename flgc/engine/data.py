@@ -14,6 +14,8 @@ from torchvision.datasets import CIFAR10
 from ..errors import UsageError
 
 FOLDER = "cifar-10-batches-py"
+CLASSES = 10
+RANDOM_MARK = "RANDOM_IMAGES"  # in FOLDER: written by write_random_cifar, safe to write over
 SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -37,7 +39,11 @@ def write_random_cifar(root, per_batch=16, test=40, seed=0):
     import numpy as np
     rng = np.random.default_rng(seed)
     folder = os.path.join(root, FOLDER)
+    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, RANDOM_MARK)):
+        raise UsageError(f"{folder} already holds files that are not random data written here (CIFAR-10?); "
+                         f"give another directory")
     os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, RANDOM_MARK), "w").close()
 
     def write(name, entry):
         with open(os.path.join(folder, name), "wb") as f:
@@ -251,6 +257,9 @@ class Batches:
 
 def make_batches(cfg, device, train, shard=(0, 1), validation=False):
     """The Batches of the training (train=True, shard = (rank, processes)), test or validation split."""
+    if cfg.model.num_classes < CLASSES:
+        raise UsageError(f"model.num_classes={cfg.model.num_classes} is below CIFAR-10's {CLASSES} classes; "
+                         f"use {CLASSES} (or more)")
     images, labels = load_split(cfg.data, train, validation)
     batch_size = cfg.train.batch_size if train else cfg.train.eval_batch_size
     return Batches(images, labels, cfg.data, batch_size, train, cfg.seed, device, cfg.train.channels_last, shard)

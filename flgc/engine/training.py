@@ -146,6 +146,8 @@ def check_resumable(saved, cfg, path):
 
 
 def _resume_path(cfg, resume):
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise UsageError(f"out_dir={cfg.out_dir} is a file; the run directory must be a directory (new or a run's)")
     if resume is None:
         return None
     if resume == "auto":
@@ -456,6 +458,9 @@ def fit(cfg, resume=None):
         raise UsageError(f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume auto "
                          f"or pick another out_dir=DIR")
     state = checkpoint.load(resume_from) if resume_from else None
+    if state is not None and "epoch" not in state:
+        raise UsageError(f"--resume {resume_from}: it holds weights only (a release or a deployed file), no epoch, "
+                         f"optimizer or schedule to continue; resume a run's last.pt")
     if state is not None:  # refuse another architecture or recipe before anything else
         checkpoint.load_weights(build_model(cfg), state["model"], resume_from)
         check_resumable(checkpoint.config_of(state), cfg, resume_from)

@@ -7,5 +7,5 @@
 - convert: convert_model, FLGC in any network;
 - flops: MMac counting of the learned structure (ptflops convention).
 
-These modules import only each other, torch and ptflops.
+These modules import only each other, flgc.errors, torch and ptflops.
 """

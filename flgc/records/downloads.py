@@ -9,6 +9,7 @@ verified and kept when it is the file, else deleted and fetched again.
 import http.client
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from ..errors import UsageError
@@ -16,6 +17,7 @@ from ..fileio import publish
 from .manifest import sha256_file, verified
 
 CHUNK = 1 << 16
+URL_SCHEMES = ("https", "http", "file")
 
 
 def _fetch_once(url, part, progress):
@@ -91,6 +93,8 @@ def download(entry, directory, attempts=5, show_progress=True):
     if not entry.get("url"):
         raise UsageError(f"{entry['name']}: {path} is missing or does not match its sha256, and the "
                          f"manifest gives no url to fetch it from")
+    if urllib.parse.urlsplit(entry["url"]).scheme not in URL_SCHEMES:
+        raise UsageError(f"{entry['name']}: the manifest's url {entry['url']!r} is not an {'/'.join(URL_SCHEMES)} URL")
     os.makedirs(directory, exist_ok=True)
     progress = None
     if show_progress:
