@@ -20,8 +20,11 @@ rehearse=0
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         --rehearse) rehearse=1 ;;
-        --out) out="${2:?--out needs a directory}"; shift ;;
+        --out)
+            if [ -z "${2:-}" ]; then echo "reproduce_gpu.sh: --out needs a directory" >&2; exit 2; fi
+            out="$2"; shift ;;
         *) echo "reproduce_gpu.sh: unknown argument '$1'; allowed: --rehearse, --out DIR" >&2; exit 2 ;;
     esac
     shift

@@ -16,6 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 recipe="${1:-}"
 if [ -z "$recipe" ] || [ ! -d "configs/$recipe" ] || [ "$recipe" != "$(basename "$recipe")" ]; then
     echo "train_rows.sh: unknown recipe '$recipe'; allowed: $(cd configs && ls -d */ | tr -d / | tr '\n' ' ')" >&2

@@ -1,3 +1,4 @@
+import os
 import re
 
 import pytest
@@ -15,6 +16,13 @@ def test_file_and_overrides():
     assert cfg.train.milestones == [1, 2]
     assert cfg.out_dir == "runs/mbv2_flgc8"
     assert cfg.flgc.pointwise == "flgc" and cfg.train.lr == 0.1 and cfg.train.weight_decay == 4e-5
+
+
+def test_the_default_run_directory_keeps_the_recipe_folder(tmp_path):
+    assert config.load("configs/cpu/mbv2_flgc8.yaml").out_dir == os.path.join("runs", "cpu", "mbv2_flgc8")
+    assert config.load("configs/cpu-long/mbv2_flgc8.yaml").out_dir == os.path.join("runs", "cpu-long", "mbv2_flgc8")
+    (tmp_path / "mine.yaml").write_text("seed: 1\n")
+    assert config.load(str(tmp_path / "mine.yaml")).out_dir == os.path.join("runs", "mine")
 
 
 def test_round_trip_through_dict():

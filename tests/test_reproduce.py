@@ -76,3 +76,15 @@ def test_the_gpu_reproduction_rehearses_on_the_cpu_and_resumes(tmp_path):
     assert [r["name"] for r in rows] == ["mbv2_baseline", "mbv2_sgc8", "mbv2_flgc8", "mbv2_flgc8both"]
     assert all(r["epochs"] == 2 and (out / r["checkpoint"]).is_file() for r in rows)
     assert "is complete: 2 of 2 epochs trained" in (out / "fast" / "mbv2_flgc8.log").read_text()
+
+
+@pytest.mark.parametrize("script, bad, message", [
+    ("train_rows.sh", ["no-such-recipe"], "unknown recipe 'no-such-recipe'; allowed:"),
+    ("reproduce_gpu.sh", ["--out"], "--out needs a directory"),
+    ("reproduce_gpu.sh", ["--fast"], "unknown argument '--fast'; allowed: --rehearse, --out DIR")])
+def test_the_shell_scripts_print_their_usage_and_refuse_bad_arguments(script, bad, message):
+    helped = subprocess.run(["bash", f"scripts/{script}", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert helped.returncode == 0 and f"bash scripts/{script}" in helped.stdout and "#" not in helped.stdout
+    refused = subprocess.run(["bash", f"scripts/{script}", *bad], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"{script}: {message}")
+    assert len(refused.stderr.strip().splitlines()) == 1

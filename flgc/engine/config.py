@@ -96,7 +96,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    out_dir: Optional[str] = None  # run directory; null = runs/<config file name>
+    out_dir: Optional[str] = None  # run directory; null = runs/<config path below configs/>
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch CPU threads; null = torch's default
@@ -301,7 +301,7 @@ def from_dict(tree, overrides=()):
 
 
 def load(path, overrides=()):
-    """Config from the YAML file `path` plus overrides; out_dir defaults to runs/<file name>."""
+    """Config from the YAML file `path` plus overrides; out_dir defaults to default_out_dir(path)."""
     if not os.path.isfile(path):
         raise UsageError(f"config file {path} does not exist; configs live in configs/*.yaml")
     try:
@@ -317,8 +317,17 @@ def load(path, overrides=()):
                          f"defaults (see configs/mbv2_baseline.yaml)")
     cfg = from_dict(tree, overrides)
     if cfg.out_dir is None:
-        cfg.out_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+        cfg.out_dir = default_out_dir(path)
     return cfg
+
+
+def default_out_dir(path):
+    """runs/ plus the config's path below its configs/ folder, without .yaml (configs/cpu/mbv2_flgc8.yaml ->
+    runs/cpu/mbv2_flgc8), so that recipes sharing a file name never share a run directory; a config outside
+    any configs/ folder gives runs/<file name>."""
+    folders = os.path.normpath(os.path.abspath(path)).split(os.sep)[:-1]
+    below = folders[len(folders) - folders[::-1].index("configs"):] if "configs" in folders else []
+    return os.path.join("runs", *below, os.path.splitext(os.path.basename(path))[0])
 
 
 def to_dict(cfg):
