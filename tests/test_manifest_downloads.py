@@ -192,3 +192,6 @@ def test_recipe_names_the_precision_auto_resolved_to():
     assert cfg.train.amp == "auto" and "bf16" not in recipe_of(cfg)
     assert recipe_of(cfg, "bf16").endswith("label smoothing 0.1, bf16; 50,000 train images")
     assert "(0 on norms and biases, 0 on depthwise)" in recipe_of(cfg) and "none" not in recipe_of(cfg, "none")
+    assert recipe_of(cfg, [("none", 1)]).endswith("label smoothing 0.1, fp32; 50,000 train images")
+    assert recipe_of(cfg, [("none", 1), ("bf16", 45)]).endswith("0.1, fp32, bf16 from epoch 45; 50,000 train images")
+    assert "fp32" not in recipe_of(cfg) and "auto" not in recipe_of(cfg, [])

@@ -97,6 +97,7 @@ def test_a_release_holds_weights_and_config_and_its_entry_what_eval_reproduces(s
     assert entry["minutes"] == round(sum(r["epoch_time_s"] for r in rows) / 60, 1)  # the log's epoch times
     assert entry["median_epoch_s"] == round(rows[0]["epoch_time_s"], 1)  # one epoch: its own time
     assert "CIFAR-10 copy" in entry["data"] and entry["recipe"].startswith("SGD 0.05")
+    assert entry["recipe"].endswith({"none": "fp32", "bf16": "bf16"}[rows[-1]["amp"]] + "; 40 train images")
     # the structure the training log counted for its last epoch is the released one
     assert (entry["empty_input_groups"], entry["empty_filter_groups"], entry["mflops"]) == (
         rows[-1]["empty_input_groups"], rows[-1]["empty_filter_groups"], rows[-1]["mflops"])
@@ -213,6 +214,14 @@ def test_a_multistep_run_extended_is_released_with_the_change_described(setting,
     entry = releases.release(run_dir, "tiny", config_path, directory, os.path.join(directory, "manifest.json"),
                              report=lambda line: None)
     assert entry["epochs"] == 2 and entry["epochs_changed"].startswith("train.epochs 1 -> 2 on a resume after epoch 1")
+
+
+def test_the_precision_of_every_epoch_is_in_the_provenance(tmp_path):
+    rows = [{"epoch": e, "epoch_time_s": 60.0, "hardware": "cpu", "commit": "abc", "amp": amp}
+            for e, amp in ((1, "none"), (2, "none"), (3, "bf16"), (4, "bf16"))]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert releases.provenance_of(str(tmp_path), 4).precisions == [("none", 1), ("bf16", 3)]
+    assert releases.provenance_of(str(tmp_path), 2).precisions == [("none", 1)]
 
 
 def test_a_kill_between_file_and_manifest_leaves_the_entry_matching_its_file(setting, trained_run, monkeypatch):

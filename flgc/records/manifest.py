@@ -115,16 +115,31 @@ def weight_decay_of(train_cfg):
     return f"wd {t.weight_decay:g}" + (f" ({', '.join(other)})" if other else "")
 
 
+PRECISION_WORDS = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def precision_words(train_cfg, amp=None):
+    """The precision a run trained in, for its recipe line: `amp` is what train.amp resolved to (metrics.jsonl
+    `amp`: none, bf16 or fp16), or a list of (resolved amp, first epoch), one pair each time it changed (a run
+    resumed on another kind of CPU); None: the config's train.amp (nothing for auto, which it does not name)."""
+    if isinstance(amp, list) and len(amp) > 1:
+        return [PRECISION_WORDS[a] + ("" if first == 1 else f" from epoch {first}") for a, first in amp]
+    if isinstance(amp, list):
+        amp = amp[0][0] if amp else None
+    word = PRECISION_WORDS.get(amp or train_cfg.amp)
+    return [word] if word else []
+
+
 def recipe_of(cfg, amp=None):
-    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras, train images.
-    `amp`: the precision train.amp=auto resolved to (metrics.jsonl `amp`), when known."""
+    """The training recipe of `cfg` in one line: optimizer, peak lr, batch, schedule, extras (precision_words of
+    `amp`), train images."""
     t = cfg.train
     if t.schedule == "multistep":
         schedule = f"x{t.lr_gamma:g} at {'/'.join(str(m) for m in t.milestones)}"
     else:
         schedule = f"{t.schedule} after a {t.warmup_epochs:g}-epoch warm-up" if t.warmup_epochs else t.schedule
     extras = [weight_decay_of(t)] + ([f"label smoothing {t.label_smoothing:g}"] if t.label_smoothing else [])
-    extras += [amp or t.amp] if (amp or t.amp) in ("bf16", "fp16") else []
+    extras += precision_words(t, amp)
     images = f"{cfg.data.train_subset:,}" if cfg.data.train_subset else "50,000"
     optimizer = "SGD nesterov" if t.nesterov else "SGD"
     return f"{optimizer} {peak_lr(t):g}, batch {t.batch_size}, {schedule}, {', '.join(extras)}; {images} train images"

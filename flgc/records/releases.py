@@ -136,12 +136,13 @@ def check_trained_with(cfg, config_path):
     return released
 
 
-Provenance = collections.namedtuple("Provenance", "minutes median_epoch_s hardware commit last")
+Provenance = collections.namedtuple("Provenance", "minutes median_epoch_s hardware commit last precisions")
 
 
 def provenance_of(run_dir, epochs, hardware=None, commit=None):
     """Provenance of a finished run from its metrics.jsonl: minutes of training and the median epoch's
-    seconds (runlog.training_time), hardware, commit and the last epoch's row.
+    seconds (runlog.training_time), hardware, commit, the last epoch's row and the precisions it trained in
+    ((resolved train.amp, first epoch) each time it changed: a run resumed on another kind of CPU).
     `hardware` and `commit` stand in for epochs whose rows lack them (logs written before runs recorded
     them). A run resumed on other hardware or with other code lists each, in the order they trained, also
     one resumed inside an epoch."""
@@ -158,7 +159,13 @@ def provenance_of(run_dir, epochs, hardware=None, commit=None):
                     raise UsageError(f"{run_dir} did not record its {key} in epoch {epoch}; pass {flag}")
                 if value not in found[key]:
                     found[key].append(value)
-    return Provenance(minutes, median_epoch_s, "; ".join(found["hardware"]), ", ".join(found["commit"]), rows[epochs])
+    precisions = []
+    for epoch in range(1, epochs + 1):
+        amp = rows[epoch].get("amp")
+        if amp and (not precisions or precisions[-1][0] != amp):
+            precisions.append((amp, epoch))
+    return Provenance(minutes, median_epoch_s, "; ".join(found["hardware"]), ", ".join(found["commit"]), rows[epochs],
+                      precisions)
 
 
 def write_slim(payload, released_cfg, directory):
@@ -264,7 +271,7 @@ def release(run_dir, name, config_path, directory, manifest_path, overrides=(), 
                  "file": old["file"] if kept else release_file_name(name, sha), "sha256": sha, "bytes": size,
                  **measured, "trained_accuracy": made.last.get("test_accuracy"),
                  "data": data_label(eval_cfg.data, measured["test_images"]),
-                 "recipe": recipe_of(released_cfg, made.last.get("amp")), "epochs": cfg.train.epochs,
+                 "recipe": recipe_of(released_cfg, made.precisions), "epochs": cfg.train.epochs,
                  "minutes": round(made.minutes, 1), "median_epoch_s": round(made.median_epoch_s, 1),
                  "hardware": made.hardware, "commit": made.commit}
         entry.update({key: value for key, value in (("epochs_changed", extended), ("note", note)) if value})
