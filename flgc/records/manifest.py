@@ -123,7 +123,7 @@ def precision_words(train_cfg, amp=None):
     `amp`: none, bf16 or fp16), or a list of (resolved amp, first epoch), one pair each time it changed (a run
     resumed on another kind of CPU); None: the config's train.amp (nothing for auto, which it does not name)."""
     if isinstance(amp, list) and len(amp) > 1:
-        return [PRECISION_WORDS[a] + ("" if first == 1 else f" from epoch {first}") for a, first in amp]
+        return [PRECISION_WORDS.get(a, a) + ("" if first == 1 else f" from epoch {first}") for a, first in amp]
     if isinstance(amp, list):
         amp = amp[0][0] if amp else None
     word = PRECISION_WORDS.get(amp or train_cfg.amp)
