@@ -50,7 +50,8 @@ def test_training_batches_have_one_shape_and_shards_split_the_global_batch():
     assert len(whole) == 4 and shapes == {(16, 3, 32, 32)}
     halves = [Batches(images, torch.arange(70), cfg, 16, train=True, seed=1, shard=(r, 2)) for r in range(2)]
     for (x, y), (x0, y0), (x1, y1) in zip(whole, *halves):
-        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1) and torch.equal(x[1::2], x1)
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
     with pytest.raises(UsageError, match="exceeds the 70 training images"):
         Batches(images, torch.arange(70), cfg, 128, train=True)
 

@@ -142,7 +142,9 @@ def test_file_urls_and_unknown_names(tmp_path, download):
     source = tmp_path / "source.pt"
     source.write_bytes(PAYLOAD)
     m = manifest(tmp_path, source.as_uri())
-    assert download(tmp_path, m).returncode == 0
+    fetched = download(tmp_path, m)
+    assert fetched.returncode == 0 and "(downloaded, sha256 verified)" in fetched.stdout
+    assert (tmp_path / "ckpt" / "tiny.pt").read_bytes() == PAYLOAD
     result = download(tmp_path, m, "nope")
     assert result.returncode == 2 and "available: tiny" in result.stderr
 

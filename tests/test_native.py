@@ -188,12 +188,15 @@ def test_deployed_sums_give_the_same_with_and_without_the_kernels(layout, monkey
     add.inverse.copy_(torch.argsort(add.index))
     total.left.copy_(torch.tensor([3, 1, -1, 0, 7, 2, 6, -1]))
     total.right.copy_(torch.tensor([0, 4, -1, 7, 1, 6, 2, -1]))
+    expected_sum = a[:, total.left.clamp(min=0)] + b[:, total.right.clamp(min=0)]
+    expected_sum[:, total.left < 0] = 0
+    expected = [(a + b[:, add.inverse]).relu(), expected_sum.relu()]
     with torch.no_grad():
-        compiled = [add(a, b), total(a, b)]
+        compiled = [add(a, b), total(a, b)]  # the kernels where they are built, else the fallback
         monkeypatch.setattr(native, "eligible", lambda *tensors: False)
         fallback = [add(a, b), total(a, b)]
-    for x, y in zip(compiled, fallback):
-        assert torch.allclose(x, y, atol=1e-6)
+    for x, y, want in zip(compiled, fallback, expected):
+        assert torch.allclose(x, want, atol=1e-6) and torch.allclose(y, want, atol=1e-6)
 
 
 def test_a_deployed_resnet50_gives_the_same_with_and_without_the_kernels(monkeypatch):

@@ -34,8 +34,12 @@ def test_results_slim_checkpoints_and_report_each_row(tmp_path, call):
 
 
 def test_random_data_never_writes_over_other_files(tmp_path, call):
+    written = tmp_path / "d" / "cifar-10-batches-py"
     assert call("scripts/reproduce_gpu_results.py", "--random-data", str(tmp_path / "d")).returncode == 0
+    first = {p.name: p.read_bytes() for p in written.iterdir()}
+    assert {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"} <= set(first)
     assert call("scripts/reproduce_gpu_results.py", "--random-data", str(tmp_path / "d")).returncode == 0  # its own: again
+    assert {p.name: p.read_bytes() for p in written.iterdir()} == first  # the same images (seeded)
     real = tmp_path / "real" / "cifar-10-batches-py"
     real.mkdir(parents=True)
     (real / "data_batch_1").write_bytes(b"real images")
