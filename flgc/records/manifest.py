@@ -122,12 +122,9 @@ def precision_words(train_cfg, amp=None):
     """The precision a run trained in, for its recipe line: `amp` is what train.amp resolved to (metrics.jsonl
     `amp`: none, bf16 or fp16), or a list of (resolved amp, first epoch), one pair each time it changed (a run
     resumed on another kind of CPU); None: the config's train.amp (nothing for auto, which it does not name)."""
-    if isinstance(amp, list) and len(amp) > 1:
-        return [PRECISION_WORDS.get(a, a) + ("" if first == 1 else f" from epoch {first}") for a, first in amp]
-    if isinstance(amp, list):
-        amp = amp[0][0] if amp else None
-    word = PRECISION_WORDS.get(amp or train_cfg.amp)
-    return [word] if word else []
+    changes = [(amp, 1)] if isinstance(amp, str) else (amp or [(train_cfg.amp, 1)])
+    named = [(PRECISION_WORDS[a], first) for a, first in changes if a in PRECISION_WORDS]
+    return [word + (f" from epoch {first}" if len(named) > 1 and first > 1 else "") for word, first in named]
 
 
 def recipe_of(cfg, amp=None):
