@@ -11,6 +11,11 @@ The table (Markdown, on stdout): per variant, mean ± sd over the seeds that fin
 (or validation) accuracy and of the last epoch's training loss, the MMac of the learned structure (and its
 maximum), the empty input + filter groups, the group reassignments per epoch and the input channels /
 filters in another group than at the start after the last epoch (summed over the FLGC layers).
+
+A variant means the same under every recipe: each FLGC8 run first sets the keys of assignment learning
+(LEARNING_KEYS) to their schema defaults, whatever the recipe's file holds (configs/cpu-long's FLGC8 sets
+a budget, the logit lr and a freeze), then the variant's own; the recipe gives the schedule, the data
+and the precision.
 """
 import os
 import statistics
@@ -24,6 +29,11 @@ from flgc.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# the flgc keys of how the assignments learn (not which convs are FLGC, nor logging)
+LEARNING_KEYS = ("flgc.weight_gradient", "flgc.init", "flgc.logit_init_std", "flgc.logit_lr_scale",
+                 "flgc.logit_weight_decay", "flgc.freeze_epoch", "flgc.temperature_start", "flgc.temperature_end",
+                 "flgc.regularizer.kind", "flgc.regularizer.weight", "flgc.regularizer.target_mflops",
+                 "flgc.regularizer.target_fraction")
 BUDGET = ["flgc.regularizer.kind=budget", "flgc.regularizer.target_mflops=62.62"]
 VARIANTS = {  # name: (config, overrides, description)
     "sgc8": ("mbv2_sgc8", [], "standard group conv, G=8"),
@@ -47,11 +57,22 @@ def run_dir(out, name, seed):
     return os.path.join(out, name, f"seed{seed}")
 
 
+def variant_overrides(name):
+    """KEY=VALUE overrides of the variant `name`: for an FLGC8 variant the LEARNING_KEYS at their schema
+    defaults, then its own."""
+    config_name, extra, _ = VARIANTS[name]
+    if config_name != "mbv2_flgc8":
+        return list(extra)
+    defaults = config.Config()
+    reset = [f"{key}={'null' if config.get(defaults, key) is None else config.get(defaults, key)}"
+             for key in LEARNING_KEYS]
+    return reset + list(extra)
+
+
 def train(name, seed, out, overrides, recipe):
-    config, extra, _ = VARIANTS[name]
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--config",
-               os.path.join(ROOT, "configs", recipe, f"{config}.yaml"), f"out_dir={run_dir(out, name, seed)}",
-               f"seed={seed}", "train.progress=false", *extra, *overrides, "--resume", "auto"]
+               os.path.join(ROOT, "configs", recipe, f"{VARIANTS[name][0]}.yaml"), f"out_dir={run_dir(out, name, seed)}",
+               f"seed={seed}", "train.progress=false", *variant_overrides(name), *overrides, "--resume", "auto"]
     print("$ " + " ".join(command[1:]), flush=True)
     if subprocess.run(command).returncode != 0:
         raise UsageError(f"variant {name} seed {seed} failed (see its output above)")

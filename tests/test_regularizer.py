@@ -284,17 +284,34 @@ def test_a_run_with_a_target_fraction_ends_every_epoch_under_it(tmp_path, tiny_d
         assert int(connections(m)) <= 0.12 * m.in_channels * m.out_channels
 
 
+STUDY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "learning_study.py")
+
+
 def _study(monkeypatch, capsys, *args):
     """Run scripts/learning_study.py in this process; (exit code, stdout, stderr)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "learning_study.py")
     monkeypatch.setattr("sys.argv", ["learning_study.py", *args])
     code = 0
     try:
-        runpy.run_path(path, run_name="__main__")
+        runpy.run_path(STUDY, run_name="__main__")
     except SystemExit as stop:
         code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_study_variants_mean_the_same_under_every_recipe():
+    # configs/cpu-long's FLGC8 file sets a budget, the logit lr and a freeze; a variant must not inherit them
+    study = runpy.run_path(STUDY)
+    configs = os.path.join(os.path.dirname(STUDY), "..", "configs")
+    for name, (config_name, _, _) in study["VARIANTS"].items():
+        overrides = config.parse_overrides(study["variant_overrides"](name))
+        flgc = [config.to_dict(config.load(os.path.join(configs, recipe, config_name + ".yaml"), overrides))["flgc"]
+                for recipe in ("", "cpu", "cpu-long")]
+        assert flgc[0] == flgc[1] == flgc[2], name
+    none = config.load(os.path.join(configs, "cpu-long", "mbv2_flgc8.yaml"),
+                       config.parse_overrides(study["variant_overrides"]("flgc8-none"))).flgc
+    assert (none.regularizer.kind, none.regularizer.target_mflops, none.logit_lr_scale, none.freeze_epoch) == \
+        ("none", None, 1.0, None)
 
 
 @pytest.mark.parametrize("args, fragment", [
