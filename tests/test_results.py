@@ -225,6 +225,7 @@ def test_released_checkpoint_is_counted_when_present_and_taken_from_the_manifest
     (lambda tmp, runs: [runs["mbv2_sgc8"], "--plot", tmp / "x.jpg"], "allowed file types are"),
     (lambda tmp, runs: [runs["mbv2_sgc8"], f"data.root={tmp}"], "no CIFAR-10 python-version files"),
     (lambda tmp, runs: [runs["mbv2_sgc8"], "train.epochs=3"], "cannot override 'train.epochs'"),
+    (lambda tmp, runs: [runs["mbv2_sgc8"], "data.std=[1,1,1]"], "cannot override 'data.std'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(runs, monkeypatch, capsys, tmp_path, make_args, fragment):
     paths, manifest, _ = runs

@@ -254,9 +254,10 @@ RUN_SETTINGS = ("out_dir", "device", "threads", "train.progress", "train.compile
                 "data.verify_checksums", "flgc.plot_interval", "flgc.log_per_layer")
 # a resumed run may also set train.epochs (to extend the run); any other difference changes the result
 RESUME_MAY_CHANGE = RUN_SETTINGS + ("train.epochs",)
-# what an evaluation may change in a checkpoint's config (keys, or prefixes ending in '.'): where the data
-# are and how fast it runs
-EVALUATION_MAY_CHANGE = ("data.", "device", "threads", "train.eval_batch_size", "train.channels_last")
+# what an evaluation may change in a checkpoint's config: where the data are, which test images count and
+# how they are stored (test_subset, test_jpeg_quality), how fast it runs; never the preprocessing
+EVALUATION_MAY_CHANGE = ("data.root", "data.download", "data.verify_checksums", "data.test_subset",
+                         "data.test_jpeg_quality", "device", "threads", "train.eval_batch_size", "train.channels_last")
 
 
 def first_difference(cfg, other, may_differ=()):

@@ -38,9 +38,8 @@ def parse_evaluation_overrides(pairs, program):
     overrides = config_lib.parse_overrides(pairs)
     allowed = config_lib.EVALUATION_MAY_CHANGE
     for key, _ in overrides:
-        if not key.startswith(allowed):
-            names = ", ".join(k + "*" if k.endswith(".") else k for k in allowed)
-            raise UsageError(f"{program} cannot override {key!r}; allowed: {names}")
+        if key not in allowed:
+            raise UsageError(f"{program} cannot override {key!r}; allowed: {', '.join(allowed)}")
     return overrides
 
 
