@@ -130,3 +130,24 @@ def test_test_jpeg_quality_reencodes_the_test_images_only(tmp_path):
         assert torch.equal(load_split(lossy, train=True)[0], load_split(config.from_dict({"data": base}).data, True)[0])
     assert 0 < errors[95] < errors[30] < 20, errors
     assert data_label(lossy, 12) == "CIFAR-10 copy (re-encoded, md5 not verified), 12 test images, JPEG-encoded at quality 30"
+
+
+def test_official_files_checks_every_file_against_its_md5(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from torchvision.datasets import CIFAR10
+
+    from flgc.engine.data import FOLDER, official_files, write_random_cifar
+    root = write_random_cifar(str(tmp_path), per_batch=4, test=4)
+    assert not official_files(root)  # random images are not the official files
+    folder = os.path.join(root, FOLDER)
+
+    def md5s(names):
+        return [(name, hashlib.md5(open(os.path.join(folder, name), "rb").read()).hexdigest()) for name, _ in names]
+    monkeypatch.setattr(CIFAR10, "train_list", md5s(CIFAR10.train_list))
+    monkeypatch.setattr(CIFAR10, "test_list", md5s(CIFAR10.test_list))
+    assert official_files(root)  # every file matches the sums it is checked against
+    with open(os.path.join(folder, "test_batch"), "ab") as changed:
+        changed.write(b"\0")
+    assert not official_files(root)

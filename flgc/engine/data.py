@@ -10,6 +10,7 @@ import sys
 
 import torch
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import check_integrity
 
 from ..errors import UsageError
 
@@ -61,6 +62,12 @@ def files_present(root):
     """Whether ROOT/cifar-10-batches-py holds every file of the python version of CIFAR-10."""
     names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     return all(os.path.isfile(os.path.join(root, FOLDER, n)) for n in names)
+
+
+def official_files(root):
+    """Whether ROOT/cifar-10-batches-py holds the official files (their md5 sums, as torchvision checks them)."""
+    folder = os.path.join(os.path.expanduser(root), FOLDER)
+    return all(check_integrity(os.path.join(folder, name), md5) for name, md5 in CIFAR10.train_list + CIFAR10.test_list)
 
 
 def _first_unreadable(where, train):

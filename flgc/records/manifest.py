@@ -150,8 +150,11 @@ def structure(cfg):
             "where": None if dense else f.where}
 
 
+OFFICIAL_DATA = "CIFAR-10 (md5 verified)"  # how data_label begins for the official files
+
+
 def data_label(data_cfg, images):
     """The test data of an evaluation in words, as entries and results rows name it."""
-    source = "CIFAR-10 (md5 verified)" if data_cfg.verify_checksums else "CIFAR-10 copy (re-encoded, md5 not verified)"
+    source = OFFICIAL_DATA if data_cfg.verify_checksums else "CIFAR-10 copy (re-encoded, md5 not verified)"
     jpeg = "" if data_cfg.test_jpeg_quality is None else f", JPEG-encoded at quality {data_cfg.test_jpeg_quality}"
     return f"{source}, {images:,} test images{jpeg}"

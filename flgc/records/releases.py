@@ -181,6 +181,11 @@ def write_slim(payload, released_cfg, directory):
         raise
 
 
+def first_images_config(cfg):
+    """`cfg` evaluating test images 0-999 only (the accuracy_first_1000 figures)."""
+    return config_lib.from_dict(config_lib.to_dict(cfg), [("data.test_subset", FIRST_IMAGES)])
+
+
 def accuracy_figures(model, cfg):
     """{accuracy, accuracy_first_1000, accuracy_flip, accuracy_flip_first_1000, test_images} of `model` on
     the test split of `cfg` (see the module docstring; the first-1000 keys only where the split holds
@@ -189,7 +194,7 @@ def accuracy_figures(model, cfg):
     figures = {"accuracy": plain["accuracy"]}
     first_cfg = None
     if plain["images"] > FIRST_IMAGES:
-        first_cfg = config_lib.from_dict(config_lib.to_dict(cfg), [("data.test_subset", FIRST_IMAGES)])
+        first_cfg = first_images_config(cfg)
         figures["accuracy_first_1000"] = test_metrics(model, first_cfg)["accuracy"]
     figures["accuracy_flip"] = test_metrics(model, cfg, tta="flip")["accuracy"]
     if first_cfg is not None:
