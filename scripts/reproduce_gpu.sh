@@ -12,8 +12,11 @@
 # GPU's time is not spent on this script's bugs. Its data: FLGC_CIFAR10_ROOT (a directory holding
 # cifar-10-batches-py/, checksums not verified) when set, else random images written to OUT/data.
 # On a GPU the data come from data.root of the configs (./data, downloaded when missing); pass
-# another with DATA_ROOT=DIR.
+# another with DATA_ROOT=DIR. Relative paths (--out, DATA_ROOT, FLGC_CIFAR10_ROOT) are read from the
+# directory the script is started in.
 set -euo pipefail
+caller="$PWD"
+from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 
 rehearse=0
@@ -30,6 +33,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+if [ -n "$out" ]; then out="$(from_caller "$out")"; fi
+if [ -n "${DATA_ROOT:-}" ]; then export DATA_ROOT="$(from_caller "$DATA_ROOT")"; fi
+if [ -n "${FLGC_CIFAR10_ROOT:-}" ]; then FLGC_CIFAR10_ROOT="$(from_caller "$FLGC_CIFAR10_ROOT")"; fi
 rows=(baseline sgc8 flgc8 flgc8both)
 if [ "$rehearse" = 1 ]; then
     out="${out:-runs/reproduce_rehearsal}"

@@ -9,11 +9,15 @@
 #
 # RECIPE is a folder of configs/ (cpu, cpu-long, fast); NAME one of its rows (baseline, flgc8, sgc8, ...;
 # default: every config in the folder). KEY=VALUE pairs after -- go to every row (e.g. device=cuda).
-# RUNTIME picks the process settings of scripts/runtime_env.py (allocator, OpenMP runtime) for CPU
-# rows: default `recommended` (Intel OpenMP + tcmalloc), the fastest measured (docs/training-speed.md), used only where its
-# libraries are installed; `default` runs without any. Each row's console output is appended to
+# RUNTIME picks the process settings of scripts/runtime_env.py (allocator, OpenMP runtime), made for
+# CPU rows: default `recommended` (Intel OpenMP + tcmalloc), the fastest measured
+# (docs/training-speed.md), used only where its libraries are installed; `default` runs without any
+# (pass it for GPU rows, as scripts/reproduce_gpu.sh does). Relative RUNS and DATA_ROOT are read from
+# the directory the script is started in. Each row's console output is appended to
 # RUNS/RECIPE/mbv2_NAME.log. Release a finished row with scripts/release_checkpoint.py.
 set -euo pipefail
+caller="$PWD"
+from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
@@ -41,15 +45,16 @@ for name in "${rows[@]}"; do
     fi
 done
 extra=()
-if [ -n "${DATA_ROOT:-}" ]; then extra+=("data.root=$DATA_ROOT"); fi
+if [ -n "${DATA_ROOT:-}" ]; then extra+=("data.root=$(from_caller "$DATA_ROOT")"); fi
 if [ -n "${VERIFY_CHECKSUMS:-}" ]; then extra+=("data.verify_checksums=$VERIFY_CHECKSUMS"); fi
 runtime_env=()
 if [ "${RUNTIME:-recommended}" != "default" ]; then
     setting=()
     if [ "${RUNTIME:-recommended}" != "recommended" ]; then setting=("$RUNTIME"); fi
-    while IFS= read -r line; do runtime_env+=("$line"); done < <(python scripts/runtime_env.py "${setting[@]}")
+    settings=$(python scripts/runtime_env.py "${setting[@]}")  # an unknown setting stops here (exit 2)
+    while IFS= read -r line; do if [ -n "$line" ]; then runtime_env+=("$line"); fi; done <<< "$settings"
 fi
-runs="${RUNS:-$HOME/flgc-runs}/$recipe"
+runs="$(from_caller "${RUNS:-$HOME/flgc-runs}")/$recipe"
 mkdir -p "$runs"
 for name in "${rows[@]}"; do
     echo "== $recipe/mbv2_$name: $runs/mbv2_$name (log: $runs/mbv2_$name.log) ${runtime_env[*]}"

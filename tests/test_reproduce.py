@@ -70,16 +70,25 @@ def test_results_refuse_an_unfinished_run_and_an_oversized_checkpoint(tmp_path, 
 @pytest.mark.slow
 def test_the_gpu_reproduction_rehearses_on_the_cpu_and_resumes(tmp_path):
     """bash scripts/reproduce_gpu.sh --rehearse (the CONTRACT's command): four rows trained through
-    scripts/train_rows.sh, slimmed and summarised; run again, it leaves the finished rows as they are."""
+    scripts/train_rows.sh, slimmed and summarised; run again, it leaves the finished rows as they are. Started
+    from another directory, its relative --out is read from there."""
     out = tmp_path / "rehearsal"
     for _ in range(2):
-        done = subprocess.run(["bash", "scripts/reproduce_gpu.sh", "--rehearse", "--out", str(out)], cwd=ROOT,
+        done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "reproduce_gpu.sh"), "--rehearse", "--out",
+                               "rehearsal"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="2"))
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["mbv2_baseline", "mbv2_sgc8", "mbv2_flgc8", "mbv2_flgc8both"]
     assert all(r["epochs"] == 2 and (out / r["checkpoint"]).is_file() for r in rows)
     assert "is complete: 2 of 2 epochs trained" in (out / "fast" / "mbv2_flgc8.log").read_text()
+
+
+def test_train_rows_refuses_an_unknown_runtime_setting_before_training(tmp_path):
+    refused = subprocess.run(["bash", "scripts/train_rows.sh", "fast", "sgc8"], cwd=ROOT, capture_output=True,
+                             text=True, env=dict(os.environ, RUNTIME="bogus", RUNS=str(tmp_path / "runs")))
+    assert refused.returncode == 2 and "unknown setting 'bogus'; allowed: default" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("script, bad, message", [
