@@ -86,6 +86,17 @@ def test_short_table_gives_the_recipe_in_a_few_words(runs, monkeypatch, capsys):
     assert lines[5].startswith("| MobileNetV2-SGC | 8 | 62.62 | 1.52 |") and lines[5].endswith("| mbv2_sgc8 |")
 
 
+def test_the_brief_recipe_names_the_precision_a_row_trained_in():
+    recipe = ("SGD nesterov 0.1, batch 128, cosine after a 1-epoch warm-up, wd 0.0005 (0 on norms and biases, 0 on "
+              "depthwise), label smoothing 0.1, {}; 50,000 train images")
+    row = results.Row(name="r", model="MobileNetV2", source="manifest", kind="manifest",
+                      recipe=recipe.format("fp32, bf16 from epoch 40"), epochs=100,
+                      hardware="2 CPU cores, AMD EPYC")
+    assert results.brief_recipe(row) == "100 epochs, cosine, fp32/bf16, 2 CPU cores"
+    row.recipe = recipe.format("bf16")
+    assert results.brief_recipe(row) == "100 epochs, cosine, bf16, 2 CPU cores"
+
+
 def test_json_rows_count_the_learned_structure_and_say_where_accuracy_comes_from(runs, monkeypatch, capsys):
     paths, manifest, _ = runs
     code, out, _ = results_table(monkeypatch, capsys, paths["mbv2_flgc8"], "--json", "--manifest", manifest)

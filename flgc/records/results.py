@@ -23,7 +23,7 @@ from ..fileio import atomic_path
 from ..method import flops
 from ..method.layer import FLGConv2d
 from ..models import build_model
-from .manifest import data_label, load_manifest, recipe_of, structure, verified
+from .manifest import PRECISION_WORDS, data_label, load_manifest, recipe_of, structure, verified
 from .releases import moves_of
 
 
@@ -259,14 +259,18 @@ HEADLINE = ("model", "G", "MMac", "x dense", "accuracy, %", "images 0-999, %", "
 
 
 def brief_recipe(row):
-    """The recipe in a few words: '22 epochs, cosine, 2 CPU cores'."""
+    """The recipe in a few words: '22 epochs, cosine, bf16, 2 CPU cores' (the precision where the recipe
+    names it; 'fp32/bf16' for a run that changed precision)."""
     if row.kind == "paper":
         return "not stated"
     recipe, hardware = row.recipe or "", row.hardware or ""
     schedule = next((name for key, name in (("x0.1", "lr steps"), ("cosine", "cosine"), ("onecycle", "one-cycle"))
                      if key in recipe), "")
+    words = [part.split()[0] for part in recipe.split(";")[0].split(", ") if part.split()[:1] and
+             part.split()[0] in PRECISION_WORDS.values()]
     where = "a GPU" if "GPU" in hardware else hardware.split(",")[0]
-    return ", ".join(part for part in (f"{row.epochs} epochs" if row.epochs else "", schedule, where) if part)
+    parts = (f"{row.epochs} epochs" if row.epochs else "", schedule, "/".join(words), where)
+    return ", ".join(part for part in parts if part)
 
 
 def headline(rows, baseline):
