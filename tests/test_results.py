@@ -95,6 +95,8 @@ def test_the_brief_recipe_names_the_precision_a_row_trained_in():
     assert results.brief_recipe(row) == "100 epochs, cosine, fp32/bf16, 2 CPU cores"
     row.recipe = recipe.format("bf16")
     assert results.brief_recipe(row) == "100 epochs, cosine, bf16, 2 CPU cores"
+    row.accuracy, row.accuracy_source, row.accuracy_first_1000 = 90.1, "manifest", 92.0
+    assert "| 90.10 | 92.00 |" in results.headline([row], 94.99)  # a release's figures keep two decimals
 
 
 def test_json_rows_count_the_learned_structure_and_say_where_accuracy_comes_from(runs, monkeypatch, capsys):

@@ -233,7 +233,7 @@ def moved_cell(row):
 
 def markdown_cells(row):
     published = row.accuracy_source == "published"
-    accuracy = _number(row.accuracy, 2, published or row.accuracy_source == "manifest") or "not evaluated"
+    accuracy = _number(row.accuracy, 2, published) or "not evaluated"
     hardware = row.hardware or ""
     if row.minutes is not None:
         hardware += f"; {row.minutes:.1f} min"
@@ -284,7 +284,7 @@ def headline(rows, baseline):
         cells = (row.model, "-" if row.groups is None else str(row.groups),
                  _number(row.mflops, 2, row.kind in ("paper", "reference")),
                  "" if row.ratio is None else f"{row.ratio:.2f}",
-                 _number(row.accuracy, 2, published or row.accuracy_source == "manifest") or "not evaluated",
+                 _number(row.accuracy, 2, published) or "not evaluated",
                  _number(row.accuracy_first_1000, 2, False) or "-", brief_recipe(row), source)
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
