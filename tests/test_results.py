@@ -166,6 +166,21 @@ def test_plot_writes_an_image_with_the_per_layer_panel_for_an_flgc_run(runs, mon
     plt.close(published)
 
 
+def test_plot_labels_of_near_rows_stack_by_height_and_the_panel_shows_the_least_uniform_structure():
+    layers = [("features.1.conv.0", 1.0, 1.0), ("features.2.conv.0", 2.0, 2.0)]
+    rows = [results.Row("lower", "m", "s", "manifest", mflops=62.58, accuracy=90.26, per_layer=layers),
+            results.Row("upper", "m", "s", "manifest", mflops=62.62, accuracy=90.47,
+                        per_layer=[layers[0], ("features.2.conv.0", 2.5, 2.0)]),
+            results.Row("apart", "m", "s", "manifest", mflops=94.99, accuracy=90.40)]
+    fig = results.figure(rows, 94.99)
+    cost, layer = fig.axes
+    offsets = {t.get_text(): t.xyann[1] for t in cost.texts if t.get_text() in ("lower", "upper", "apart")}
+    assert offsets["upper"] > offsets["lower"]  # drawn first, the lower row's label still goes below
+    assert offsets["apart"] == offsets["upper"]  # a row elsewhere is not pushed down
+    assert "of upper:" in layer.get_title()  # moved 0.5 MMac away from uniform; "lower" is uniform
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("page, marker, flags", [("README.md", "results-table", ()),
                                                  ("docs/results.md", "results-table-wide", ("--wide",))])
 def test_committed_tables_are_the_output_for_the_committed_manifest(page, marker, flags, monkeypatch, capsys):

@@ -339,17 +339,15 @@ def _cost_panel(ax, rows, baseline):
     """Accuracy vs MMac, one labelled marker per row; rows without accuracy sit on the MMac axis."""
     scored = [r for r in rows if r.accuracy is not None and r.mflops is not None]
     floor = min([r.accuracy for r in scored], default=90.0) - 5
-    taken = {}  # labels of rows at the same point are stacked, not drawn over each other
-    for index, row in enumerate(r for r in rows if r.mflops is not None):
-        y = row.accuracy if row.accuracy is not None else floor
+    placed = [r for r in rows if r.mflops is not None]
+    heights = [r.accuracy if r.accuracy is not None else floor for r in placed]
+    for index, (row, y) in enumerate(zip(placed, heights)):
         label = row.name if row.accuracy is not None else f"{row.name} (not evaluated)"
         ax.scatter(row.mflops, y, marker=MARKERS[row.kind] if row.accuracy is not None else "x", s=60,
                    color=f"C{index}", alpha=0.8, label=f"{label}: {row.mflops:.2f} MMac"
                    + ("" if row.accuracy is None else f", {row.accuracy:.2f}%"))
-        point = (round(row.mflops), round(y))
-        ax.annotate(label, (row.mflops, y), textcoords="offset points", xytext=(6, 4 - 10 * taken.get(point, 0)),
-                    fontsize=7, color=f"C{index}")
-        taken[point] = taken.get(point, 0) + 1
+        ax.annotate(label, (row.mflops, y), textcoords="offset points", fontsize=7, color=f"C{index}",
+                    xytext=(6, 4 - 10 * _rank_near(index, placed, heights)))
     ax.axvline(baseline, color="grey", ls="--", lw=1)
     ax.annotate(f"dense baseline {baseline:.2f} MMac ", (baseline, 0.99), xycoords=("data", "axes fraction"),
                 fontsize=7, color="grey", ha="right", va="top")  # top left of the line, clear of the rows' labels
@@ -357,6 +355,23 @@ def _cost_panel(ax, rows, baseline):
     ax.set_ylabel("top-1 accuracy on CIFAR-10 test images, %")
     ax.set_title("accuracy vs cost (markers: o ours, D released, s paper, ^ reference)", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+
+
+def _rank_near(index, placed, heights):
+    """How many rows near row `index` (same MMac and accuracy, both rounded) sit above it, ties broken by
+    order: its label goes that many lines down, so that the labels of a cluster do not overlap."""
+    def near(other):
+        return (round(placed[other].mflops), round(heights[other])) == (round(placed[index].mflops),
+                                                                         round(heights[index]))
+    return sum(1 for other in range(len(placed)) if other != index and near(other)
+               and (heights[other], -other) > (heights[index], -index))
+
+
+def _furthest_from_uniform(rows):
+    """The row whose learned FLGC structure differs most from uniform groups (summed per-layer |MMac|
+    difference; the first on a tie), or None when no row has a learned structure."""
+    learned = [r for r in rows if r.per_layer]
+    return max(learned, key=lambda r: sum(abs(m - u) for _, m, u in r.per_layer), default=None)
 
 
 def _layer_panel(ax, row):
@@ -377,9 +392,10 @@ def _layer_panel(ax, row):
 
 
 def figure(rows, baseline):
-    """Accuracy vs MMac of every row; per-layer MMac of the first learned FLGC structure beside it."""
+    """Accuracy vs MMac of every row; beside it, per-layer MMac of the learned FLGC structure that is
+    furthest from uniform groups."""
     plt = pyplot()
-    learned = next((r for r in rows if r.per_layer), None)
+    learned = _furthest_from_uniform(rows)
     fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(15 if learned else 8, 6), squeeze=False)
     _cost_panel(axes[0, 0], rows, baseline)
     if learned:
