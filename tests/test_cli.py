@@ -9,7 +9,7 @@ import torch
 from helpers import ROOT, assert_usage_error, run_captured, run_cli
 
 from flgc.engine import checkpoint, training
-from flgc.engine.step import cpu_computes_bf16
+from flgc.engine.provenance import cpu_computes_bf16
 
 TINY = ["train.batch_size=16", "train.eval_batch_size=20", "data.verify_checksums=false",
         "train.progress=false", "threads=2"]

@@ -10,7 +10,7 @@ import torch
 import yaml
 from helpers import ROOT, assert_usage_error, last_json, run_captured, write_tiny_cifar
 
-from flgc.engine import checkpoint, config, evaluation, runlog, training
+from flgc.engine import checkpoint, config, evaluation, provenance, runlog, training
 from flgc.errors import UsageError
 from flgc.method.layer import flgc_layers
 from flgc.records import releases
@@ -214,6 +214,16 @@ def test_a_multistep_run_extended_is_released_with_the_change_described(setting,
     entry = releases.release(run_dir, "tiny", config_path, directory, os.path.join(directory, "manifest.json"),
                              report=lambda line: None)
     assert entry["epochs"] == 2 and entry["epochs_changed"].startswith("train.epochs 1 -> 2 on a resume after epoch 1")
+
+
+def test_cpu_hardware_says_whether_the_cpu_computes_bf16(monkeypatch):
+    # CPUs of one model name differ in native bf16, which decides train.amp=auto and a run's speed
+    monkeypatch.setattr(provenance, "cpu_model", lambda: "AMD EPYC")
+    cores, cpu = os.cpu_count(), torch.device("cpu")
+    monkeypatch.setattr(provenance, "cpu_computes_bf16", lambda: False)
+    assert provenance.hardware(cpu) == f"{cores} CPU cores, AMD EPYC (no native bf16)"
+    monkeypatch.setattr(provenance, "cpu_computes_bf16", lambda: True)
+    assert provenance.hardware(cpu, cores + 1) == f"{cores} CPU cores, AMD EPYC (native bf16), {cores + 1} threads"
 
 
 def test_the_precision_of_every_epoch_is_in_the_provenance(tmp_path):

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..method.budget import regularizer_penalty
 from ..method.layer import flgc_layers
 from . import distributed
+from .provenance import cpu_computes_bf16
 
 
 # --- device and precision --------------------------------------------------------------------
@@ -30,21 +31,6 @@ def select_device(cfg):
 def prepare_model(model, cfg, device):
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-
-@functools.lru_cache(maxsize=None)  # asked every epoch; the answer cannot change within a process
-def cpu_computes_bf16():
-    """Whether this CPU has bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX, Arm's BF16
-    extension). Elsewhere bf16 is emulated: a training step was measured 15x slower than fp32 on an
-    AVX2-only CPU (docs/training-speed.md)."""
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if any(check is not None and check() for check in native):
-        return True
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("Features") and " bf16" in line for line in cpuinfo)  # aarch64
-    except OSError:
-        return False
-
 
 def resolve_amp(amp, device):
     """The autocast setting `auto` stands for on `device`: bf16 on CUDA GPUs and CPUs that compute
