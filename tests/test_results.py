@@ -171,11 +171,14 @@ def test_plot_labels_of_near_rows_stack_by_height_and_the_panel_shows_the_least_
     rows = [results.Row("lower", "m", "s", "manifest", mflops=62.58, accuracy=90.26, per_layer=layers),
             results.Row("upper", "m", "s", "manifest", mflops=62.62, accuracy=90.47,
                         per_layer=[layers[0], ("features.2.conv.0", 2.5, 2.0)]),
-            results.Row("apart", "m", "s", "manifest", mflops=94.99, accuracy=90.40)]
+            results.Row("apart", "m", "s", "manifest", mflops=94.99, accuracy=90.40),
+            results.Row("edge-low", "m", "s", "manifest", mflops=94.99, accuracy=88.49),  # rounds to 88
+            results.Row("edge-high", "m", "s", "manifest", mflops=94.99, accuracy=88.51)]  # and to 89
     fig = results.figure(rows, 94.99)
     cost, layer = fig.axes
-    offsets = {t.get_text(): t.xyann[1] for t in cost.texts if t.get_text() in ("lower", "upper", "apart")}
+    offsets = {t.get_text(): t.xyann[1] for t in cost.texts}
     assert offsets["upper"] > offsets["lower"]  # drawn first, the lower row's label still goes below
+    assert offsets["edge-high"] > offsets["edge-low"]  # near, though their rounded values differ
     assert offsets["apart"] == offsets["upper"]  # a row elsewhere is not pushed down
     assert "of upper:" in layer.get_title()  # moved 0.5 MMac away from uniform; "lower" is uniform
     plt.close(fig)

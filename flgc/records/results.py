@@ -358,11 +358,11 @@ def _cost_panel(ax, rows, baseline):
 
 
 def _rank_near(index, placed, heights):
-    """How many rows near row `index` (same MMac and accuracy, both rounded) sit above it, ties broken by
+    """How many rows near row `index` (within 1 MMac and half a point) sit above it, ties broken by
     order: its label goes that many lines down, so that the labels of a cluster do not overlap."""
     def near(other):
-        return (round(placed[other].mflops), round(heights[other])) == (round(placed[index].mflops),
-                                                                         round(heights[index]))
+        return (abs(placed[other].mflops - placed[index].mflops) <= 1
+                and abs(heights[other] - heights[index]) <= 0.5)
     return sum(1 for other in range(len(placed)) if other != index and near(other)
                and (heights[other], -other) > (heights[index], -index))
 
